@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    runs the default federation (FRL, MNIST-5k, Ray simulation)
+#   make test   runs the test suite
+# Each creates the virtual environment in .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedrank-installed
+
+.PHONY: run test test-all lint typecheck format bench protos clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fedrank simulate $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest $(ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/pytest -m '' $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	MYPY=$(abspath $(BIN)/mypy) scripts/typecheck.sh
+
+typecheck: $(STAMP)
+	MYPY=$(abspath $(BIN)/mypy) scripts/typecheck.sh
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(ARGS)
+
+clean:
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache results

@@ -1,0 +1,1 @@
+"""The Flower ClientApp and local trainers (fedrank.client)."""

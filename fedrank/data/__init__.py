@@ -1,0 +1,1 @@
+"""Packaged datasets and partitioners."""

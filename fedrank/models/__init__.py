@@ -1,0 +1,1 @@
+"""Supermask models (FRL) and LoRA wrapping."""

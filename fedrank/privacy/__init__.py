@@ -1,0 +1,1 @@
+"""Privacy accounting, mechanisms and the privacy ledger."""

@@ -1,0 +1,1 @@
+"""Wire schemas of client updates, codecs and validation (fedrank.protos)."""

@@ -1,0 +1,1 @@
+"""The Flower ServerApp, evaluation, checkpoints and results (fedrank.server)."""

@@ -1,0 +1,1 @@
+"""Running federations on Ray; scenario files (fedrank.simulations)."""

@@ -1,0 +1,1 @@
+"""Flower strategies: FRL vote, LoRA aggregation, DP wrappers (fedrank.strategies)."""
