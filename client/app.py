@@ -1,0 +1,79 @@
+"""The fedrank Flower ``ClientApp``.
+
+A client learns the scenario from the server's message (so a deployed SuperNode
+needs only its ``partition-id`` in ``--node-config``), rebuilds the model from the
+seed, trains on its partition and replies:
+
+- FRL: the rank vector of every supermask layer after training its scores;
+- FedAvg: its dense weights and its number of examples.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrank.config import Scenario
+from fedrank.models.supermask import get_rankings, set_rankings
+from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.strategies.sampling import PARTITION_KEY
+from fedrank.task import client_data, is_dense, model_for, training_generator
+from fedrank.training import load_numpy_state, numpy_state, train_local
+
+app = ClientApp()
+
+
+def partition_id(context: Context) -> int:
+    """This node's partition (``partition-id`` in its node config)."""
+    if PARTITION_KEY not in context.node_config:
+        raise ValueError(
+            f"node config lacks '{PARTITION_KEY}': start the SuperNode with "
+            f'--node-config "{PARTITION_KEY}=N"'
+        )
+    return int(context.node_config[PARTITION_KEY])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer the server's discovery query with this node's partition id."""
+    content = RecordDict({"config": ConfigRecord({PARTITION_KEY: partition_id(context)})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train on the local partition and reply with rankings (FRL) or weights (FedAvg)."""
+    config = dict(msg.content.config_records["config"])
+    server_round = cast(int, config.pop("server-round"))
+    scenario = Scenario.from_mapping(config, source="the server's config")
+    pid = partition_id(context)
+    torch.set_num_threads(max(1, int(scenario.num_cpus_per_client)))
+
+    model = model_for(scenario)
+    arrays = msg.content.array_records["arrays"]
+    if is_dense(scenario):
+        load_numpy_state(model, from_array_record(arrays))
+    else:
+        set_rankings(model, from_array_record(arrays))
+    data = client_data(scenario, pid)
+    result = train_local(
+        model,
+        data,
+        epochs=scenario.local_epochs,
+        lr=scenario.lr,
+        momentum=scenario.momentum,
+        batch_size=scenario.batch_size,
+        generator=training_generator(scenario, server_round, pid),
+    )
+    reply_arrays = (
+        to_array_record(numpy_state(model))
+        if is_dense(scenario)
+        else to_array_record(get_rankings(model))
+    )
+    metrics = MetricRecord(
+        {"num-examples": result.num_examples, "train-loss": result.loss, "partition-id": pid}
+    )
+    return Message(content=RecordDict({"arrays": reply_arrays, "metrics": metrics}), reply_to=msg)

@@ -1,0 +1,199 @@
+"""Run configuration: one frozen, validated dataclass per run.
+
+A scenario is written as TOML (``simulations/scenarios/*.toml``) or as Flower run
+config (``[tool.flwr.app.config]``); both use dashed keys (``clients-per-round``).
+Everything is checked at construction, so a bad scenario fails before Ray or any
+Flower process starts, with a :class:`~fedrank.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from fedrank.errors import ConfigError
+
+Strategy = Literal["frl", "fedavg"]
+Dataset = Literal["mnist5k", "digits"]
+ModelName = Literal["mlp", "cnn"]
+Partitioner = Literal["iid", "dirichlet", "pathological"]
+
+RunConfigValue = bool | int | float | str
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """Everything that defines one federated run.
+
+    Field names use underscores; scenario files and run config use dashes
+    (``num-clients``). See ``simulations/scenarios/frl-mnist.toml`` for the
+    defaults written out.
+    """
+
+    strategy: Strategy = "frl"
+    dataset: Dataset = "mnist5k"
+    model: ModelName = "mlp"
+    num_clients: int = 50
+    clients_per_round: int = 10
+    rounds: int = 40
+    local_epochs: int = 2
+    lr: float = 0.2
+    momentum: float = 0.9
+    batch_size: int = 16
+    k: float = 0.5
+    partitioner: Partitioner = "dirichlet"
+    alpha: float = 1.0
+    classes_per_client: int = 2
+    seed: int = 0
+    test_fraction: float = 0.2
+    min_replies: int = 1
+    round_timeout: float = 600.0
+    num_cpus_per_client: float = 1.0
+    num_gpus_per_client: float = 0.0
+    results_dir: str = "results/latest"
+
+    def __post_init__(self) -> None:
+        for name in ("strategy", "dataset", "model", "partitioner"):
+            allowed = get_args(_field_type(name))
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(_dashed(name), f"must be one of {list(allowed)}, got {value!r}")
+        _check_int(self, "num_clients", low=1)
+        _check_int(self, "clients_per_round", low=1)
+        _check_int(self, "rounds", low=1)
+        _check_int(self, "local_epochs", low=1)
+        _check_int(self, "batch_size", low=1)
+        _check_int(self, "classes_per_client", low=1)
+        _check_int(self, "seed", low=0)
+        _check_int(self, "min_replies", low=1)
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                "clients-per-round",
+                f"{self.clients_per_round} exceeds num-clients ({self.num_clients})",
+            )
+        if self.min_replies > self.clients_per_round:
+            raise ConfigError(
+                "min-replies",
+                f"{self.min_replies} exceeds clients-per-round ({self.clients_per_round})",
+            )
+        if not (_finite(self.k) and 0.0 < self.k <= 1.0):
+            raise ConfigError("k", f"must lie in (0, 1], got {self.k}")
+        if not (_finite(self.lr) and self.lr > 0.0):
+            raise ConfigError("lr", f"must be a positive number, got {self.lr}")
+        if not (_finite(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise ConfigError("momentum", f"must lie in [0, 1), got {self.momentum}")
+        if not (_finite(self.alpha) and self.alpha > 0.0):
+            raise ConfigError("alpha", f"must be a positive number, got {self.alpha}")
+        if not (_finite(self.test_fraction) and 0.0 < self.test_fraction < 1.0):
+            raise ConfigError("test-fraction", f"must lie in (0, 1), got {self.test_fraction}")
+        if not (_finite(self.round_timeout) and self.round_timeout > 0.0):
+            raise ConfigError("round-timeout", f"must be positive, got {self.round_timeout}")
+        if not (_finite(self.num_cpus_per_client) and self.num_cpus_per_client > 0.0):
+            raise ConfigError(
+                "num-cpus-per-client", f"must be positive, got {self.num_cpus_per_client}"
+            )
+        if not (_finite(self.num_gpus_per_client) and self.num_gpus_per_client >= 0.0):
+            raise ConfigError(
+                "num-gpus-per-client", f"must be non-negative, got {self.num_gpus_per_client}"
+            )
+        if not self.results_dir:
+            raise ConfigError("results-dir", "must not be empty")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> Scenario:
+        """Build a scenario from dashed (or underscored) keys, rejecting unknown ones.
+
+        Parameters
+        ----------
+        values : Mapping[str, Any]
+            Keys as in a scenario file; unknown keys raise ``ConfigError``.
+        source : str
+            Where the values came from, for error messages.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                close = sorted(_dashed(n) for n in known if n[:3] == name[:3])
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ConfigError(key, f"unknown key in {source}{hint}")
+            kwargs[name] = _coerce(key, value, known[name].default)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Scenario:
+        """Load a scenario file (flat TOML table of dashed keys)."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise ConfigError("scenario", f"no such file: {path}") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError("scenario", f"{path} is not valid TOML: {err}") from err
+        return cls.from_mapping(data, source=str(path))
+
+    def replace(self, **changes: Any) -> Scenario:
+        """Return a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_run_config(self) -> dict[str, RunConfigValue]:
+        """Flat, dashed mapping of scalars: Flower run config / ConfigRecord form."""
+        return {_dashed(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def model_fingerprint_parts(self) -> dict[str, RunConfigValue]:
+        """The fields that define the model a client must rebuild bit for bit."""
+        return {
+            "strategy": self.strategy,
+            "dataset": self.dataset,
+            "model": self.model,
+            "seed": self.seed,
+            "k": self.k,
+        }
+
+
+def _field_type(name: str) -> Any:
+    hints = {
+        "strategy": Strategy,
+        "dataset": Dataset,
+        "model": ModelName,
+        "partitioner": Partitioner,
+    }
+    return hints[name]
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(scenario: Scenario, name: str, *, low: int) -> None:
+    value = getattr(scenario, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(_dashed(name), f"must be an integer >= {low}, got {value!r}")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Accept ints where floats are expected; reject every other type mismatch."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {value!r}")
+    return value

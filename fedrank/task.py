@@ -1,0 +1,117 @@
+"""What both sides of an image-classification run build from a scenario.
+
+The server and every client rebuild the same model from (architecture, seed, k)
+and the same partition from (dataset, partitioner, seed); nothing but rankings
+or weights ever crosses the wire.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrank.config import Scenario
+from fedrank.data.digits import ImageSplit, load_dataset
+from fedrank.data.partition import partition
+from fedrank.models.supermask import build_model, get_rankings, supermask_layers
+from fedrank.training import numpy_state
+
+
+def is_dense(scenario: Scenario) -> bool:
+    """FedAvg trains dense weights; FRL trains supermask scores."""
+    return scenario.strategy == "fedavg"
+
+
+@functools.cache
+def _partitions(
+    dataset: str,
+    test_fraction: float,
+    scheme: str,
+    num_clients: int,
+    alpha: float,
+    classes_per_client: int,
+    seed: int,
+) -> tuple[np.ndarray, ...]:
+    labels = load_dataset(dataset, test_fraction=test_fraction).train.labels
+    parts = partition(
+        labels,
+        scheme=scheme,
+        num_clients=num_clients,
+        rng=np.random.default_rng(seed),
+        alpha=alpha,
+        classes_per_client=classes_per_client,
+    )
+    return tuple(parts)
+
+
+def client_data(scenario: Scenario, partition_id: int) -> ImageSplit:
+    """The training examples of one client (partition), reproducible from the seed."""
+    if not 0 <= partition_id < scenario.num_clients:
+        raise ValueError(
+            f"partition-id {partition_id} outside [0, {scenario.num_clients - 1}] (num-clients)"
+        )
+    idx = _partitions(
+        scenario.dataset,
+        scenario.test_fraction,
+        scenario.partitioner,
+        scenario.num_clients,
+        scenario.alpha,
+        scenario.classes_per_client,
+        scenario.seed,
+    )[partition_id]
+    train = load_dataset(scenario.dataset, test_fraction=scenario.test_fraction).train
+    return ImageSplit(train.images[idx], train.labels[idx])
+
+
+def test_data(scenario: Scenario) -> ImageSplit:
+    """The fixed held-out test split."""
+    return load_dataset(scenario.dataset, test_fraction=scenario.test_fraction).test
+
+
+@functools.cache
+def _model(
+    name: str, dataset: str, test_fraction: float, seed: int, k: float, dense: bool
+) -> nn.Module:
+    data = load_dataset(dataset, test_fraction=test_fraction)
+    return build_model(
+        name,
+        image_shape=data.image_shape,
+        num_classes=data.num_classes,
+        seed=seed,
+        k=k,
+        dense=dense,
+    )
+
+
+def model_for(scenario: Scenario) -> nn.Module:
+    """The scenario's network, built once per process (frozen weights from the seed)."""
+    return _model(
+        scenario.model,
+        scenario.dataset,
+        scenario.test_fraction,
+        scenario.seed,
+        scenario.k,
+        is_dense(scenario),
+    )
+
+
+def initial_state(scenario: Scenario) -> dict[str, np.ndarray]:
+    """Round-0 global state: rank vectors of the seed's scores, or the seed's weights."""
+    model = model_for(scenario)
+    return numpy_state(model) if is_dense(scenario) else get_rankings(model)
+
+
+def layer_sizes(scenario: Scenario) -> dict[str, int]:
+    """Edges per supermask layer (what a valid FRL reply must contain)."""
+    return {
+        name: layer.weight.numel() for name, layer in supermask_layers(model_for(scenario)).items()
+    }
+
+
+def training_generator(scenario: Scenario, server_round: int, partition_id: int) -> torch.Generator:
+    """Generator for one client's local training in one round (seed, round, partition)."""
+    state = np.random.SeedSequence([scenario.seed, server_round, partition_id]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

@@ -1,0 +1,81 @@
+"""The results folder of a run: metrics.jsonl, summary.json, plot and exported model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ResultsWriter:
+    """Writes one run's outputs under ``directory``.
+
+    ``metrics.jsonl`` gets one JSON object per round, flushed and fsynced as it is
+    written so that an interrupted run keeps every completed round.
+    """
+
+    def __init__(self, directory: str | Path, *, append: bool = False) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.directory / "metrics.jsonl"
+        if not append and self.metrics_path.exists():
+            log.warning("overwriting the earlier run's results in %s", self.directory)
+            self.metrics_path.unlink()
+
+    def write_round(self, row: Mapping[str, Any]) -> None:
+        """Append one round's metrics durably."""
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(dict(row), sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_rounds(self) -> list[dict[str, Any]]:
+        """Every round written so far."""
+        if not self.metrics_path.exists():
+            return []
+        with self.metrics_path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        """Write ``summary.json`` (atomically)."""
+        path = self.directory / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(dict(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def write_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> Path:
+        """Save named arrays as ``<name>.npz`` (no pickle)."""
+        path = self.directory / f"{name}.npz"
+        tmp = self.directory / f"{name}.tmp.npz"
+        np.savez_compressed(
+            tmp, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()}
+        )
+        os.replace(tmp, path)
+        return path
+
+    def plot_accuracy(self, rows: Sequence[Mapping[str, Any]], *, title: str) -> Path:
+        """Accuracy per round as ``accuracy.png``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = self.directory / "accuracy.png"
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["round"] for r in rows], [100 * r["accuracy"] for r in rows], marker=".")
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path

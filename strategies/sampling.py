@@ -1,0 +1,77 @@
+"""Seeded client sampling by partition id.
+
+Flower's strategies sample node ids with the global ``random`` module, and node
+ids are random in simulation, so two runs with the same seed train different
+clients. Here the server first asks every node for its ``partition-id`` (one
+``query`` message), then samples partitions from ``numpy`` seeded by (seed,
+round): the same seed trains the same clients in the same rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedrank.errors import FedrankError
+
+PARTITION_KEY = "partition-id"
+
+
+def discover_partitions(
+    grid: Grid, *, expected: int, timeout: float = 120.0, poll: float = 0.5
+) -> dict[int, int]:
+    """Map partition id -> node id for every connected node.
+
+    Waits (bounded by ``timeout``) until ``expected`` nodes are connected, then
+    sends each a ``query`` asking for its partition id.
+    """
+    deadline = time.monotonic() + timeout
+    while len(node_ids := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise FedrankError(
+                f"only {len(node_ids)} of {expected} nodes connected within {timeout:.0f} s"
+            )
+        time.sleep(poll)
+    messages = [
+        Message(
+            content=RecordDict({"config": ConfigRecord({"ask": PARTITION_KEY})}),
+            message_type=MessageType.QUERY,
+            dst_node_id=node,
+        )
+        for node in node_ids
+    ]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            continue
+        pid = int(reply.content["config"][PARTITION_KEY])  # type: ignore[arg-type]
+        if pid in mapping:
+            raise FedrankError(f"two nodes claim partition {pid}; check each node's node-config")
+        mapping[pid] = reply.metadata.src_node_id
+    if len(mapping) < expected:
+        raise FedrankError(f"only {len(mapping)} of {expected} nodes reported a partition id")
+    return mapping
+
+
+def sample_partitions(
+    partitions: Mapping[int, int] | list[int], *, count: int, seed: int, server_round: int
+) -> list[int]:
+    """Seeded choice of ``count`` partition ids for a round, in ascending order."""
+    pool = sorted(partitions)
+    rng = np.random.default_rng([seed, server_round])
+    return sorted(int(p) for p in rng.choice(pool, size=count, replace=False))
+
+
+def train_messages(
+    record: RecordDict, *, partitions: Mapping[int, int], count: int, seed: int, server_round: int
+) -> list[Message]:
+    """One ``train`` message per sampled partition, all carrying ``record``."""
+    chosen = sample_partitions(partitions, count=count, seed=seed, server_round=server_round)
+    return [
+        Message(content=record, message_type=MessageType.TRAIN, dst_node_id=partitions[p])
+        for p in chosen
+    ]
