@@ -61,11 +61,16 @@ class SupermaskMixin(nn.Module):
         sigma = math.sqrt(2.0 / fan_in)
         signs = torch.randint(0, 2, self.weight.shape, generator=generator) * 2 - 1
         self.weight = nn.Parameter(signs.to(torch.float32) * sigma, requires_grad=False)
-        bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt(5)) bound
-        scores = (torch.rand(self.weight.shape, generator=generator) * 2 - 1) * bound
-        self.scores = nn.Parameter(scores)
-        # Score values in ascending order: a ranking is applied by handing these out.
-        self.register_buffer("score_levels", scores.flatten().sort().values)
+        # Scores are the n evenly spaced quantiles of U(-b, b), b the kaiming_uniform_
+        # (a=sqrt(5)) bound, in the order of a random initial ranking. Distinct levels
+        # matter: float32 draws of U(-b, b) collide, and a tie would not survive the
+        # rank -> scores -> rank round trip.
+        n = self.weight.numel()
+        bound = 1.0 / math.sqrt(fan_in)
+        levels = ((torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 - 1) * bound
+        self.register_buffer("score_levels", levels.to(torch.float32))
+        initial = torch.randperm(n, generator=generator)
+        self.scores = nn.Parameter(self.get_buffer("score_levels")[initial].view_as(self.weight))
         self.k = k
 
     def masked_weight(self) -> torch.Tensor:
