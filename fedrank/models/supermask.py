@@ -58,7 +58,7 @@ class SupermaskMixin(nn.Module):
 
     def _init_supermask(self, k: float, generator: torch.Generator) -> None:
         fan_in = self.weight[0].numel()
-        sigma = math.sqrt(2.0 / fan_in)
+        sigma = math.sqrt(2.0 / (k * fan_in))
         signs = torch.randint(0, 2, self.weight.shape, generator=generator) * 2 - 1
         self.weight = nn.Parameter(signs.to(torch.float32) * sigma, requires_grad=False)
         # Scores are the n evenly spaced quantiles of U(-b, b), b the kaiming_uniform_
