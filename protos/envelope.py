@@ -10,11 +10,11 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Literal, TypeVar
 
-from fedrank.protos import update_pb2
-from fedrank.protos.updates import AdapterExpectation, RankingExpectation, UpdateHeader
 from google.protobuf.message import Message
 
 from fedrank.errors import InvalidUpdate
+from fedrank.protos import update_pb2
+from fedrank.protos.updates import AdapterExpectation, RankingExpectation, UpdateHeader
 
 __all__ = [
     "check_body",

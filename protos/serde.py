@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from fedrank.errors import InvalidUpdate
 from fedrank.protos import privacy_pb2, update_pb2
 from fedrank.protos.envelope import (
     check_body,
@@ -49,8 +51,6 @@ from fedrank.protos.updates import (
     UpdateHeader,
     privacy_report_problem,
 )
-
-from fedrank.errors import InvalidUpdate
 
 __all__ = [
     "decode_adapter_update",
