@@ -81,8 +81,11 @@ _PRIVACY_MAX_BYTES = 1024  # a report is under 100 bytes; anything near this is 
 # ---------------------------------------------------------------- rankings
 
 
-def _ranking_to_proto(layers: Mapping[str, npt.ArrayLike]) -> update_pb2.RankingUpdate:
-    messages = []
+def _ranking_to_proto(
+    layers: Mapping[str, npt.ArrayLike], *, into: update_pb2.RankingUpdate
+) -> None:
+    # Filled in place: handing a built sub-message to a constructor copies its
+    # (megabytes of) packed bytes again.
     for name, ranks in layers.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"layers: layer names must be non-empty strings, got {name!r}")
@@ -90,12 +93,7 @@ def _ranking_to_proto(layers: Mapping[str, npt.ArrayLike]) -> update_pb2.Ranking
             packed, bits = pack_ranks(ranks)
         except ValueError as error:
             raise ValueError(f"layers[{name!r}]: {error}") from error
-        messages.append(
-            update_pb2.LayerRanking(
-                name=name, length=np.asarray(ranks).size, bits_per_index=bits, packed=packed
-            )
-        )
-    return update_pb2.RankingUpdate(layers=messages)
+        into.layers.add(name=name, length=np.size(ranks), bits_per_index=bits, packed=packed)
 
 
 def _ranking_from_proto(
@@ -166,7 +164,8 @@ def encode_ranking_update(header: UpdateHeader, layers: Mapping[str, npt.ArrayLi
     """
     if not layers:
         raise ValueError("layers: an update has at least one layer")
-    update = update_pb2.Update(header=header_to_proto(header), ranking=_ranking_to_proto(layers))
+    update = update_pb2.Update(header=header_to_proto(header))
+    _ranking_to_proto(layers, into=update.ranking)
     return update.SerializeToString(deterministic=True)
 
 
@@ -221,15 +220,20 @@ def ranking_size_limit(layer_sizes: Mapping[str, int]) -> int:
 
 
 def _adapter_to_proto(
-    tensors: Mapping[str, npt.ArrayLike], *, rank: int, alpha: float, factors: Factors
-) -> update_pb2.AdapterUpdate:
+    tensors: Mapping[str, npt.ArrayLike],
+    *,
+    rank: int,
+    alpha: float,
+    factors: Factors,
+    into: update_pb2.AdapterUpdate,
+) -> None:
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank: expected an int >= 1, got {rank!r}")
     if not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha: expected a finite number > 0, got {alpha!r}")
     if factors not in _FACTORS:
         raise ValueError(f"factors: expected 'AB' or 'B', got {factors!r}")
-    messages = []
+    into.lora_rank, into.lora_alpha, into.factors = rank, alpha, _FACTORS[factors]
     for name, tensor in tensors.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"tensors: names must be non-empty strings, got {name!r}")
@@ -242,14 +246,7 @@ def _adapter_to_proto(
         if not np.isfinite(array).all():
             raise ValueError(f"tensors[{name!r}]: contains NaN or Inf")
         little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-        messages.append(
-            update_pb2.AdapterTensor(
-                name=name, shape=array.shape, dtype=dtype, data=little.tobytes()
-            )
-        )
-    return update_pb2.AdapterUpdate(
-        lora_rank=rank, lora_alpha=alpha, factors=_FACTORS[factors], tensors=messages
-    )
+        into.tensors.add(name=name, shape=array.shape, dtype=dtype, data=little.tobytes())
 
 
 def _adapter_from_proto(
@@ -337,8 +334,8 @@ def encode_adapter_update(
     """
     if not tensors:
         raise ValueError("tensors: an update has at least one tensor")
-    body = _adapter_to_proto(tensors, rank=rank, alpha=alpha, factors=factors)
-    update = update_pb2.Update(header=header_to_proto(header), adapter=body)
+    update = update_pb2.Update(header=header_to_proto(header))
+    _adapter_to_proto(tensors, rank=rank, alpha=alpha, factors=factors, into=update.adapter)
     return update.SerializeToString(deterministic=True)
 
 
