@@ -39,7 +39,8 @@ def parse(payload: object, message: type[_M], *, max_bytes: int) -> _M:
     try:
         parsed.ParseFromString(data)
         # The parser keeps unknown fields and would write them back unchanged.
-        parsed.DiscardUnknownFields()
+        # (types-protobuf 6.32 leaves this public Message method out of its stub.)
+        parsed.DiscardUnknownFields()  # type: ignore[attr-defined]
         canonical = parsed.SerializeToString(deterministic=True)
     # The parser is third-party code fed hostile bytes: whatever it raises, the
     # payload is malformed, and the server must get an InvalidUpdate, not a crash.

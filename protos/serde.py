@@ -273,11 +273,8 @@ def _adapter_from_proto(
                 "bad_shape", f"tensor {name!r}: expected shape {shape}, got {tuple(tensor.shape)}"
             )
         if tensor.dtype != _DTYPES[expect.dtype]:
-            got = (
-                update_pb2.DType.Name(tensor.dtype)
-                if tensor.dtype in _DTYPES.values()
-                else tensor.dtype
-            )
+            names = {number: name for name, number in _DTYPES.items()}
+            got = names.get(tensor.dtype, f"enum value {tensor.dtype}")
             raise InvalidUpdate("bad_dtype", f"tensor {name!r}: expected {expect.dtype}, got {got}")
         data = tensor.data
         size = math.prod(shape) * dtype.itemsize

@@ -174,12 +174,12 @@ def with_nan() -> np.ndarray:
             "bad_shape",
             ["lin0.lora_A.weight", "(6, 2)", "(2, 6)"],
         ),
-        (None, {"dtype": "float64"}, "bad_dtype", ["float64", "DTYPE_FLOAT32"]),
+        (None, {"dtype": "float64"}, "bad_dtype", ["expected float64, got float32"]),
         (
             lambda m: tensor(m, "lin0.lora_B.weight").__setattr__("dtype", 12),
             {},
             "bad_dtype",
-            ["got 12"],
+            ["got enum value 12"],
         ),
         (
             lambda m: tensor(m, "lin0.lora_A.weight").__setattr__(
