@@ -81,7 +81,19 @@ def _pod_templates(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return found
 
 
+# Overlays share most documents, and each validation re-reads the schema files:
+# validate each distinct (document, version) once per process.
+_CORE_CACHE: dict[tuple[str, str], list[str]] = {}
+
+
 def _core_errors(doc: Mapping[str, Any], version: str) -> list[str]:
+    key = (json.dumps(doc, sort_keys=True), version)
+    if key not in _CORE_CACHE:
+        _CORE_CACHE[key] = _validate_core(doc, version)
+    return list(_CORE_CACHE[key])
+
+
+def _validate_core(doc: Mapping[str, Any], version: str) -> list[str]:
     try:
         kubernetes_validate.validate(dict(doc), version, strict=True)
     except kubernetes_validate.ValidationError as err:
@@ -120,7 +132,7 @@ def document_errors(doc: Mapping[str, Any], version: str) -> list[str]:
     """Everything wrong with one document for one Kubernetes version (empty: valid)."""
     key = (doc.get("apiVersion"), doc.get("kind"))
     if key in CRD_SCHEMAS:
-        return _crd_errors(doc, CRD_SCHEMAS[key], version)  # type: ignore[index]
+        return _crd_errors(doc, CRD_SCHEMAS[key], version)
     return _core_errors(doc, version)
 
 
