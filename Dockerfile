@@ -42,8 +42,9 @@ COPY strategies strategies
 COPY client client
 COPY server server
 COPY simulations simulations
+# Import check from outside the source tree, so the installed package is what loads.
 RUN pip install -c requirements/constraints.txt . \
- && python -c "import fedrank, fedrank.server.app, fedrank.client.app"
+ && cd / && python -c "import fedrank.server.app, fedrank.client.app"
 
 FROM ${BASE_IMAGE}
 ARG TORCH_VARIANT=cpu
