@@ -1,0 +1,378 @@
+"""Offline checks of the Kubernetes manifests in k8s/ (no cluster, no API server).
+
+Each kustomization is rendered once per session with ``kubectl kustomize``; every
+document is validated strictly (k8s/tools/check_manifests.py) and the rendered
+objects are checked for the invariants the deployment relies on.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib.util
+import shlex
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ("base", "cpu-demo", "gpu", "ray-simulation")
+FLOWER_TARGETS = ("base", "cpu-demo", "gpu")
+
+
+def _load_checker() -> ModuleType:
+    path = ROOT / "k8s" / "tools" / "check_manifests.py"
+    spec = importlib.util.spec_from_file_location("check_manifests", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check = _load_checker()
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every kustomization rendered once: target name -> documents."""
+    out = {}
+    for target in TARGETS:
+        path = ROOT / "k8s" / ("base" if target == "base" else f"overlays/{target}")
+        out[target] = check.load_documents(check.render(path))
+    return out
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(workload label, pod spec) of every Deployment, Job and RayCluster group."""
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] in ("Deployment", "Job"):
+            yield name, doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "RayCluster":
+            yield f"{name}/head", doc["spec"]["headGroupSpec"]["template"]["spec"]
+            for group in doc["spec"]["workerGroupSpecs"]:
+                yield f"{name}/{group['groupName']}", group["template"]["spec"]
+
+
+def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(workload label, pod spec, container) of every container, init containers included."""
+    for name, spec in pod_specs(docs):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            yield name, spec, container
+
+
+def find(docs: list[dict[str, Any]], kind: str, prefix: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(prefix)]
+
+
+def flag(container: dict[str, Any], name: str) -> str | None:
+    """Value of ``--name=value`` in a container's args (None when absent)."""
+    for arg in container.get("args", []):
+        if arg.startswith(f"--{name}="):
+            return str(arg.split("=", 1)[1])
+    return None
+
+
+def configmap_toml(docs: list[dict[str, Any]], name: str, key: str) -> dict[str, Any]:
+    (cm,) = [d for d in find(docs, "ConfigMap", name) if key in d["data"]]
+    return tomllib.loads(cm["data"][key])
+
+
+def gpu_count(container: dict[str, Any]) -> int:
+    res = container.get("resources", {})
+    return max(int(res.get(kind, {}).get("nvidia.com/gpu", 0)) for kind in ("requests", "limits"))
+
+
+def component(docs: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d["kind"] == "Deployment"
+        and d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == label
+    ]
+
+
+# ------------------------------------------------------------------ validity
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_document_is_strictly_valid(rendered, target):
+    docs = rendered[target]
+
+    errors = check.all_errors(docs, check.KUBERNETES_VERSIONS)
+
+    assert docs
+    assert errors == []
+
+
+def test_unknown_field_fails_strict_validation(rendered):
+    (deployment,) = find(rendered["base"], "Deployment", "superlink")
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+
+    errors = check.document_errors(broken, "1.33.0")
+
+    assert check.document_errors(deployment, "1.33.0") == []
+    assert any("imagePullPolicyy" in e for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "needle"),
+    [
+        (("spec",), {"rayVersionn": "2.55.1"}, "rayVersionn"),
+        (("spec", "headGroupSpec", "rayStartParams"), {"num-cpus": 0}, "num-cpus"),
+        (("spec", "headGroupSpec", "template", "spec"), {"hostNetworkk": True}, "hostNetworkk"),
+    ],
+)
+def test_broken_raycluster_fails_validation(rendered, path, value, needle):
+    (cluster,) = find(rendered["ray-simulation"], "RayCluster", "fedrank-ray")
+    broken = copy.deepcopy(cluster)
+    node = broken
+    for key in path:
+        node = node[key]
+    node.update(value)
+
+    errors = check.document_errors(broken, "1.33.0")
+
+    assert check.document_errors(cluster, "1.33.0") == []
+    assert any(needle in e for e in errors), errors
+
+
+def test_kind_without_schema_fails():
+    doc = {"apiVersion": "example.org/v1", "kind": "Widget", "metadata": {"name": "w"}}
+
+    assert check.document_errors(doc, "1.33.0") != []
+
+
+# ------------------------------------------------------------------ security
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_container_has_requests_limits_and_runs_hardened(rendered, target):
+    seen = 0
+    for name, spec, container in containers(rendered[target]):
+        seen += 1
+        pod_sc, sc = spec.get("securityContext", {}), container.get("securityContext", {})
+        where = f"{target} {name}/{container['name']}"
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), where
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+        assert sc.get("runAsUser", pod_sc.get("runAsUser", 0)) != 0, where
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc["capabilities"]["drop"] == ["ALL"], where
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        assert seccomp.get("type") == "RuntimeDefault", where
+        # Ray pods keep a writable root filesystem (see k8s/overlays/ray-simulation).
+        if not name.startswith("RayCluster/"):
+            assert sc.get("readOnlyRootFilesystem") is True, where
+    assert seen > 0
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_long_running_containers_have_probes(rendered, target):
+    for name, _, container in containers(rendered[target]):
+        if name.startswith("Job/"):
+            continue
+        assert "livenessProbe" in container, f"{name}/{container['name']}"
+        assert "readinessProbe" in container, f"{name}/{container['name']}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gpus_only_where_clientapps_run_and_only_in_gpu_overlays(rendered, target):
+    with_gpu = {
+        f"{name}/{c['name']}" for name, _, c in containers(rendered[target]) if gpu_count(c)
+    }
+
+    expected: set[str] = set()
+    if target == "gpu":
+        expected = {f"Deployment/supernode-{i}/superexec-clientapp" for i in range(3)}
+    elif target == "ray-simulation":
+        # ClientApps of a simulation run as Ray actors on the GPU worker group.
+        expected = {"RayCluster/fedrank-ray/gpu/ray-worker"}
+    assert with_gpu == expected
+
+
+def test_gpu_overlay_targets_gpu_nodes_with_cuda_image(rendered):
+    for name, spec, container in containers(rendered["gpu"]):
+        if gpu_count(container):
+            assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
+            assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"]), name
+            assert container["image"].endswith("-cuda"), name
+            assert "nvidia.com/gpu" in container["resources"]["limits"], name
+        else:
+            assert container["image"].endswith("-cpu"), name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_insecure_only_in_cpu_demo(rendered, target):
+    docs = rendered[target]
+    in_args = [
+        f"{name}/{c['name']}"
+        for name, _, c in containers(docs)
+        if any("--insecure" in a for a in c.get("command", []) + c.get("args", []))
+    ]
+    in_config = [
+        d["metadata"]["name"]
+        for d in find(docs, "ConfigMap", "")
+        for text in d.get("data", {}).values()
+        if "insecure = true" in text
+    ]
+
+    if target == "cpu-demo":
+        # The demo is plaintext end to end: the scan must see it.
+        assert len(in_args) == 8
+        assert in_config
+    else:
+        assert in_args == []
+        assert in_config == []
+
+
+@pytest.mark.parametrize("target", ["base", "gpu"])
+def test_tls_and_supernode_auth_outside_demo(rendered, target):
+    docs = rendered[target]
+    (superlink,) = component(docs, "superlink")
+    link = superlink["spec"]["template"]["spec"]["containers"][0]
+    assert "--enable-supernode-auth" in link["args"]
+    for name in ("ssl-ca-certfile", "ssl-certfile", "ssl-keyfile", "superexec-auth-secret-file"):
+        assert flag(link, name), name
+    for site in component(docs, "supernode"):
+        node = site["spec"]["template"]["spec"]["containers"][0]
+        assert flag(node, "root-certificates")
+        assert flag(node, "auth-supernode-private-key")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_committed_secrets_are_placeholders(rendered, target):
+    secrets = find(rendered[target], "Secret", "")
+    for secret in secrets:
+        for key, value in secret.get("data", {}).items():
+            text = base64.b64decode(value).decode("utf-8")
+            assert text.startswith("PLACEHOLDER - NOT A REAL KEY"), (secret["metadata"], key)
+    assert secrets or target == "ray-simulation"
+
+
+# ------------------------------------------------------------------ wiring
+
+
+@pytest.mark.parametrize("target", FLOWER_TARGETS)
+def test_results_volume_is_mounted_where_the_serverapp_writes(rendered, target):
+    docs = rendered[target]
+    results_dir = configmap_toml(docs, "fedrank-run-config", "run-config.toml")["results-dir"]
+    (serverapp,) = component(docs, "serverapp")
+    spec = serverapp["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    (container,) = [c for c in spec["containers"] if c["name"] == "superexec-serverapp"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+
+    assert find(docs, "PersistentVolumeClaim", claim)
+    assert Path(results_dir).is_relative_to(mount["mountPath"])
+    assert not mount.get("readOnly", False)
+
+
+def test_simulation_results_volume_is_mounted_in_the_driver(rendered):
+    docs = rendered["ray-simulation"]
+    results_dir = configmap_toml(docs, "fedrank-simulation", "simulation.toml")["results-dir"]
+    (job,) = find(docs, "Job", "fedrank-simulate")
+    spec = job["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    (container,) = spec["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+
+    assert Path(results_dir).is_relative_to(mount["mountPath"])
+    assert env["RAY_ADDRESS"].startswith("ray://fedrank-ray-head-svc:")
+    assert "--ray-address=$(RAY_ADDRESS)" in container["args"]
+
+
+@pytest.mark.parametrize("target", FLOWER_TARGETS)
+def test_supernode_egress_reaches_only_the_fleet_port_and_dns(rendered, target):
+    docs = rendered[target]
+    (superlink,) = component(docs, "superlink")
+    link = superlink["spec"]["template"]["spec"]["containers"][0]
+    fleet_port = int(flag(link, "port") or 0)
+    (policy,) = [
+        d
+        for d in find(docs, "NetworkPolicy", "")
+        if d["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component")
+        == "supernode"
+    ]
+    rules = policy["spec"]["egress"]
+
+    assert "Egress" in policy["spec"]["policyTypes"]
+    assert policy["spec"]["ingress"] == []
+    superlink_labels = superlink["spec"]["template"]["metadata"]["labels"]
+    for rule in rules:
+        ports = {(p["protocol"], p["port"]) for p in rule["ports"]}
+        (peer,) = rule["to"]
+        if "namespaceSelector" in peer:
+            assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+            assert ports == {("UDP", 53), ("TCP", 53)}
+        else:
+            assert peer["podSelector"]["matchLabels"].items() <= superlink_labels.items()
+            assert ports == {("TCP", fleet_port)}
+    assert len(rules) == 2
+    for site in component(docs, "supernode"):
+        node = site["spec"]["template"]["spec"]["containers"][0]
+        assert flag(node, "superlink") == f"superlink:{fleet_port}"
+
+
+@pytest.mark.parametrize("target", FLOWER_TARGETS)
+def test_each_site_has_its_own_partition_and_credentials(rendered, target):
+    docs = rendered[target]
+    sites = component(docs, "supernode")
+    num_clients = configmap_toml(docs, "fedrank-run-config", "run-config.toml")["num-clients"]
+    partitions, secrets = [], set()
+    for site in sites:
+        spec = site["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        config = configmap_toml(
+            docs, volumes["node-config"]["configMap"]["name"], "node-config.toml"
+        )
+        partitions.append(config["partition-id"])
+        assert config["num-partitions"] == len(sites)
+        secrets.add(volumes["credentials"]["secret"]["secretName"])
+        assert site["spec"]["replicas"] == 1
+        assert site["spec"]["strategy"]["type"] == "Recreate"
+
+    assert sorted(partitions) == list(range(len(sites))) == list(range(num_clients))
+    assert len(secrets) == len(sites)
+
+
+# ------------------------------------------------------------------ Flower 1.41 flags
+
+
+def _flower_parsers() -> dict[str, Any]:
+    from flwr.supercore.cli.flower_superexec import _parse_args as superexec
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink as superlink
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode as supernode
+
+    return {
+        "flower-superlink": superlink(),
+        "flower-supernode": supernode(),
+        "flower-superexec": superexec(),
+    }
+
+
+@pytest.mark.parametrize("target", FLOWER_TARGETS)
+def test_flower_commands_parse_with_the_installed_flower(rendered, target):
+    parsers = _flower_parsers()
+    seen = set()
+    for name, _, container in containers(rendered[target]):
+        command = container.get("command", [""])[0]
+        if command not in parsers:
+            continue
+        seen.add(command)
+        try:
+            parsers[command].parse_args(container["args"])
+        except SystemExit as err:  # argparse reports unknown or malformed flags this way
+            pytest.fail(f"{name}: {shlex.join([command, *container['args']])}: {err}")
+    assert seen == set(parsers)
