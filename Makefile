@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedrank-installed
 
-.PHONY: run test test-all lint typecheck format bench protos clean
+.PHONY: run test test-all lint typecheck format bench protos k8s-check clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	MYPY=$(abspath $(BIN)/mypy) scripts/typecheck.sh
+	PYTHON=$(abspath $(BIN)/python) scripts/check_protos.sh
+	PYTHON=$(abspath $(BIN)/python) scripts/validate_k8s.sh
 
 typecheck: $(STAMP)
 	MYPY=$(abspath $(BIN)/mypy) scripts/typecheck.sh
@@ -38,6 +40,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+protos: $(STAMP)
+	PYTHON=$(abspath $(BIN)/python) scripts/gen_protos.sh
+
+k8s-check: $(STAMP)
+	PYTHON=$(abspath $(BIN)/python) scripts/validate_k8s.sh
 
 clean:
 	rm -rf build .mypy_cache .ruff_cache .pytest_cache results

@@ -41,14 +41,18 @@ def main() -> dict[str, float]:
         ("fedrank borda_vote", best_time(lambda: borda_vote(ranks))),
         ("authors' argsort-of-argsort", best_time(lambda: authors_vote(orders), repeats=2)),
     ]
-    report(f"Vote, {CLIENTS} clients x {EDGES:,} edges", rows, baseline="floor (sum pass + one sort)")
+    report(
+        f"Vote, {CLIENTS} clients x {EDGES:,} edges", rows, baseline="floor (sum pass + one sort)"
+    )
     t = dict(rows)
     ratios = {
         "vote_over_floor": t["fedrank borda_vote"] / t["floor (sum pass + one sort)"],
         "authors_over_vote": t["authors' argsort-of-argsort"] / t["fedrank borda_vote"],
     }
-    print(f"  fedrank is {ratios['authors_over_vote']:.1f}x faster than the authors' method "
-          f"and {ratios['vote_over_floor']:.2f}x its floor")
+    print(
+        f"  fedrank is {ratios['authors_over_vote']:.1f}x faster than the authors' method "
+        f"and {ratios['vote_over_floor']:.2f}x its floor"
+    )
     return ratios
 
 

@@ -1,12 +1,10 @@
 """Shared fixtures."""
 
-from collections.abc import Iterator
-
 import pytest
 
 
 @pytest.fixture
-def flower_identity() -> Iterator[None]:
+def flower_identity() -> None:
     """Give this process the task identity Flower needs to build Messages outside a run.
 
     Flower's simulation sets it the same way (a dummy task on the SuperLink node).
@@ -17,4 +15,3 @@ def flower_identity() -> Iterator[None]:
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
-    yield

@@ -23,7 +23,9 @@ def test_bad_scenario_fails_before_ray_starts(
     assert not ray.is_initialized()
 
 
-def test_unknown_scenario_key_in_a_file_is_named(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_scenario_key_in_a_file_is_named(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pathlib import Path
 
     path = Path(str(tmp_path)) / "s.toml"

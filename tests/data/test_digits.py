@@ -8,7 +8,8 @@ def test_mnist5k_is_real_and_split_is_stratified() -> None:
     assert data.image_shape == (1, 28, 28)
     assert len(data.train) + len(data.test) == 5000
     assert np.bincount(data.test.labels).tolist() == [100] * 10
-    assert 0.0 <= data.train.images.min() and data.train.images.max() <= 1.0
+    assert data.train.images.min() >= 0.0
+    assert data.train.images.max() <= 1.0
 
 
 def test_digits_loads_with_its_own_shape() -> None:

@@ -29,17 +29,25 @@ def test_iid_is_an_even_exact_cover(clients: int, seed: int) -> None:
     assert max(sizes) - min(sizes) <= 1
 
 
-@given(clients=st.integers(2, 30), alpha=st.sampled_from([0.1, 1.0, 100.0]), seed=st.integers(0, 99))
+@given(
+    clients=st.integers(2, 30), alpha=st.sampled_from([0.1, 1.0, 100.0]), seed=st.integers(0, 99)
+)
 @settings(max_examples=30, deadline=None)
-def test_dirichlet_is_an_exact_cover_with_no_empty_client(clients: int, alpha: float, seed: int) -> None:
-    parts = dirichlet_partition(LABELS, num_clients=clients, alpha=alpha, rng=np.random.default_rng(seed))
+def test_dirichlet_is_an_exact_cover_with_no_empty_client(
+    clients: int, alpha: float, seed: int
+) -> None:
+    parts = dirichlet_partition(
+        LABELS, num_clients=clients, alpha=alpha, rng=np.random.default_rng(seed)
+    )
     _assert_exact_cover(parts, len(LABELS))
     assert min(len(p) for p in parts) >= 1
 
 
 def test_small_alpha_skews_labels_more_than_large_alpha() -> None:
     def mean_classes(alpha: float) -> float:
-        parts = dirichlet_partition(LABELS, num_clients=10, alpha=alpha, rng=np.random.default_rng(0))
+        parts = dirichlet_partition(
+            LABELS, num_clients=10, alpha=alpha, rng=np.random.default_rng(0)
+        )
         return float(np.mean([len(np.unique(LABELS[p])) for p in parts]))
 
     assert mean_classes(0.05) < mean_classes(100.0)
@@ -47,7 +55,9 @@ def test_small_alpha_skews_labels_more_than_large_alpha() -> None:
 
 
 def test_pathological_gives_each_client_its_classes() -> None:
-    parts = pathological_partition(LABELS, num_clients=10, classes_per_client=2, rng=np.random.default_rng(3))
+    parts = pathological_partition(
+        LABELS, num_clients=10, classes_per_client=2, rng=np.random.default_rng(3)
+    )
     _assert_exact_cover(parts, len(LABELS))
     assert all(len(np.unique(LABELS[p])) == 2 for p in parts)
 
@@ -62,6 +72,8 @@ def test_bad_parameters_raise_config_errors() -> None:
     with pytest.raises(ConfigError, match="num-clients"):
         iid_partition(5, num_clients=6, rng=np.random.default_rng(0))
     with pytest.raises(ConfigError, match="classes-per-client"):
-        pathological_partition(LABELS, num_clients=5, classes_per_client=11, rng=np.random.default_rng(0))
+        pathological_partition(
+            LABELS, num_clients=5, classes_per_client=11, rng=np.random.default_rng(0)
+        )
     with pytest.raises(ConfigError, match="partitioner"):
         partition(LABELS, scheme="shards", num_clients=5, rng=np.random.default_rng(0))

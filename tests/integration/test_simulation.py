@@ -15,8 +15,15 @@ pytestmark = pytest.mark.integration
 
 def _scenario(results: Path) -> Scenario:
     return Scenario(
-        dataset="digits", model="mlp", num_clients=6, clients_per_round=3, rounds=4,
-        local_epochs=2, lr=1.0, seed=11, results_dir=str(results),
+        dataset="digits",
+        model="mlp",
+        num_clients=6,
+        clients_per_round=3,
+        rounds=4,
+        local_epochs=2,
+        lr=1.0,
+        seed=11,
+        results_dir=str(results),
     )
 
 

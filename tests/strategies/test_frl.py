@@ -14,15 +14,23 @@ SIZES = {"fc1.weight": 6, "fc2.weight": 4}
 
 def _strategy(min_replies: int = 1) -> FrlVote:
     return FrlVote(
-        partitions={p: 100 + p for p in range(5)}, clients_per_round=3, layer_sizes=SIZES,
-        min_replies=min_replies, seed=1,
+        partitions={p: 100 + p for p in range(5)},
+        clients_per_round=3,
+        layer_sizes=SIZES,
+        min_replies=min_replies,
+        seed=1,
     )
 
 
 def _reply(node: int, arrays: dict[str, np.ndarray]) -> Message:
-    ins = Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=node,
-                  message_type=MessageType.TRAIN)
-    content = RecordDict({"arrays": to_array_record(arrays), "metrics": MetricRecord({"num-examples": 1})})
+    ins = Message(
+        content=RecordDict({"config": ConfigRecord()}),
+        dst_node_id=node,
+        message_type=MessageType.TRAIN,
+    )
+    content = RecordDict(
+        {"arrays": to_array_record(arrays), "metrics": MetricRecord({"num-examples": 1})}
+    )
     return Message(content=content, reply_to=ins)
 
 
@@ -40,7 +48,8 @@ def test_bad_replies_are_rejected_counted_and_the_round_goes_on() -> None:
 
     arrays, metrics = _strategy().aggregate_train(1, replies)
 
-    assert arrays is not None and metrics is not None
+    assert arrays is not None
+    assert metrics is not None
     assert metrics["replies"] == 3
     assert metrics["rejected"] == 2
     assert metrics["rejected.not_permutation"] == 1
@@ -54,7 +63,9 @@ def test_too_few_valid_replies_skip_the_round() -> None:
     replies = [_reply(100, _valid(0)), _reply(101, {"fc1.weight": np.zeros(6, dtype=np.int64)})]
     arrays, metrics = _strategy(min_replies=2).aggregate_train(4, replies)
     assert arrays is None
-    assert metrics is not None and metrics["replies"] == 1 and metrics["rejected"] == 1
+    assert metrics is not None
+    assert metrics["replies"] == 1
+    assert metrics["rejected"] == 1
 
 
 def test_sampling_is_seeded_by_seed_and_round() -> None:
@@ -67,7 +78,9 @@ def test_sampling_is_seeded_by_seed_and_round() -> None:
 
 def test_configure_train_addresses_the_sampled_partitions_nodes() -> None:
     strategy = _strategy()
-    messages = list(strategy.configure_train(2, to_array_record(_valid(0)), ConfigRecord({"k": 0.5}), grid=None))  # type: ignore[arg-type]
+    messages = list(
+        strategy.configure_train(2, to_array_record(_valid(0)), ConfigRecord({"k": 0.5}), grid=None)
+    )  # type: ignore[arg-type]
     chosen = sample_partitions(strategy.partitions, count=3, seed=1, server_round=2)
     assert sorted(m.metadata.dst_node_id for m in messages) == [100 + p for p in chosen]
     assert messages[0].content.config_records["config"]["server-round"] == 2

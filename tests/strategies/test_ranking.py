@@ -38,7 +38,10 @@ def test_client_order_does_not_change_the_vote(stacked: np.ndarray, seed: int) -
     np.testing.assert_array_equal(borda_vote(stacked), borda_vote(shuffled))
 
 
-@given(hnp.arrays(np.int64, st.integers(1, 100), elements=st.integers(0, 10**6), unique=True), st.integers(1, 7))
+@given(
+    hnp.arrays(np.int64, st.integers(1, 100), elements=st.integers(0, 10**6), unique=True),
+    st.integers(1, 7),
+)
 @settings(max_examples=100, deadline=None)
 def test_unanimous_vote_returns_that_ranking(values: np.ndarray, m: int) -> None:
     ranking = ranks_from_order(np.argsort(values, kind="stable"))
