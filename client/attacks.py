@@ -175,11 +175,11 @@ def mask_boundary_attack(
     ``w`` edges just outside it go to the top (the closest to position ``n - 1``);
     every other edge keeps its benign relative order, shifted by at most ``w``.
 
-    Designed against trimmed-mean and median votes: only edges near the boundary can
-    change the mask, and extreme positions on exactly those edges make the attacker's
-    values the ones a robust rule keeps at the edge of the benign range (the lowest
-    benign-range value for an inside edge), while the rest of the vector agrees with
-    the benign clients and so is neither trimmed away as an outlier nor easy to spot.
+    Aimed at the mask itself, hence also at trimmed-mean and median votes: only
+    edges near the boundary can change the mask, so the attacker spends its extreme
+    positions on exactly those (a robust rule then keeps the edge of the benign
+    range for them) and agrees with the benign clients everywhere else, so the
+    vector is neither trimmed away as an outlier nor easy to spot.
     """
     n = _check_rank_vector(benign_estimate)
     if not 0.0 < k <= 1.0:

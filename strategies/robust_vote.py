@@ -158,14 +158,18 @@ def trimmed_borda_vote(
     (ties by edge index). With ``trim_fraction = 0`` this is exactly the plain Borda
     vote.
 
-    Resists: up to ``b`` colluders sending any rank vectors — the reverse-ranking
-    attack of FRL (Sec. 5), random rankings, scaled-up "extreme" positions. Each
-    kept position of an edge lies within the benign clients' range of positions
-    for it (see :func:`trimmed_borda_scores`), so a malicious client's per-edge
-    influence drops from ``n - 1`` to at most the spread of the benign positions.
-    Not resisted: more than ``b`` attackers, and attacks that stay inside the benign
-    range (the mask-boundary attack in :mod:`fedrank.client.attacks` exploits this
-    where benign clients disagree; under non-IID data they disagree a lot).
+    Resists: up to ``b`` colluders sending any rank vectors (the reverse-ranking
+    attack of FRL, Sec. 5, random rankings, the mask-boundary attack of
+    :mod:`fedrank.client.attacks`) in a bounded sense: every kept position of an
+    edge lies within the benign clients' range of positions for it (see
+    :func:`trimmed_borda_scores`), so one client's per-edge influence drops from
+    ``n - 1`` to at most the spread of the benign positions. Not resisted: more than
+    ``b`` attackers; attacks that stay inside the benign range (wide under non-IID
+    data). Caveat: when all attackers sit at one extreme (reversal), symmetric
+    trimming also drops ``b`` benign positions at the other end, a bias plain Borda
+    does not have; Borda already dilutes a reversal (it adds a decreasing function
+    of the benign estimate), so against that one attack plain Borda can do better.
+    The trimmed vote pays off against attacks aimed at the mask boundary.
 
     Parameters
     ----------
