@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+
 from fedrank.strategies.robust_vote import (
     median_vote,
     ranks_from_keys,

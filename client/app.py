@@ -20,7 +20,7 @@ from fedrank.config import Scenario
 from fedrank.models.supermask import get_rankings, set_rankings
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import PARTITION_KEY
-from fedrank.task import client_data, is_dense, model_for, training_generator
+from fedrank.task import client_data, client_threads, is_dense, model_for, training_generator
 from fedrank.training import load_numpy_state, numpy_state, train_local
 
 app = ClientApp()
@@ -50,7 +50,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = cast(int, config.pop("server-round"))
     scenario = Scenario.from_mapping(config, source="the server's config")
     pid = partition_id(context)
-    torch.set_num_threads(max(1, int(scenario.num_cpus_per_client)))
+    torch.set_num_threads(client_threads(scenario))  # this worker serves one client at a time
 
     model = model_for(scenario)
     arrays = msg.content.array_records["arrays"]
@@ -63,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
         model,
         data,
         epochs=scenario.local_epochs,
-        lr=scenario.lr,
+        lr=scenario.learning_rate,
         momentum=scenario.momentum,
         batch_size=scenario.batch_size,
         generator=training_generator(scenario, server_round, pid),

@@ -20,9 +20,9 @@ from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
-from fedrank.strategies.robust_vote import trimmed_borda_vote
 
 from fedrank.errors import ConfigError
+from fedrank.strategies.robust_vote import trimmed_borda_vote
 
 AttackKind = Literal[
     "reverse_ranking", "random_ranking", "mask_boundary",

@@ -24,7 +24,7 @@ def _add_scenario_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scenario fields (override the scenario file)")
     for field in dataclasses.fields(Scenario):
         flag = "--" + field.name.replace("_", "-")
-        kind = type(field.default)
+        kind = float if field.default is None else type(field.default)  # lr: None = per strategy
         group.add_argument(
             flag,
             dest=f"set_{field.name}",

@@ -7,7 +7,9 @@ or weights ever crosses the wire.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -71,24 +73,29 @@ def test_data(scenario: Scenario) -> ImageSplit:
     return load_dataset(scenario.dataset, test_fraction=scenario.test_fraction).test
 
 
-@functools.cache
-def _model(
-    name: str, dataset: str, test_fraction: float, seed: int, k: float, dense: bool
-) -> nn.Module:
-    data = load_dataset(dataset, test_fraction=test_fraction)
+def build_for(scenario: Scenario) -> nn.Module:
+    """A fresh copy of the scenario's network as the seed defines it."""
+    data = load_dataset(scenario.dataset, test_fraction=scenario.test_fraction)
     return build_model(
-        name,
+        scenario.model,
         image_shape=data.image_shape,
         num_classes=data.num_classes,
-        seed=seed,
-        k=k,
-        dense=dense,
+        seed=scenario.seed,
+        k=scenario.k,
+        dense=is_dense(scenario),
     )
 
 
+_WORKING_MODELS: dict[tuple[object, ...], nn.Module] = {}
+
+
 def model_for(scenario: Scenario) -> nn.Module:
-    """The scenario's network, built once per process (frozen weights from the seed)."""
-    return _model(
+    """This process's working copy of the network, built once and reused.
+
+    Its frozen weights never change, but every user overwrites the scores (or
+    weights) before use; never read state from it that you did not set.
+    """
+    key = (
         scenario.model,
         scenario.dataset,
         scenario.test_fraction,
@@ -96,11 +103,14 @@ def model_for(scenario: Scenario) -> nn.Module:
         scenario.k,
         is_dense(scenario),
     )
+    if key not in _WORKING_MODELS:
+        _WORKING_MODELS[key] = build_for(scenario)
+    return _WORKING_MODELS[key]
 
 
 def initial_state(scenario: Scenario) -> dict[str, np.ndarray]:
     """Round-0 global state: rank vectors of the seed's scores, or the seed's weights."""
-    model = model_for(scenario)
+    model = build_for(scenario)
     return numpy_state(model) if is_dense(scenario) else get_rankings(model)
 
 
@@ -115,3 +125,19 @@ def training_generator(scenario: Scenario, server_round: int, partition_id: int)
     """Generator for one client's local training in one round (seed, round, partition)."""
     state = np.random.SeedSequence([scenario.seed, server_round, partition_id]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def client_threads(scenario: Scenario) -> int:
+    """Torch threads of one client: its CPU share (float sums depend on the count)."""
+    return max(1, int(scenario.num_cpus_per_client))
+
+
+@contextlib.contextmanager
+def threads_of_a_client(scenario: Scenario) -> Iterator[None]:
+    """Run this process's torch with a client's thread count, then restore it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(client_threads(scenario))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

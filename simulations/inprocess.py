@@ -22,6 +22,7 @@ from fedrank.task import (
     is_dense,
     model_for,
     test_data,
+    threads_of_a_client,
     training_generator,
 )
 from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
@@ -41,7 +42,7 @@ def local_update(
         model,
         data,
         epochs=scenario.local_epochs,
-        lr=scenario.lr,
+        lr=scenario.learning_rate,
         momentum=scenario.momentum,
         batch_size=scenario.batch_size,
         generator=training_generator(scenario, server_round, partition_id),
@@ -66,7 +67,8 @@ def run_in_process(
             seed=scenario.seed,
             server_round=server_round,
         )
-        replies = [local_update(scenario, state, server_round, p) for p in chosen]
+        with threads_of_a_client(scenario):
+            replies = [local_update(scenario, state, server_round, p) for p in chosen]
         if is_dense(scenario):
             total = sum(n for _, n in replies)
             state = {k: np.sum([r[k] * (n / total) for r, n in replies], axis=0) for k in state}

@@ -7,6 +7,9 @@ from statistics import NormalDist
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
 from fedrank.client.attacks import (
     AttackSpec,
     alie_attack,
@@ -23,9 +26,6 @@ from fedrank.client.attacks import (
     scaling_attack,
     sign_flip_attack,
 )
-from hypothesis import assume, given
-from hypothesis import strategies as st
-
 from fedrank.errors import ConfigError
 
 IntArray = npt.NDArray[np.int64]

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from fedrank.errors import CheckpointError
 from fedrank.server import checkpoint as checkpoint_module
 from fedrank.server.checkpoint import (
     CheckpointState,
@@ -18,8 +20,6 @@ from fedrank.server.checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-
-from fedrank.errors import CheckpointError
 
 
 def make_state(round_number: int, *, seed: int = 0) -> CheckpointState:

@@ -3,6 +3,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedrank.strategies import robust_vote
 from fedrank.strategies.robust_vote import (
     median_scores,
@@ -12,8 +15,6 @@ from fedrank.strategies.robust_vote import (
     trimmed_borda_scores,
     trimmed_borda_vote,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 IntArray = npt.NDArray[np.int64]
 
