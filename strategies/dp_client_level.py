@@ -7,6 +7,8 @@ between Flower messages and those functions, and records every release in a
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -107,7 +109,10 @@ class ClientLevelDp(Strategy):
         divisor of the sum.
     seed : int
         Seed of the noise (and of Poisson sampling); with the round number it fixes
-        every draw, so a resumed round releases exactly what the crashed one did.
+        every draw, so a resumed round given the same replies releases exactly what the
+        crashed one did, and the ledger counts it once (same digest). Given other
+        replies, the noise of a round already released is never reused: the replay
+        draws fresh noise and is counted as a second release.
     sampling : {"fixed", "poisson"}
         See Accounting above.
     total_clients : int | None
@@ -274,9 +279,43 @@ class ClientLevelDp(Strategy):
             return None, None
         release = self._release(server_round)
         # Before anything is computed from the replies: a refused release reveals
-        # nothing about them.
+        # nothing about them. A replay of a recorded round is counted here as new (it
+        # may turn out free below, but is not assumed to be).
         self.ledger.check(release)
 
+        updates, rejected, failed = self._updates(server_round, replies, reference)
+        clipped = sum(1 for u in updates if l2_norm(u) > self.clip_norm)
+        earlier = [r for r in self.ledger.releases if r.key == release.key]
+        new_arrays, digest = self._noised(server_round, updates, reference, attempt=0)
+        if earlier and all(r.digest != digest for r in earlier):
+            # This round was released before from other replies (a resumed run whose
+            # clients trained differently). Reusing its noise would let the difference
+            # of the two releases cancel it: draw fresh noise and count a new release.
+            new_arrays, digest = self._noised(
+                server_round, updates, reference, attempt=len(earlier)
+            )
+        release = dataclasses.replace(release, digest=digest)
+        epsilon = self.ledger.record(release)
+        metrics = MetricRecord(
+            {
+                "dp-epsilon": epsilon,
+                "dp-delta": self.ledger.delta,
+                "dp-noise-std": self.noise_std,
+                "dp-clip-fraction": clipped / len(updates) if updates else 0.0,
+                "dp-replies": len(updates),
+                "dp-rejected": rejected,
+                "dp-failed": failed,
+            }
+        )
+        return new_arrays, metrics
+
+    def _updates(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        reference: Mapping[str, npt.NDArray[np.floating]],
+    ) -> tuple[list[dict[str, npt.NDArray[np.float64]]], int, int]:
+        """Valid updates (sorted by sender), and counts of rejected and failed replies."""
         updates: list[dict[str, npt.NDArray[np.float64]]] = []
         rejected = 0
         failed = 0
@@ -296,34 +335,36 @@ class ClientLevelDp(Strategy):
                     reply.metadata.src_node_id,
                     err,
                 )
-        clipped = sum(1 for u in updates if l2_norm(u) > self.clip_norm)
+        return updates, rejected, failed
+
+    def _noised(
+        self,
+        server_round: int,
+        updates: list[dict[str, npt.NDArray[np.float64]]],
+        reference: Mapping[str, npt.NDArray[np.floating]],
+        *,
+        attempt: int,
+    ) -> tuple[ArrayRecord, str]:
+        """New global arrays (reference + noised average update) and their digest."""
         average = client_level_dp_aggregate(
             updates,
             shapes={name: value.shape for name, value in reference.items()},
             clip_norm=self.clip_norm,
             noise_multiplier=self.noise_multiplier,
-            rng=np.random.default_rng([self.seed, server_round, _NOISE_STREAM]),
+            rng=np.random.default_rng([self.seed, server_round, _NOISE_STREAM, attempt]),
             expected_clients=self.expected_clients,
         )
-        new_arrays = ArrayRecord(
-            {
-                name: Array(np.asarray(base.astype(np.float64) + average[name], dtype=base.dtype))
-                for name, base in reference.items()
-            }
-        )
-        epsilon = self.ledger.record(release)
-        metrics = MetricRecord(
-            {
-                "dp-epsilon": epsilon,
-                "dp-delta": self.ledger.delta,
-                "dp-noise-std": self.noise_std,
-                "dp-clip-fraction": clipped / len(updates) if updates else 0.0,
-                "dp-replies": len(updates),
-                "dp-rejected": rejected,
-                "dp-failed": failed,
-            }
-        )
-        return new_arrays, metrics
+        values = {
+            name: np.asarray(base.astype(np.float64) + average[name], dtype=base.dtype)
+            for name, base in reference.items()
+        }
+        digest = hashlib.sha256()
+        for name, value in values.items():
+            digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        return ArrayRecord(
+            {name: Array(value) for name, value in values.items()}
+        ), digest.hexdigest()
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

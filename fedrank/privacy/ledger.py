@@ -62,6 +62,10 @@ class Release:
         What is protected; must match ``mechanism``.
     party : str
         Who spends: the client id for sample-level DP, ``"server"`` for client-level.
+    digest : str
+        SHA-256 (hex) of the released values, or ``""`` when not known. Two releases
+        with equal fields and digests are the same release (a replay costs nothing);
+        the same parameters with another digest are another release and count again.
     """
 
     round: int
@@ -72,6 +76,7 @@ class Release:
     clip_norm: float
     unit: Unit
     party: str
+    digest: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.round, int) or isinstance(self.round, bool) or self.round < 0:
@@ -101,6 +106,11 @@ class Release:
             )
         if not isinstance(self.party, str) or not self.party:
             raise ValueError(f"party must be a non-empty string, got {self.party!r}")
+        if not isinstance(self.digest, str) or not (
+            self.digest == ""
+            or (len(self.digest) == 64 and all(c in "0123456789abcdef" for c in self.digest))
+        ):
+            raise ValueError(f"digest must be '' or 64 lowercase hex digits, got {self.digest!r}")
         # JSON may hand back 1 for 1.0; store floats so equal releases compare equal.
         for name in ("noise_multiplier", "sample_rate", "clip_norm"):
             object.__setattr__(self, name, float(getattr(self, name)))

@@ -211,6 +211,7 @@ def test_budget_check_raises_before_the_file_changes(tmp_path: Path) -> None:
         ("clip_norm", 0.0),
         ("unit", "record"),  # a client-gaussian release protects clients
         ("party", ""),
+        ("digest", "abc"),
     ],
 )
 def test_release_validation_names_the_field(field: str, value: object) -> None:

@@ -331,3 +331,46 @@ def test_clip_fraction_counts_updates_over_the_bound(tmp_path: Path) -> None:
     over = sum(l2_norm(d) > 1.0 for d in deltas)
     assert metrics is not None
     assert metrics["dp-clip-fraction"] == pytest.approx(over / 3)
+
+
+def test_a_resumed_round_with_the_same_replies_is_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    delta = {k: np.full_like(v, 0.2) for k, v in GLOBAL.items()}
+    first, m1, _ = run_round(make_strategy(make_ledger(path), m=2), 1, GLOBAL, [delta, delta])
+
+    # A new process, the same ledger file and seed, the same round replayed.
+    again, m2, _ = run_round(make_strategy(make_ledger(path), m=2), 1, GLOBAL, [delta, delta])
+
+    assert first is not None
+    assert again is not None
+    np.testing.assert_array_equal(first["w"].numpy(), again["w"].numpy())
+    assert len(path.read_text().splitlines()) == 1
+    assert m1 is not None
+    assert m2 is not None
+    assert m1["dp-epsilon"] == m2["dp-epsilon"]
+
+
+def test_a_resumed_round_with_other_replies_gets_fresh_noise_and_counts(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    clip, m = 1.0, 2
+    zero = {k: np.zeros_like(v) for k, v in GLOBAL.items()}
+    step = {k: np.full_like(v, 0.1) for k, v in GLOBAL.items()}  # norm 0.28 < C
+    first, m1, _ = run_round(
+        make_strategy(make_ledger(path), m=m, clip=clip), 1, GLOBAL, [zero, zero]
+    )
+
+    with pytest.warns(RuntimeWarning, match="counting both"):
+        again, m2, _ = run_round(
+            make_strategy(make_ledger(path), m=m, clip=clip), 1, GLOBAL, [step, step]
+        )
+
+    assert first is not None
+    assert again is not None
+    noise_first = first["w"].numpy() - GLOBAL["w"]
+    noise_again = again["w"].numpy() - (GLOBAL["w"] + 0.1)  # the mean of two equal steps
+    # Equal noise would cancel in the difference of the two releases.
+    assert not np.allclose(noise_first, noise_again, atol=1e-3)
+    assert len(make_ledger(path).releases) == 2
+    assert m1 is not None
+    assert m2 is not None
+    assert m2["dp-epsilon"] > m1["dp-epsilon"]
