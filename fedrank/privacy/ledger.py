@@ -1,0 +1,350 @@
+"""The privacy ledger: every release a run makes, appended durably, epsilon read from it.
+
+A JSON-lines file, one :class:`Release` a line, written before the release leaves the
+process (line, flush, ``os.fsync``). Epsilon is always computed from the whole ledger
+(:func:`fedrank.privacy.accountant.compute_epsilon`), so a resumed run counts what the
+crashed one released. When in doubt, the ledger counts: a second, different release
+for a round that already has one is appended, not merged.
+
+One writer per file: the ledger does not lock it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fedrank.errors import CheckpointError, PrivacyBudgetExhausted
+from fedrank.privacy.accountant import ACCOUNTANTS, AccountantName, compute_epsilon
+
+Mechanism = Literal["dp-sgd", "client-gaussian"]
+Unit = Literal["record", "client"]
+
+# Which privacy unit each mechanism protects: DP-SGD on a client protects its records;
+# the server's clipped-and-noised aggregate protects whole clients.
+UNIT_OF: dict[str, Unit] = {"dp-sgd": "record", "client-gaussian": "client"}
+
+_log = logging.getLogger(__name__)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Release:
+    """One released result of a differentially private mechanism.
+
+    Parameters
+    ----------
+    round : int
+        Federated round, >= 0.
+    mechanism : {"dp-sgd", "client-gaussian"}
+        Per-record DP-SGD on a client, or client-level Gaussian noise at the server.
+    noise_multiplier : float
+        sigma, noise std over L2 sensitivity, >= 0.
+    sample_rate : float
+        Poisson sampling rate q of one step, in [0, 1] (1: no amplification).
+    steps : int
+        Number of compositions in this release (optimizer steps; 1 for a server round).
+    clip_norm : float
+        L2 clipping bound C, > 0 (recorded for audit; epsilon does not depend on it).
+    unit : {"record", "client"}
+        What is protected; must match ``mechanism``.
+    party : str
+        Who spends: the client id for sample-level DP, ``"server"`` for client-level.
+    digest : str
+        SHA-256 (hex) of the released values, or ``""`` when not known. Two releases
+        with equal fields and digests are the same release (a replay costs nothing);
+        the same parameters with another digest are another release and count again.
+    """
+
+    round: int
+    mechanism: Mechanism
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clip_norm: float
+    unit: Unit
+    party: str
+    digest: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.round, int) or isinstance(self.round, bool) or self.round < 0:
+            raise ValueError(f"round must be an integer >= 0, got {self.round!r}")
+        if self.mechanism not in UNIT_OF:
+            raise ValueError(f"mechanism must be one of {tuple(UNIT_OF)}, got {self.mechanism!r}")
+        if not (
+            _is_number(self.noise_multiplier)
+            and math.isfinite(self.noise_multiplier)
+            and self.noise_multiplier >= 0
+        ):
+            raise ValueError(
+                f"noise_multiplier must be a finite number >= 0, got {self.noise_multiplier!r}"
+            )
+        if not (_is_number(self.sample_rate) and 0.0 <= self.sample_rate <= 1.0):
+            raise ValueError(f"sample_rate must lie in [0, 1], got {self.sample_rate!r}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
+        if not (
+            _is_number(self.clip_norm) and math.isfinite(self.clip_norm) and self.clip_norm > 0
+        ):
+            raise ValueError(f"clip_norm must be a finite number > 0, got {self.clip_norm!r}")
+        if self.unit != UNIT_OF[self.mechanism]:
+            raise ValueError(
+                f"unit must be {UNIT_OF[self.mechanism]!r} for mechanism {self.mechanism!r}, "
+                f"got {self.unit!r}"
+            )
+        if not isinstance(self.party, str) or not self.party:
+            raise ValueError(f"party must be a non-empty string, got {self.party!r}")
+        if not isinstance(self.digest, str) or not (
+            self.digest == ""
+            or (len(self.digest) == 64 and all(c in "0123456789abcdef" for c in self.digest))
+        ):
+            raise ValueError(f"digest must be '' or 64 lowercase hex digits, got {self.digest!r}")
+        # JSON may hand back 1 for 1.0; store floats so equal releases compare equal.
+        for name in ("noise_multiplier", "sample_rate", "clip_norm"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        """Identity of a release for idempotent recording: (round, party, mechanism)."""
+        return (self.round, self.party, self.mechanism)
+
+    def to_json(self) -> str:
+        """One JSON line (no newline); floats round-trip exactly."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Release:
+        """Parse a line written by :meth:`to_json`; ``ValueError`` if it is not one."""
+        data: Any = json.loads(text)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) != fields:
+            raise ValueError(f"expected an object with exactly the keys {sorted(fields)}")
+        return cls(**data)
+
+
+@functools.lru_cache(maxsize=512)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    # PRV accounting takes about a second; a round asks for the same history twice.
+    return compute_epsilon(history=history, delta=delta, accountant=accountant)  # type: ignore[arg-type]
+
+
+class PrivacyLedger:
+    """Append-only, fsynced record of releases, with a budget checked before each.
+
+    Parameters
+    ----------
+    path : str | os.PathLike[str]
+        The JSON-lines file; read back if it exists (resume), created on first record.
+    budget_epsilon : float | None
+        Largest epsilon any one (unit, party) may spend; None: no limit, only counting.
+    delta : float
+        The delta at which epsilon is reported and budgeted, in (0, 1).
+    accountant : {"rdp", "prv"}
+        See :func:`fedrank.privacy.accountant.compute_epsilon`.
+
+    Raises
+    ------
+    CheckpointError
+        A line other than the last cannot be parsed as a release (a truncated last line,
+        left by a crash mid-write, is ignored with a warning and cut off at the next
+        append).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        budget_epsilon: float | None,
+        delta: float,
+        accountant: AccountantName,
+    ) -> None:
+        if budget_epsilon is not None and not (
+            _is_number(budget_epsilon) and not math.isnan(budget_epsilon) and budget_epsilon > 0
+        ):
+            raise ValueError(f"budget_epsilon must be a number > 0 or None, got {budget_epsilon!r}")
+        if not (_is_number(delta) and 0.0 < delta < 1.0):
+            raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        self.path = Path(path)
+        self.budget_epsilon = budget_epsilon
+        self.delta = float(delta)
+        self.accountant: AccountantName = accountant
+        self._releases: list[Release] = []
+        # Repair owed to the file before the next append: cut a partial last line at
+        # this offset, or end a complete last line that lacks its newline.
+        self._truncate_at: int | None = None
+        self._needs_newline = False
+        self._load()
+
+    @property
+    def releases(self) -> tuple[Release, ...]:
+        """Every release recorded, in file order."""
+        return tuple(self._releases)
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        # After a final newline, split leaves an empty tail; anything else is a last line
+        # whose write did not finish.
+        tail = lines.pop()
+        offset = 0
+        for number, raw in enumerate(lines, start=1):
+            offset += len(raw) + 1
+            if not raw.strip():
+                continue
+            try:
+                self._releases.append(Release.from_json(raw.decode("utf-8")))
+            except (ValueError, TypeError, UnicodeDecodeError) as err:
+                raise CheckpointError(
+                    f"privacy ledger {self.path}, line {number} is corrupt ({err}); "
+                    "restore the file from a backup: epsilon cannot be counted without it"
+                ) from err
+        if not tail:
+            return
+        try:
+            release = Release.from_json(tail.decode("utf-8"))
+        except (ValueError, TypeError, UnicodeDecodeError):
+            warnings.warn(
+                f"privacy ledger {self.path}: ignoring a truncated last line "
+                f"({len(tail)} bytes, a write cut short by a crash)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._truncate_at = offset
+            return
+        # The whole release was written, only its newline was not: it counts.
+        self._releases.append(release)
+        self._needs_newline = True
+
+    def _history(self, unit: Unit, party: str) -> list[Release]:
+        return [r for r in self._releases if r.unit == unit and r.party == party]
+
+    def _compute(self, history: Sequence[Release]) -> float:
+        key = tuple((r.noise_multiplier, r.sample_rate, r.steps) for r in history)
+        return _epsilon(key, self.delta, self.accountant)
+
+    def _is_recorded(self, release: Release) -> bool:
+        return release in self._releases
+
+    def spent(self, *, unit: Unit, party: str) -> float:
+        """Epsilon spent so far by ``party`` for ``unit``-level privacy, at ``delta``.
+
+        Parameters
+        ----------
+        unit : {"record", "client"}
+            ``"record"`` for a client's DP-SGD, ``"client"`` for the server's releases.
+        party : str
+            Client id, or ``"server"``.
+
+        Returns
+        -------
+        float
+            Epsilon of the composition of every matching release in the ledger.
+        """
+        return self._compute(self._history(unit, party))
+
+    def check(self, release: Release) -> float:
+        """Epsilon that ``release``'s party would have spent after it; nothing is written.
+
+        A release already recorded (same fields) is not counted twice.
+
+        Raises
+        ------
+        PrivacyBudgetExhausted
+            That epsilon exceeds ``budget_epsilon``: the release must not be made.
+        """
+        history = self._history(release.unit, release.party)
+        if not self._is_recorded(release):
+            history.append(release)
+        epsilon = self._compute(history)
+        if self.budget_epsilon is not None and epsilon > self.budget_epsilon:
+            raise PrivacyBudgetExhausted(
+                f"round {release.round}: the {release.mechanism} release of "
+                f"{release.party!r} would bring its {release.unit}-level epsilon to "
+                f"{epsilon:.4f} (delta={self.delta:g}), over the budget of "
+                f"{self.budget_epsilon:g}; nothing was released. Raise the noise "
+                "multiplier or the budget, or stop the run here."
+            )
+        return epsilon
+
+    def record(self, release: Release) -> float:
+        """Check ``release`` against the budget, then append it durably.
+
+        Idempotent: a release equal to one already recorded is not appended again (a
+        resumed run replaying its last round). A different release with the same
+        (round, party, mechanism) is appended with a warning: both were made, both count.
+
+        Returns
+        -------
+        float
+            The party's epsilon after this release.
+
+        Raises
+        ------
+        PrivacyBudgetExhausted
+            As in :meth:`check`; the file is then left unchanged.
+        """
+        epsilon = self.check(release)
+        if self._is_recorded(release):
+            return epsilon
+        if any(r.key == release.key for r in self._releases):
+            warnings.warn(
+                f"privacy ledger {self.path}: round {release.round} already has a "
+                f"different {release.mechanism} release for {release.party!r}; "
+                "counting both",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._append(release)
+        self._releases.append(release)
+        _log.info(
+            "privacy ledger: round %d %s %s, epsilon %.4f",
+            release.round,
+            release.mechanism,
+            release.party,
+            epsilon,
+        )
+        return epsilon
+
+    def _append(self, release: Release) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            if self._truncate_at is not None:
+                os.ftruncate(fd, self._truncate_at)
+            payload = release.to_json().encode("utf-8") + b"\n"
+            if self._needs_newline:
+                payload = b"\n" + payload
+            # The line goes out whole or, after a crash, as a partial last line that
+            # the next load detects and drops.
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._truncate_at = None
+        self._needs_newline = False
+        if created:
+            # The new file's directory entry must survive a crash too.
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)

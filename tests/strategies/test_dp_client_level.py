@@ -1,0 +1,376 @@
+"""ClientLevelDp around a real flwr FedAvg, on hand-built messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fedrank.strategies.dp_client_level import ClientLevelDp
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrank.errors import ConfigError, PrivacyBudgetExhausted
+from fedrank.privacy.accountant import compute_epsilon
+from fedrank.privacy.ledger import PrivacyLedger
+from fedrank.privacy.mechanisms import l2_norm
+
+DELTA = 1e-5
+
+
+class FakeGrid:
+    """The part of flwr's Grid that strategies' configure_* methods use."""
+
+    def __init__(self, node_ids: Sequence[int]) -> None:
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Messages take run and node ids from the running ServerApp; give them some.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+
+
+def arrays_of(values: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in values.items()})
+
+
+def reply_to(message: Message, values: dict[str, np.ndarray], num_examples: int) -> Message:
+    """A train reply as a ClientApp sends it: "arrays" and "metrics" with num-examples."""
+    content = RecordDict(
+        {"arrays": arrays_of(values), "metrics": MetricRecord({"num-examples": num_examples})}
+    )
+    return Message(content, reply_to=message)
+
+
+def make_ledger(path: Path, budget: float | None = None) -> PrivacyLedger:
+    return PrivacyLedger(path, budget_epsilon=budget, delta=DELTA, accountant="rdp")
+
+
+def make_strategy(
+    ledger: PrivacyLedger,
+    *,
+    m: int = 3,
+    sigma: float = 1.0,
+    clip: float = 1.0,
+    seed: int = 0,
+    **kwargs: object,
+) -> ClientLevelDp:
+    inner = FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
+    return ClientLevelDp(
+        inner,
+        ledger=ledger,
+        clip_norm=clip,
+        noise_multiplier=sigma,
+        expected_clients=m,
+        seed=seed,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+GLOBAL = {"w": np.full((2, 2), 0.5, dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
+
+
+def run_round(
+    strategy: ClientLevelDp,
+    server_round: int,
+    global_values: dict[str, np.ndarray],
+    deltas: Sequence[dict[str, np.ndarray]],
+) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
+    grid = FakeGrid(range(1, len(deltas) + 1))
+    messages = sorted(
+        strategy.configure_train(server_round, arrays_of(global_values), ConfigRecord(), grid),  # type: ignore[arg-type]
+        key=lambda m: m.metadata.dst_node_id,
+    )
+    replies = [
+        reply_to(
+            msg, {k: global_values[k] + d[k] for k in global_values}, num_examples=10 * (i + 1)
+        )
+        for i, (msg, d) in enumerate(zip(messages, deltas, strict=True))
+    ]
+    arrays, metrics = strategy.aggregate_train(server_round, replies)
+    return arrays, metrics, replies
+
+
+# sigma = 1e-9 gives an enormous epsilon, whose best RDP order is the smallest.
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+def test_updates_are_clipped_and_averaged_uniformly(tmp_path: Path) -> None:
+    # Arrange: one update far outside the ball (norm 10), one inside (norm 0.5); sigma
+    # so small that the noise is far below the tolerance.
+    big = {"w": np.full((2, 2), 5.0, dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
+    small = {"w": np.zeros((2, 2), dtype=np.float32), "b": np.array([0.3, 0.4], dtype=np.float32)}
+    strategy = make_strategy(make_ledger(tmp_path / "l.jsonl"), m=2, sigma=1e-9, clip=1.0)
+
+    # Act
+    arrays, metrics, _ = run_round(strategy, 1, GLOBAL, [big, small])
+
+    # Assert: (big / 10 + small) / 2 added to the global model, num-examples ignored.
+    assert arrays is not None
+    assert metrics is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), 0.5 + 0.5 / 2, atol=1e-6)
+    np.testing.assert_allclose(arrays["b"].numpy(), [0.15, 0.2], atol=1e-6)
+    assert arrays["w"].numpy().dtype == np.float32
+    assert metrics["dp-clip-fraction"] == 0.5
+    assert metrics["dp-replies"] == 2
+
+
+def test_noise_on_the_average_has_std_sigma_c_over_m(tmp_path: Path) -> None:
+    n = 100_000
+    global_values = {"w": np.zeros(n, dtype=np.float64)}
+    sigma, clip, m = 2.0, 0.5, 4
+    strategy = make_strategy(make_ledger(tmp_path / "l.jsonl"), m=m, sigma=sigma, clip=clip)
+    zero = {"w": np.zeros(n)}
+
+    arrays, metrics, _ = run_round(strategy, 1, global_values, [zero] * m)
+
+    assert arrays is not None
+    assert metrics is not None
+    noise = arrays["w"].numpy()
+    expected = sigma * clip / m
+    assert metrics["dp-noise-std"] == pytest.approx(expected)
+    assert abs(noise.std() / expected - 1) < 0.02
+    assert abs(noise.mean()) < 5 * expected / math.sqrt(n)
+
+
+def test_every_round_is_recorded_and_epsilon_accumulates(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    ledger = make_ledger(path)
+    strategy = make_strategy(ledger, m=2, sigma=1.5, clip=1.0)
+    delta = {k: np.ones_like(v) for k, v in GLOBAL.items()}
+
+    epsilons = []
+    values = GLOBAL
+    for r in (1, 2, 3):
+        arrays, metrics, _ = run_round(strategy, r, values, [delta, delta])
+        assert arrays is not None
+        assert metrics is not None
+        values = {k: arrays[k].numpy() for k in GLOBAL}
+        epsilons.append(metrics["dp-epsilon"])
+
+    releases = make_ledger(path).releases
+    assert [r.round for r in releases] == [1, 2, 3]
+    assert all(
+        (r.mechanism, r.unit, r.party, r.noise_multiplier, r.sample_rate, r.steps, r.clip_norm)
+        == ("client-gaussian", "client", "server", 1.5, 1.0, 1, 1.0)
+        for r in releases
+    )
+    assert epsilons[0] < epsilons[1] < epsilons[2]
+    assert epsilons[2] == compute_epsilon(history=[(1.5, 1.0, 3)], delta=DELTA, accountant="rdp")
+
+
+def test_budget_stops_the_round_before_any_release(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    one = compute_epsilon(history=[(1.0, 1.0, 1)], delta=DELTA, accountant="rdp")
+    two = compute_epsilon(history=[(1.0, 1.0, 2)], delta=DELTA, accountant="rdp")
+    strategy = make_strategy(make_ledger(path, budget=(one + two) / 2), m=2)
+    delta = {k: np.ones_like(v) for k, v in GLOBAL.items()}
+    run_round(strategy, 1, GLOBAL, [delta, delta])
+    before = path.read_bytes()
+
+    with pytest.raises(PrivacyBudgetExhausted, match="round 2"):
+        run_round(strategy, 2, GLOBAL, [delta, delta])
+
+    assert path.read_bytes() == before
+
+
+def test_replies_and_config_are_not_mutated(tmp_path: Path) -> None:
+    strategy = make_strategy(make_ledger(tmp_path / "l.jsonl"), m=2)
+    config = ConfigRecord({"lr": 0.1})
+    messages = list(strategy.configure_train(1, arrays_of(GLOBAL), config, FakeGrid([1, 2])))  # type: ignore[arg-type]
+    big = {k: v + 10.0 for k, v in GLOBAL.items()}
+    replies = [reply_to(msg, big, 5) for msg in messages]
+    snapshot = [{k: r.content["arrays"][k].numpy().copy() for k in GLOBAL} for r in replies]
+
+    strategy.aggregate_train(1, replies)
+
+    assert dict(config) == {"lr": 0.1}
+    for reply, saved in zip(replies, snapshot, strict=True):
+        for k in GLOBAL:
+            np.testing.assert_array_equal(reply.content["arrays"][k].numpy(), saved[k])
+
+
+def test_same_seed_same_model_other_seed_other_noise(tmp_path: Path) -> None:
+    delta = {k: np.ones_like(v) for k, v in GLOBAL.items()}
+
+    def release(seed: int, name: str) -> np.ndarray:
+        strategy = make_strategy(make_ledger(tmp_path / name), m=2, seed=seed)
+        arrays, _, _ = run_round(strategy, 4, GLOBAL, [delta, delta])
+        assert arrays is not None
+        return arrays["w"].numpy()
+
+    np.testing.assert_array_equal(release(7, "a"), release(7, "b"))
+    assert not np.array_equal(release(7, "c"), release(8, "d"))
+
+
+def test_a_malformed_reply_is_rejected_and_the_round_goes_on(tmp_path: Path) -> None:
+    strategy = make_strategy(make_ledger(tmp_path / "l.jsonl"), m=2)
+    messages = list(
+        strategy.configure_train(1, arrays_of(GLOBAL), ConfigRecord(), FakeGrid([1, 2]))
+    )  # type: ignore[arg-type]
+    good = reply_to(messages[0], GLOBAL, 5)
+    bad = reply_to(messages[1], {"w": np.zeros(3, dtype=np.float32), "b": GLOBAL["b"]}, 5)
+
+    arrays, metrics = strategy.aggregate_train(1, [good, bad])
+
+    assert arrays is not None
+    assert metrics is not None
+    assert metrics["dp-replies"] == 1
+    assert metrics["dp-rejected"] == 1
+
+
+def test_poisson_sampling_is_seeded_and_amplified(tmp_path: Path) -> None:
+    ledger = make_ledger(tmp_path / "l.jsonl")
+    strategy = make_strategy(ledger, m=5, sampling="poisson", total_clients=20, seed=3)
+    again = make_strategy(
+        make_ledger(tmp_path / "l2.jsonl"), m=5, sampling="poisson", total_clients=20, seed=3
+    )
+    grid = FakeGrid(range(100, 120))
+
+    chosen = [
+        m.metadata.dst_node_id
+        for m in strategy.configure_train(1, arrays_of(GLOBAL), ConfigRecord(), grid)
+    ]  # type: ignore[arg-type]
+    same = [
+        m.metadata.dst_node_id
+        for m in again.configure_train(1, arrays_of(GLOBAL), ConfigRecord(), grid)
+    ]  # type: ignore[arg-type]
+    # Even a round where no reply comes back releases noise: skipping it would tell
+    # whether anyone was sampled.
+    arrays, metrics = strategy.aggregate_train(1, [])
+
+    assert chosen == same
+    assert set(chosen) <= set(range(100, 120))
+    assert arrays is not None
+    assert metrics is not None
+    assert not np.array_equal(arrays["w"].numpy(), GLOBAL["w"])
+    (release,) = ledger.releases
+    assert release.sample_rate == 0.25
+    assert metrics["dp-epsilon"] < compute_epsilon(
+        history=[(1.0, 1.0, 1)], delta=DELTA, accountant="rdp"
+    )
+
+
+def test_poisson_sampling_rate_over_many_rounds(tmp_path: Path) -> None:
+    strategy = make_strategy(
+        make_ledger(tmp_path / "l.jsonl"), m=5, sampling="poisson", total_clients=20
+    )
+    grid = FakeGrid(range(20))
+
+    counts = [
+        len(list(strategy.configure_train(r, arrays_of(GLOBAL), ConfigRecord(), grid)))  # type: ignore[arg-type]
+        for r in range(1, 201)
+    ]
+
+    # 200 rounds x 20 nodes at q = 0.25: mean 5, std of the mean 0.14.
+    assert np.mean(counts) == pytest.approx(5, abs=0.6)
+    assert len(set(counts)) > 1
+
+
+def test_evaluation_is_delegated(tmp_path: Path) -> None:
+    strategy = make_strategy(make_ledger(tmp_path / "l.jsonl"))
+    config = ConfigRecord()
+    messages = list(strategy.configure_evaluate(2, arrays_of(GLOBAL), config, FakeGrid([1, 2])))  # type: ignore[arg-type]
+    replies = [
+        Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": n, "loss": loss})}), reply_to=msg
+        )
+        for msg, n, loss in zip(messages, (1, 3), (1.0, 2.0), strict=True)
+    ]
+
+    metrics = strategy.aggregate_evaluate(2, replies)
+
+    assert {m.metadata.dst_node_id for m in messages} == {1, 2}
+    assert len(config) == 0
+    assert metrics is not None
+    assert metrics["loss"] == pytest.approx(1.75)
+
+
+def test_an_unconfigured_round_releases_nothing(tmp_path: Path) -> None:
+    ledger = make_ledger(tmp_path / "l.jsonl")
+    strategy = make_strategy(ledger)
+
+    assert strategy.aggregate_train(9, []) == (None, None)
+    assert ledger.releases == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"clip": 0.0}, "clip_norm"),
+        ({"sigma": 0.0}, "noise_multiplier"),
+        ({"m": 0}, "expected_clients"),
+        ({"seed": -1}, "seed"),
+        ({"sampling": "shuffle"}, "sampling"),
+        ({"sampling": "poisson"}, "total_clients"),
+        ({"sampling": "poisson", "total_clients": 2}, "total_clients"),
+    ],
+)
+def test_configuration_errors_name_the_field(
+    tmp_path: Path, kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_strategy(make_ledger(tmp_path / "l.jsonl"), **kwargs)  # type: ignore[arg-type]
+
+    assert info.value.field == field
+
+
+def test_clip_fraction_counts_updates_over_the_bound(tmp_path: Path) -> None:
+    strategy = make_strategy(make_ledger(tmp_path / "l.jsonl"), m=3, clip=1.0)
+    deltas = [{k: np.full_like(v, s) for k, v in GLOBAL.items()} for s in (0.1, 1.0, 3.0)]
+
+    _, metrics, _ = run_round(strategy, 1, GLOBAL, deltas)
+
+    over = sum(l2_norm(d) > 1.0 for d in deltas)
+    assert metrics is not None
+    assert metrics["dp-clip-fraction"] == pytest.approx(over / 3)
+
+
+def test_a_resumed_round_with_the_same_replies_is_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    delta = {k: np.full_like(v, 0.2) for k, v in GLOBAL.items()}
+    first, m1, _ = run_round(make_strategy(make_ledger(path), m=2), 1, GLOBAL, [delta, delta])
+
+    # A new process, the same ledger file and seed, the same round replayed.
+    again, m2, _ = run_round(make_strategy(make_ledger(path), m=2), 1, GLOBAL, [delta, delta])
+
+    assert first is not None
+    assert again is not None
+    np.testing.assert_array_equal(first["w"].numpy(), again["w"].numpy())
+    assert len(path.read_text().splitlines()) == 1
+    assert m1 is not None
+    assert m2 is not None
+    assert m1["dp-epsilon"] == m2["dp-epsilon"]
+
+
+def test_a_resumed_round_with_other_replies_gets_fresh_noise_and_counts(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    clip, m = 1.0, 2
+    zero = {k: np.zeros_like(v) for k, v in GLOBAL.items()}
+    step = {k: np.full_like(v, 0.1) for k, v in GLOBAL.items()}  # norm 0.28 < C
+    first, m1, _ = run_round(
+        make_strategy(make_ledger(path), m=m, clip=clip), 1, GLOBAL, [zero, zero]
+    )
+
+    with pytest.warns(RuntimeWarning, match="counting both"):
+        again, m2, _ = run_round(
+            make_strategy(make_ledger(path), m=m, clip=clip), 1, GLOBAL, [step, step]
+        )
+
+    assert first is not None
+    assert again is not None
+    noise_first = first["w"].numpy() - GLOBAL["w"]
+    noise_again = again["w"].numpy() - (GLOBAL["w"] + 0.1)  # the mean of two equal steps
+    # Equal noise would cancel in the difference of the two releases.
+    assert not np.allclose(noise_first, noise_again, atol=1e-3)
+    assert len(make_ledger(path).releases) == 2
+    assert m1 is not None
+    assert m2 is not None
+    assert m2["dp-epsilon"] > m1["dp-epsilon"]
