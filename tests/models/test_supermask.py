@@ -22,7 +22,8 @@ def test_weights_are_frozen_signed_constants_and_scores_train() -> None:
     model = _mlp()
     for layer in supermask_layers(model).values():
         assert not layer.weight.requires_grad
-        sigma = np.sqrt(2.0 / layer.weight[0].numel())
+        # Signed Kaiming constant, scaled by 1/sqrt(k) for the kept fraction (edge-popup).
+        sigma = np.sqrt(2.0 / (0.5 * layer.weight[0].numel()))
         np.testing.assert_allclose(layer.weight.abs().numpy(), sigma, rtol=1e-6)
         assert layer.scores.requires_grad
     assert model.fc1.bias is None

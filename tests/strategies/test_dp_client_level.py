@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedrank.strategies.dp_client_level import ClientLevelDp
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
@@ -17,6 +16,7 @@ from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.privacy.accountant import compute_epsilon
 from fedrank.privacy.ledger import PrivacyLedger
 from fedrank.privacy.mechanisms import l2_norm
+from fedrank.strategies.dp_client_level import ClientLevelDp
 
 DELTA = 1e-5
 
