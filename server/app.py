@@ -62,7 +62,9 @@ def run_server(
     """Run the whole federation described by ``scenario``; return its summary."""
     started = time.perf_counter()
     results = ResultsWriter(scenario.results_dir)
-    partitions = discover_partitions(grid, expected=scenario.num_clients)
+    partitions = discover_partitions(
+        grid, expected=scenario.num_clients, timeout=scenario.round_timeout
+    )
     strategy = make_strategy(scenario, partitions)
     strategy.summary()
     final = run_rounds(
