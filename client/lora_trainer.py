@@ -261,7 +261,7 @@ def _train_plain(
         for ids, mask, labels in loader:
             opt.zero_grad()
             loss = F.cross_entropy(_logits(model, ids, mask), labels)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             opt.step()
             losses.append(float(loss.detach()))
     return losses
@@ -313,12 +313,18 @@ def _train_dp(
             ) as batches:
                 for ids, mask, labels in batches:
                     dp_opt.zero_grad()
-                    logits = _logits(dp_model, ids, mask)
-                    loss = F.cross_entropy(logits, labels) if len(labels) else logits.sum()
-                    loss.backward()
+                    if len(labels) == 0:
+                        # Poisson sampling drew nobody. BERT cannot run an empty batch, but
+                        # the step must still happen (noise only) or skipping it would leak
+                        # that the batch was empty: hand Opacus empty per-example grads.
+                        for p in dp_opt.params:
+                            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                        dp_opt.step()
+                        continue
+                    loss = F.cross_entropy(_logits(dp_model, ids, mask), labels)
+                    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
                     dp_opt.step()
-                    if len(labels):
-                        losses.append(float(loss.detach()))
+                    losses.append(float(loss.detach()))
     finally:
         # Remove Opacus' hooks and per-sample attributes from the caller's model.
         dp_model._close()

@@ -46,8 +46,8 @@ from fedrank.errors import ConfigError, InvalidUpdate
 # The packaged weights are local; never let transformers reach for a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model  # noqa: E402
-from transformers import (  # noqa: E402
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
@@ -76,7 +76,7 @@ class LoraSpec:
         hidden size 32 and the MiniLM vocabulary, for tests (no download).
     r : int
         LoRA rank.
-    lora_alpha : float
+    lora_alpha : int
         Scaling numerator: the update is ``(lora_alpha / r) B A``.
     lora_dropout : float
         Dropout on the adapter's input, in [0, 1).
@@ -95,7 +95,7 @@ class LoraSpec:
 
     base: BaseName = "minilm"
     r: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = ("query", "value")
     mode: LoraMode = "lora"
@@ -139,7 +139,7 @@ def load_tokenizer() -> Any:
 
 def tiny_bert_config(num_labels: int = 2) -> BertConfig:
     """A 2-layer BERT of hidden size 32 with the MiniLM vocabulary and no dropout, for tests."""
-    return BertConfig(
+    config = BertConfig(
         vocab_size=load_tokenizer().vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
@@ -149,8 +149,9 @@ def tiny_bert_config(num_labels: int = 2) -> BertConfig:
         # No dropout: the test model is deterministic given its weights and inputs.
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        num_labels=num_labels,
     )
+    config.num_labels = num_labels
+    return config
 
 
 def load_base_model(spec: LoraSpec) -> Any:
@@ -225,11 +226,10 @@ def _pristine_model(spec: LoraSpec) -> PeftModel:
         target_modules=list(spec.target_modules),
         modules_to_save=[HEAD_MODULE],
     )
-    model = get_peft_model(base, config)
-    if not any(n.endswith(LORA_A_SUFFIX) for n in _adapter_params(model)):
-        raise ConfigError(
-            "target_modules", f"no module of the base model matches {spec.target_modules!r}"
-        )
+    try:
+        model = get_peft_model(base, config)
+    except ValueError as err:  # PEFT's NoMatchingPeftModuleError among others
+        raise ConfigError("target_modules", f"{spec.target_modules!r}: {err}") from err
     _seed_adapter(model, spec)
     model.eval()
     return model
