@@ -1,0 +1,1 @@
+"""Performance harness: figures as ratios against a baseline in the same process."""
