@@ -24,7 +24,6 @@ from fedrank.client.lora_trainer import (
     steps_per_epoch,
     train_lora,
 )
-
 from fedrank.data.text import load_rotten_tomatoes, tokenize
 from fedrank.models.lora import LoraSpec, build_lora_model, load_tokenizer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from fedrank.client.lora_trainer import (
     DpSgdConfig,
     cumulative_epsilon,
@@ -15,7 +16,6 @@ from fedrank.client.lora_trainer import (
     steps_per_epoch,
     train_lora,
 )
-
 from fedrank.data.text import TokenizedText
 from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.models.lora import LoraSpec, adapter_tensors, build_lora_model

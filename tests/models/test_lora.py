@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fedrank.strategies import lora_aggregation
 
 from fedrank.errors import ConfigError, InvalidUpdate
 from fedrank.models import lora
@@ -16,6 +15,7 @@ from fedrank.models.lora import (
     set_adapter_tensors,
     trainable_tensors,
 )
+from fedrank.strategies import lora_aggregation
 
 TINY = LoraSpec(base="tiny-bert", r=4, lora_alpha=8)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fedrank.client.lora_trainer import DpSgdConfig, train_lora
 
+from fedrank.client.lora_trainer import DpSgdConfig, train_lora
 from fedrank.data.text import load_rotten_tomatoes, tokenize
 from fedrank.models.lora import LoraSpec, build_lora_model, load_tokenizer
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedrank.strategies.lora_aggregation import (
     fedit_average,
     ffa_average,
@@ -12,8 +15,6 @@ from fedrank.strategies.lora_aggregation import (
     svd_recompress_updates,
     weighted_product_sum,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _pair(rng: np.random.Generator, *, r: int, out: int = 6, inp: int = 5) -> tuple:
