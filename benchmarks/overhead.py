@@ -28,9 +28,7 @@ def main() -> dict[str, float]:
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        scenario = Scenario(
-            num_clients=10, clients_per_round=10, rounds=ROUNDS, lr=3.0, results_dir=tmp
-        )
+        scenario = Scenario(num_clients=10, clients_per_round=10, rounds=ROUNDS, results_dir=tmp)
         ray_rows: list[dict[str, Any]] = []
         simulate(scenario, on_round=ray_rows.append)
         torch.set_num_threads(1)  # as each Ray worker runs (1 CPU per client)
