@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -41,10 +41,9 @@ class SeededFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global weights to a seeded sample of clients."""
-        round_config = ConfigRecord({**config, "server-round": server_round})
-        record = RecordDict({"arrays": arrays, "config": round_config})
         return train_messages(
-            record,
+            arrays,
+            config,
             partitions=self.partitions,
             count=self.clients_per_round,
             seed=self.seed,

@@ -78,10 +78,9 @@ class FrlVote(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global rank vectors to a seeded sample of clients."""
-        round_config = ConfigRecord({**config, "server-round": server_round})
-        record = RecordDict({"arrays": arrays, "config": round_config})
         return train_messages(
-            record,
+            arrays,
+            config,
             partitions=self.partitions,
             count=self.clients_per_round,
             seed=self.seed,

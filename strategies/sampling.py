@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedrank.errors import FedrankError
@@ -67,9 +67,20 @@ def sample_partitions(
 
 
 def train_messages(
-    record: RecordDict, *, partitions: Mapping[int, int], count: int, seed: int, server_round: int
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    *,
+    partitions: Mapping[int, int],
+    count: int,
+    seed: int,
+    server_round: int,
 ) -> list[Message]:
-    """One ``train`` message per sampled partition, all carrying ``record``."""
+    """One ``train`` message per sampled partition: the global arrays and the round's config.
+
+    ``config`` is copied with ``server-round`` added, never modified.
+    """
+    round_config = ConfigRecord({**config, "server-round": server_round})
+    record = RecordDict({"arrays": arrays, "config": round_config})
     chosen = sample_partitions(partitions, count=count, seed=seed, server_round=server_round)
     return [
         Message(content=record, message_type=MessageType.TRAIN, dst_node_id=partitions[p])
