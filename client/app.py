@@ -17,11 +17,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrank.config import Scenario
-from fedrank.models.supermask import get_rankings, set_rankings
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import PARTITION_KEY
-from fedrank.task import client_data, client_threads, is_dense, model_for, training_generator
-from fedrank.training import load_numpy_state, numpy_state, train_local
+from fedrank.task import client_threads, local_update
 
 app = ClientApp()
 
@@ -52,27 +50,10 @@ def train(msg: Message, context: Context) -> Message:
     pid = partition_id(context)
     torch.set_num_threads(client_threads(scenario))  # this worker serves one client at a time
 
-    model = model_for(scenario)
-    arrays = msg.content.array_records["arrays"]
-    if is_dense(scenario):
-        load_numpy_state(model, from_array_record(arrays))
-    else:
-        set_rankings(model, from_array_record(arrays))
-    data = client_data(scenario, pid)
-    result = train_local(
-        model,
-        data,
-        epochs=scenario.local_epochs,
-        lr=scenario.learning_rate,
-        momentum=scenario.momentum,
-        batch_size=scenario.batch_size,
-        generator=training_generator(scenario, server_round, pid),
+    state, result = local_update(
+        scenario, from_array_record(msg.content.array_records["arrays"]), server_round, pid
     )
-    reply_arrays = (
-        to_array_record(numpy_state(model))
-        if is_dense(scenario)
-        else to_array_record(get_rankings(model))
-    )
+    reply_arrays = to_array_record(state)
     metrics = MetricRecord(
         {"num-examples": result.num_examples, "train-loss": result.loss, "partition-id": pid}
     )

@@ -18,8 +18,8 @@ from torch import nn
 from fedrank.config import Scenario
 from fedrank.data.digits import ImageSplit, load_dataset
 from fedrank.data.partition import partition
-from fedrank.models.supermask import build_model, get_rankings, supermask_layers
-from fedrank.training import numpy_state
+from fedrank.models.supermask import build_model, get_rankings, set_rankings, supermask_layers
+from fedrank.training import TrainResult, load_numpy_state, numpy_state, train_local
 
 
 def is_dense(scenario: Scenario) -> bool:
@@ -110,8 +110,7 @@ def model_for(scenario: Scenario) -> nn.Module:
 
 def initial_state(scenario: Scenario) -> dict[str, np.ndarray]:
     """Round-0 global state: rank vectors of the seed's scores, or the seed's weights."""
-    model = build_for(scenario)
-    return numpy_state(model) if is_dense(scenario) else get_rankings(model)
+    return read_state(scenario, build_for(scenario))
 
 
 def layer_sizes(scenario: Scenario) -> dict[str, int]:
@@ -141,3 +140,34 @@ def threads_of_a_client(scenario: Scenario) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def load_state(scenario: Scenario, model: nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Put a global state into ``model``: dense weights (FedAvg) or rank vectors (FRL)."""
+    if is_dense(scenario):
+        load_numpy_state(model, state)
+    else:
+        set_rankings(model, state)
+
+
+def read_state(scenario: Scenario, model: nn.Module) -> dict[str, np.ndarray]:
+    """What a client sends back: dense weights (FedAvg) or rank vectors (FRL)."""
+    return numpy_state(model) if is_dense(scenario) else get_rankings(model)
+
+
+def local_update(
+    scenario: Scenario, state: dict[str, np.ndarray], server_round: int, partition_id: int
+) -> tuple[dict[str, np.ndarray], TrainResult]:
+    """One client's round: load the global state, train on its partition, read the reply."""
+    model = model_for(scenario)
+    load_state(scenario, model, state)
+    result = train_local(
+        model,
+        client_data(scenario, partition_id),
+        epochs=scenario.local_epochs,
+        lr=scenario.learning_rate,
+        momentum=scenario.momentum,
+        batch_size=scenario.batch_size,
+        generator=training_generator(scenario, server_round, partition_id),
+    )
+    return read_state(scenario, model), result

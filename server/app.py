@@ -16,7 +16,6 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.config import Scenario
-from fedrank.models.supermask import set_rankings
 from fedrank.server.loop import RoundCallback, run_rounds
 from fedrank.server.results import ResultsWriter
 from fedrank.strategies.fedavg import SeededFedAvg
@@ -24,8 +23,8 @@ from fedrank.strategies.frl import FrlVote
 from fedrank.strategies.ranking import top_k_mask
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import discover_partitions
-from fedrank.task import initial_state, is_dense, layer_sizes, model_for, test_data
-from fedrank.training import evaluate, load_numpy_state
+from fedrank.task import initial_state, is_dense, layer_sizes, load_state, model_for, test_data
+from fedrank.training import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +47,7 @@ def make_strategy(scenario: Scenario, partitions: dict[int, int]) -> Strategy:
 def evaluate_global(scenario: Scenario, arrays: ArrayRecord) -> tuple[float, float]:
     """Loss and accuracy of the global model (masked by the global ranking) on held-out data."""
     model = model_for(scenario)
-    state = from_array_record(arrays)
-    if is_dense(scenario):
-        load_numpy_state(model, state)
-    else:
-        set_rankings(model, state)
+    load_state(scenario, model, from_array_record(arrays))
     return evaluate(model, test_data(scenario))
 
 

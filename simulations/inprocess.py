@@ -13,41 +13,18 @@ from typing import Any
 import numpy as np
 
 from fedrank.config import Scenario
-from fedrank.models.supermask import get_rankings, set_rankings
 from fedrank.strategies.ranking import vote_layers
 from fedrank.strategies.sampling import sample_partitions
 from fedrank.task import (
-    client_data,
     initial_state,
     is_dense,
+    load_state,
+    local_update,
     model_for,
     test_data,
     threads_of_a_client,
-    training_generator,
 )
-from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
-
-
-def local_update(
-    scenario: Scenario, state: dict[str, np.ndarray], server_round: int, partition_id: int
-) -> tuple[dict[str, np.ndarray], int]:
-    """One client's reply in one round: new rank vectors (or weights) and its example count."""
-    model = model_for(scenario)
-    if is_dense(scenario):
-        load_numpy_state(model, state)
-    else:
-        set_rankings(model, state)
-    data = client_data(scenario, partition_id)
-    train_local(
-        model,
-        data,
-        epochs=scenario.local_epochs,
-        lr=scenario.learning_rate,
-        momentum=scenario.momentum,
-        batch_size=scenario.batch_size,
-        generator=training_generator(scenario, server_round, partition_id),
-    )
-    return (numpy_state(model) if is_dense(scenario) else get_rankings(model)), len(data)
+from fedrank.training import evaluate
 
 
 def run_in_process(
@@ -68,17 +45,15 @@ def run_in_process(
             server_round=server_round,
         )
         with threads_of_a_client(scenario):
-            replies = [local_update(scenario, state, server_round, p) for p in chosen]
+            updates = [local_update(scenario, state, server_round, p) for p in chosen]
+            replies = [(u, r.num_examples) for u, r in updates]
         if is_dense(scenario):
             total = sum(n for _, n in replies)
             state = {k: np.sum([r[k] * (n / total) for r, n in replies], axis=0) for k in state}
         else:
             state = vote_layers([r for r, _ in replies])
         if on_round:
-            if is_dense(scenario):
-                load_numpy_state(model, state)
-            else:
-                set_rankings(model, state)
+            load_state(scenario, model, state)
             loss, acc = evaluate(model, test_data(scenario))
             on_round(
                 {
