@@ -11,16 +11,23 @@ weights (32 bits) and the int64 rankings the FRL authors' code sends.
 through the full envelope with validation), against ``astype(int32).tobytes()``
 plus ``np.frombuffer`` measured in the same process. Times are the best of
 ``--repeats`` round-robin runs (the least disturbed by other load).
+(c) The optional entropy coding of issue 3, measured on a real FRL run
+(MNIST-5k MLP, ``--rounds`` rounds in one process): a client's reply coded as
+its displacement from the global ranking it started from, compressed by
+general-purpose coders, against the bit-packed ranking.
 """
 
 from __future__ import annotations
 
 import argparse
+import lzma
 import time
+import zlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from fedrank.config import Scenario
 from fedrank.protos import (
     RankingExpectation,
     UpdateHeader,
@@ -31,21 +38,9 @@ from fedrank.protos import (
     ranking_size_limit,
     unpack_ranks,
 )
+from fedrank.task import layer_sizes
 
 BASELINE = "int32 tobytes + frombuffer (baseline)"
-MODELS: dict[str, dict[str, tuple[int, ...]]] = {
-    "FRL MLP 784-256-128-10": {
-        "fc1.weight": (256, 784),
-        "fc2.weight": (128, 256),
-        "fc3.weight": (10, 128),
-    },
-    "CNN conv32-conv64-fc128-fc10": {
-        "conv1.weight": (32, 1, 3, 3),
-        "conv2.weight": (64, 32, 3, 3),
-        "fc1.weight": (128, 1600),
-        "fc2.weight": (10, 128),
-    },
-}
 
 
 def _header(name: str) -> UpdateHeader:
@@ -70,8 +65,8 @@ def _best_seconds(actions: Mapping[str, Callable[[], object]], repeats: int) -> 
 def bits_per_parameter(rng: np.random.Generator) -> list[tuple[str, int, int, float]]:
     """(model, parameters, payload bytes, bits per parameter) for each model."""
     rows = []
-    for model, shapes in MODELS.items():
-        sizes = {name: int(np.prod(shape)) for name, shape in shapes.items()}
+    for model in ("mlp", "cnn"):
+        sizes = layer_sizes(Scenario(model=model))
         layers = {name: rng.permutation(n) for name, n in sizes.items()}
         payload = encode_ranking_update(_header(model), layers)
         parameters = sum(sizes.values())
@@ -107,11 +102,49 @@ def codec_times(n: int, repeats: int, rng: np.random.Generator) -> Mapping[str, 
     return _best_seconds(actions, repeats)
 
 
+def delta_coding(rounds: int) -> list[tuple[str, float, float]]:
+    """(coder, bits per parameter, seconds to encode) of one real client reply."""
+    from fedrank.simulations.inprocess import run_in_process
+    from fedrank.task import local_update
+
+    scenario = Scenario(model="mlp")
+    start = run_in_process(scenario, rounds=rounds)
+    reply, _ = local_update(scenario, start, rounds + 1, 0)
+    n = sum(r.size for r in reply.values())
+    coders: dict[str, Callable[[dict[str, np.ndarray]], int]] = {
+        "bit-packed ranking (fedrank)": lambda r: sum(len(pack_ranks(v)[0]) for v in r.values()),
+        "zlib-6 of the displacement": lambda r: _delta_bytes(r, start, lambda b: zlib.compress(b)),
+        "lzma-0 of the displacement": lambda r: _delta_bytes(r, start, _lzma(0)),
+        "lzma-6 of the displacement": lambda r: _delta_bytes(r, start, _lzma(6)),
+    }
+    rows = []
+    for coder, size_of in coders.items():
+        began = time.perf_counter()
+        size = size_of(reply)
+        rows.append((coder, 8 * size / n, time.perf_counter() - began))
+    return rows
+
+
+def _lzma(preset: int) -> Callable[[bytes], bytes]:
+    return lambda data: lzma.compress(data, preset=preset)
+
+
+def _delta_bytes(
+    reply: Mapping[str, np.ndarray],
+    start: Mapping[str, np.ndarray],
+    compress: Callable[[bytes], bytes],
+) -> int:
+    return sum(
+        len(compress((reply[name] - start[name]).astype(np.int32).tobytes())) for name in reply
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=1_600_000, help="entries of the timed ranking")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per figure")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=10, help="FRL rounds before (c)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
 
@@ -129,6 +162,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'path':40s} {'ms':>8s} {'x baseline':>10s}")
     for path, seconds in times.items():
         print(f"{path:40s} {seconds * 1e3:8.2f} {seconds / baseline:10.2f}")
+
+    print(f"\n(c) one client's reply after {args.rounds} FRL rounds (MNIST-5k MLP)")
+    rows = delta_coding(args.rounds)
+    packed_bits, packed_seconds = rows[0][1], rows[0][2]
+    print(f"{'coder':32s} {'bits/param':>10s} {'x packed':>9s} {'encode x packed':>16s}")
+    for coder, bits, seconds in rows:
+        print(
+            f"{coder:32s} {bits:10.2f} {bits / packed_bits:9.3f} {seconds / packed_seconds:16.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A client learns the scenario from the server's message (so a deployed SuperNode
 needs only its ``partition-id`` in ``--node-config``), rebuilds the model from the
 seed, trains on its partition and replies:
 
-- FRL: the rank vector of every supermask layer after training its scores;
+- FRL: the rank vector of every supermask layer after training its scores,
+  bit-packed (:mod:`fedrank.strategies.ranking_wire`); the global ranking it
+  starts from arrives the same way and is validated before use;
 - FedAvg: its dense weights and its number of examples.
 """
 
@@ -17,9 +19,10 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrank.config import Scenario
+from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import PARTITION_KEY
-from fedrank.task import client_threads, local_update
+from fedrank.task import client_threads, is_dense, local_update
 
 app = ClientApp()
 
@@ -50,11 +53,17 @@ def train(msg: Message, context: Context) -> Message:
     pid = partition_id(context)
     torch.set_num_threads(client_threads(scenario))  # this worker serves one client at a time
 
-    state, result = local_update(
-        scenario, from_array_record(msg.content.array_records["arrays"]), server_round, pid
-    )
-    reply_arrays = to_array_record(state)
-    metrics = MetricRecord(
+    if is_dense(scenario):
+        state, result = local_update(
+            scenario, from_array_record(msg.content.array_records["arrays"]), server_round, pid
+        )
+        content = RecordDict({"arrays": to_array_record(state)})
+    else:
+        wire = RankingWire.for_scenario(scenario, run_id=msg.metadata.run_id)
+        global_ranking = wire.decode(server_round, msg.content)
+        state, result = local_update(scenario, global_ranking, server_round, pid)
+        content = wire.encode(server_round, state)
+    content["metrics"] = MetricRecord(
         {"num-examples": result.num_examples, "train-loss": result.loss, "partition-id": pid}
     )
-    return Message(content=RecordDict({"arrays": reply_arrays, "metrics": metrics}), reply_to=msg)
+    return Message(content=content, reply_to=msg)

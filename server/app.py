@@ -21,16 +21,17 @@ from fedrank.server.results import ResultsWriter
 from fedrank.strategies.fedavg import SeededFedAvg
 from fedrank.strategies.frl import FrlVote
 from fedrank.strategies.ranking import top_k_mask
+from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import discover_partitions
-from fedrank.task import initial_state, is_dense, layer_sizes, load_state, model_for, test_data
+from fedrank.task import initial_state, is_dense, load_state, model_for, test_data
 from fedrank.training import evaluate
 
 log = logging.getLogger(__name__)
 
 
-def make_strategy(scenario: Scenario, partitions: dict[int, int]) -> Strategy:
-    """The scenario's strategy over the discovered partitions."""
+def make_strategy(scenario: Scenario, partitions: dict[int, int], *, run_id: int) -> Strategy:
+    """The scenario's strategy over the discovered partitions of Flower run ``run_id``."""
     if scenario.strategy == "fedavg":
         return SeededFedAvg(
             partitions=partitions, clients_per_round=scenario.clients_per_round, seed=scenario.seed
@@ -38,7 +39,7 @@ def make_strategy(scenario: Scenario, partitions: dict[int, int]) -> Strategy:
     return FrlVote(
         partitions=partitions,
         clients_per_round=scenario.clients_per_round,
-        layer_sizes=layer_sizes(scenario),
+        wire=RankingWire.for_scenario(scenario, run_id=run_id),
         min_replies=scenario.min_replies,
         seed=scenario.seed,
     )
@@ -60,7 +61,7 @@ def run_server(
     partitions = discover_partitions(
         grid, expected=scenario.num_clients, timeout=scenario.round_timeout
     )
-    strategy = make_strategy(scenario, partitions)
+    strategy = make_strategy(scenario, partitions, run_id=grid.run.run_id)
     strategy.summary()
     final = run_rounds(
         grid,

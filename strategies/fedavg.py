@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -42,7 +42,7 @@ class SeededFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Send the global weights to a seeded sample of clients."""
         return train_messages(
-            arrays,
+            RecordDict({"arrays": arrays}),
             config,
             partitions=self.partitions,
             count=self.clients_per_round,

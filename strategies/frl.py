@@ -1,30 +1,31 @@
 """``FrlVote``: the Federated Rank Learning server strategy (arXiv 2110.04350, Alg. 1).
 
 Message plumbing only: the vote is :func:`fedrank.strategies.ranking.borda_vote`.
-Each round the strategy sends the global rank vectors to a seeded sample of
-clients, validates every reply (a reply that is not a permutation of the right
-size is rejected with a reason and counted; the round goes on), and votes.
+Each round the strategy sends the global rank vectors (bit-packed, see
+:mod:`fedrank.strategies.ranking_wire`) to a seeded sample of clients, decodes
+and validates every reply (a reply that is not a valid update for this run,
+round and model is rejected with a reason and counted; the round goes on), and
+votes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.errors import InvalidUpdate
-from fedrank.strategies.ranking import check_rank_vector, vote_layers
+from fedrank.strategies.ranking import vote_layers
+from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import train_messages
 
 log = logging.getLogger(__name__)
-
-RankingDecoder = Callable[[int, RecordDict], dict[str, np.ndarray]]
 
 
 class FrlVote(Strategy):
@@ -36,15 +37,13 @@ class FrlVote(Strategy):
         Partition id -> node id (from :func:`discover_partitions`).
     clients_per_round : int
         Clients sampled each round (seeded by ``seed`` and the round).
-    layer_sizes : Mapping[str, int]
-        Expected layers and their number of edges; anything else is rejected.
+    wire : RankingWire
+        This run's ranking messages: its layers and sizes, run id and model
+        fingerprint; a reply that does not match is rejected.
     min_replies : int
         Fewer valid replies than this and the round is skipped (global state kept).
     seed : int
         Sampling seed.
-    decoder : callable, optional
-        ``(server_round, reply_content) -> rank vectors``; raises ``InvalidUpdate``.
-        Defaults to reading int rank vectors from the reply's ``arrays`` record.
     """
 
     def __init__(
@@ -52,17 +51,15 @@ class FrlVote(Strategy):
         *,
         partitions: Mapping[int, int],
         clients_per_round: int,
-        layer_sizes: Mapping[str, int],
+        wire: RankingWire,
         min_replies: int = 1,
         seed: int = 0,
-        decoder: RankingDecoder | None = None,
     ) -> None:
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
-        self.layer_sizes = dict(layer_sizes)
+        self.wire = wire
         self.min_replies = min_replies
         self.seed = seed
-        self.decoder = decoder or self._decode_arrays
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -71,15 +68,15 @@ class FrlVote(Strategy):
             self.clients_per_round,
             len(self.partitions),
             self.min_replies,
-            self.layer_sizes,
+            dict(self.wire.layer_sizes),
         )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global rank vectors to a seeded sample of clients."""
+        """Send the global rank vectors, bit-packed, to a seeded sample of clients."""
         return train_messages(
-            arrays,
+            self.wire.encode(server_round, from_array_record(arrays)),
             config,
             partitions=self.partitions,
             count=self.clients_per_round,
@@ -100,7 +97,7 @@ class FrlVote(Strategy):
                 log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
                 continue
             try:
-                valid.append(self.decoder(server_round, reply.content))
+                valid.append(self.wire.decode(server_round, reply.content))
             except InvalidUpdate as err:
                 rejected[err.reason] += 1
                 log.warning("round %d: rejected reply of node %d: %s", server_round, node, err)
@@ -132,15 +129,3 @@ class FrlVote(Strategy):
     ) -> MetricRecord | None:
         """No federated evaluation."""
         return None
-
-    def _decode_arrays(self, server_round: int, content: RecordDict) -> dict[str, np.ndarray]:
-        if "arrays" not in content.array_records:
-            raise InvalidUpdate("malformed", "reply has no 'arrays' record")
-        got = from_array_record(content.array_records["arrays"])
-        missing = sorted(set(self.layer_sizes) - set(got))
-        extra = sorted(set(got) - set(self.layer_sizes))
-        if missing:
-            raise InvalidUpdate("missing_layer", f"reply lacks layers {missing}")
-        if extra:
-            raise InvalidUpdate("extra_layer", f"reply has unexpected layers {extra}")
-        return {name: check_rank_vector(name, got[name], n) for name, n in self.layer_sizes.items()}

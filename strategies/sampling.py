@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedrank.errors import FedrankError
@@ -67,7 +67,7 @@ def sample_partitions(
 
 
 def train_messages(
-    arrays: ArrayRecord,
+    payload: RecordDict,
     config: ConfigRecord,
     *,
     partitions: Mapping[int, int],
@@ -75,12 +75,13 @@ def train_messages(
     seed: int,
     server_round: int,
 ) -> list[Message]:
-    """One ``train`` message per sampled partition: the global arrays and the round's config.
+    """One ``train`` message per sampled partition: the global state and the round's config.
 
-    ``config`` is copied with ``server-round`` added, never modified.
+    ``payload`` holds the global state's records (``arrays``, or an encoded
+    ``update``); ``config`` is copied with ``server-round`` added. Neither is modified.
     """
     round_config = ConfigRecord({**config, "server-round": server_round})
-    record = RecordDict({"arrays": arrays, "config": round_config})
+    record = RecordDict({**payload, "config": round_config})
     chosen = sample_partitions(partitions, count=count, seed=seed, server_round=server_round)
     return [
         Message(content=record, message_type=MessageType.TRAIN, dst_node_id=partitions[p])

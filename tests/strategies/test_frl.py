@@ -2,35 +2,43 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
+from fedrank.protos import UpdateHeader, encode_ranking_update
 from fedrank.strategies.frl import FrlVote
 from fedrank.strategies.ranking import borda_vote
+from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import sample_partitions
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
-SIZES = {"fc1.weight": 6, "fc2.weight": 4}
+SIZES = {"fc1": 6, "fc2": 4}
+WIRE = RankingWire.for_model(run_id=7, layer_sizes=SIZES, model="mlp", seed=1, k=0.5)
 
 
 def _strategy(min_replies: int = 1) -> FrlVote:
     return FrlVote(
         partitions={p: 100 + p for p in range(5)},
         clients_per_round=3,
-        layer_sizes=SIZES,
+        wire=WIRE,
         min_replies=min_replies,
         seed=1,
     )
 
 
-def _reply(node: int, arrays: dict[str, np.ndarray]) -> Message:
+def _reply(node: int, arrays: dict[str, np.ndarray], *, server_round: int = 1) -> Message:
+    """A client's reply, encoded the way the ClientApp encodes it (no validation)."""
+    header = UpdateHeader(run_id="7", round=server_round, model_fingerprint=WIRE.fingerprint)
+    payload = encode_ranking_update(header, arrays)
+    return _raw_reply(node, RecordDict({"update": ConfigRecord({"ranking": payload})}))
+
+
+def _raw_reply(node: int, content: RecordDict) -> Message:
     ins = Message(
         content=RecordDict({"config": ConfigRecord()}),
         dst_node_id=node,
         message_type=MessageType.TRAIN,
     )
-    content = RecordDict(
-        {"arrays": to_array_record(arrays), "metrics": MetricRecord({"num-examples": 1})}
-    )
+    content["metrics"] = MetricRecord({"num-examples": 1})
     return Message(content=content, reply_to=ins)
 
 
@@ -41,26 +49,34 @@ def _valid(seed: int) -> dict[str, np.ndarray]:
 
 def test_bad_replies_are_rejected_counted_and_the_round_goes_on() -> None:
     good = [_valid(s) for s in range(3)]
-    bad_dup = {**_valid(9), "fc1.weight": np.array([0, 0, 1, 2, 3, 4])}
-    missing = {"fc1.weight": np.arange(6)}
+    bad_dup = {**_valid(9), "fc1": np.array([0, 0, 1, 2, 3, 4])}
+    missing = {"fc1": np.arange(6)}
     replies = [_reply(100 + i, u) for i, u in enumerate(good)]
     replies += [_reply(200, bad_dup), _reply(201, missing)]
+    replies += [_reply(202, _valid(5), server_round=0)]  # a replay of an earlier round
+    replies += [_raw_reply(203, RecordDict({"update": ConfigRecord({"ranking": b"\x00junk"})}))]
+    replies += [_raw_reply(204, RecordDict({"arrays": to_array_record(_valid(6))}))]
 
     arrays, metrics = _strategy().aggregate_train(1, replies)
 
     assert arrays is not None
     assert metrics is not None
     assert metrics["replies"] == 3
-    assert metrics["rejected"] == 2
+    assert metrics["rejected"] == 5
     assert metrics["rejected.not_permutation"] == 1
     assert metrics["rejected.missing_layer"] == 1
+    assert metrics["rejected.round"] == 1
+    assert metrics["rejected.malformed"] == 2
     voted = from_array_record(arrays)
     for name in SIZES:
         np.testing.assert_array_equal(voted[name], borda_vote(np.stack([g[name] for g in good])))
 
 
 def test_too_few_valid_replies_skip_the_round() -> None:
-    replies = [_reply(100, _valid(0)), _reply(101, {"fc1.weight": np.zeros(6, dtype=np.int64)})]
+    replies = [
+        _reply(100, _valid(0), server_round=4),
+        _reply(101, {**_valid(1), "fc1": np.zeros(6, dtype=np.int64)}, server_round=4),
+    ]
     arrays, metrics = _strategy(min_replies=2).aggregate_train(4, replies)
     assert arrays is None
     assert metrics is not None
@@ -76,11 +92,17 @@ def test_sampling_is_seeded_by_seed_and_round() -> None:
     assert len(set(a)) == 10
 
 
-def test_configure_train_addresses_the_sampled_partitions_nodes() -> None:
+def test_configure_train_sends_the_packed_global_ranking_to_the_sampled_nodes() -> None:
     strategy = _strategy()
+    global_ranking = _valid(0)
     messages = list(
-        strategy.configure_train(2, to_array_record(_valid(0)), ConfigRecord({"k": 0.5}), grid=None)
-    )  # type: ignore[arg-type]
+        strategy.configure_train(
+            2, to_array_record(global_ranking), ConfigRecord({"k": 0.5}), grid=None
+        )  # type: ignore[arg-type]
+    )
     chosen = sample_partitions(strategy.partitions, count=3, seed=1, server_round=2)
     assert sorted(m.metadata.dst_node_id for m in messages) == [100 + p for p in chosen]
     assert messages[0].content.config_records["config"]["server-round"] == 2
+    received = WIRE.decode(2, messages[0].content)  # what a client decodes
+    for name in SIZES:
+        np.testing.assert_array_equal(received[name], global_ranking[name])
