@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from fedrank.config import Scenario
+from fedrank.protos import bits_for, packed_size
 from fedrank.simulations.inprocess import run_in_process
 from fedrank.simulations.run import simulate
+from fedrank.task import layer_sizes
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +45,12 @@ def test_ray_simulation_learns_well_above_chance(two_runs: tuple[Path, Path]) ->
     assert rows[0]["accuracy"] < 0.3
     assert rows[-1]["accuracy"] > 0.6  # chance is 0.1
     assert all(r["replies"] == 3 and r["rejected"] == 0 for r in rows[1:])
-    assert all(r["bytes_up_per_client"] > 0 and r["bytes_down_per_client"] > 0 for r in rows[1:])
+    # Both directions carry bit-packed rankings: ceil(log2 n) bits per edge plus a small header.
+    sizes = layer_sizes(_scenario(results))
+    packed = sum(packed_size(n=n, bits=bits_for(n)) for n in sizes.values())
+    for r in rows[1:]:
+        assert packed <= r["bytes_up_per_client"] < packed + 256
+        assert packed <= r["bytes_down_per_client"] < packed + 256
     summary = json.loads((results / "summary.json").read_text())
     assert summary["final_accuracy"] == rows[-1]["accuracy"]
     assert (results / "accuracy.png").stat().st_size > 1000
