@@ -1,7 +1,8 @@
 """The fedrank Flower ``ClientApp``.
 
 A client learns the scenario from the server's message (so a deployed SuperNode
-needs only its ``partition-id`` in ``--node-config``), rebuilds the model from the
+needs only its ``partition-id`` in ``--node-config``, and optionally a
+``data-path`` to its own examples), rebuilds the model from the
 seed, trains on its partition and replies:
 
 - FRL: the rank vector of every supermask layer after training its scores;
@@ -16,6 +17,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedrank.client.site_data import site_examples
 from fedrank.config import Scenario
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import PARTITION_KEY
@@ -51,7 +53,11 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(client_threads(scenario))  # this worker serves one client at a time
 
     state, result = local_update(
-        scenario, from_array_record(msg.content.array_records["arrays"]), server_round, pid
+        scenario,
+        from_array_record(msg.content.array_records["arrays"]),
+        server_round,
+        pid,
+        data=site_examples(context.node_config, scenario),  # None: partition pid
     )
     reply_arrays = to_array_record(state)
     metrics = MetricRecord(
