@@ -196,7 +196,8 @@ def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_frl_rounds_over_tls_with_authenticated_supernodes_learn(deployment: Deployment) -> None:
     assert deployment.run_returncode == 0, deployment.run_output
-    rows = [json.loads(line) for line in (deployment.results / "metrics.jsonl").read_text().splitlines()]
+    lines = (deployment.results / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
 
     assert [r["round"] for r in rows] == list(range(ROUNDS + 1))
     assert rows[-1]["accuracy"] > 0.6  # chance is 0.1
