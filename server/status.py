@@ -113,10 +113,25 @@ def serve_status(address: str, *, total_rounds: int) -> Iterator[StatusBoard]:
     completes and ``failed`` when it raises.
     """
     board = StatusBoard(total_rounds=total_rounds)
-    if not address:
-        yield board
-        return
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="status"))
+    with contextlib.ExitStack() as stack:
+        if address:
+            stack.enter_context(_serving(address, board))
+        try:
+            yield board
+        except BaseException:
+            board.set_state("failed")
+            raise
+        board.set_state("finished")
+
+
+@contextlib.contextmanager
+def _serving(address: str, board: StatusBoard) -> Iterator[None]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="status"),
+        # gRPC shares ports by default (SO_REUSEPORT): a second run on the same
+        # address would then answer for the first. Fail clearly instead.
+        options=[("grpc.so_reuseport", 0)],
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # The generated gRPC module is untyped (protoc writes no annotations).
@@ -132,12 +147,7 @@ def serve_status(address: str, *, total_rounds: int) -> Iterator[StatusBoard]:
     server.start()
     log.info("fedrank status and grpc.health.v1 on %s (port %d)", address, port)
     try:
-        yield board
-    except BaseException:
-        board.set_state("failed")
-        raise
-    else:
-        board.set_state("finished")
+        yield
     finally:
         health_servicer.enter_graceful_shutdown()
         server.stop(grace=1.0).wait(timeout=5.0)

@@ -46,18 +46,18 @@ def load_local_examples(
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "no such file (data-path must name an .npz file on this site)")
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as head:
+            single = head.read(6) == b"\x93NUMPY"
+        what = "holds one .npy array" if single else "is not an .npz archive"
+        raise _fail(path, f"{what}; save images and labels with numpy.savez")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise _fail(path, "holds one array; save images and labels with numpy.savez")
-        with loaded as archive:
+        with np.load(path, allow_pickle=False) as archive:
             arrays = {name: np.asarray(archive[name]) for name in archive.files}
     except (OSError, zipfile.BadZipFile) as err:
         raise _fail(path, f"not a readable .npz file: {err}") from err
     except ValueError as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise _fail(path, f"not an .npz file of plain arrays (pickles are refused): {err}") from err
+        raise _fail(path, f"holds object arrays, which are refused (pickles): {err}") from err
     missing = sorted({"images", "labels"} - set(arrays))
     if missing:
         raise _fail(path, f"lacks array(s) {missing}; it has {sorted(arrays)}")
