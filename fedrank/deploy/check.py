@@ -24,8 +24,12 @@ NIST_CURVES = (ec.SECP192R1, ec.SECP224R1, ec.SECP256R1, ec.SECP384R1, ec.SECP52
 
 
 def _subject(address: str) -> x509.DNSName | x509.IPAddress:
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-    host = host.strip("[]")
+    if address.startswith("[") and "]" in address:  # [IPv6]:port
+        host = address[1 : address.index("]")]
+    elif address.count(":") == 1:  # host:port
+        host = address.split(":")[0]
+    else:  # a bare host or IPv6 address
+        host = address
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:

@@ -98,6 +98,8 @@ def test_our_check_agrees_with_the_handshake(superlink):
     assert problems("127.0.0.1:8000", "localhost", "link.example.org", "superlink:8000") == []
     (problem,) = problems("127.0.0.1", "elsewhere.example.org")
     assert "elsewhere.example.org" in problem
+    (problem,) = problems("[::1]:8000")  # IPv6 loopback is not among the default SANs
+    assert "[::1]:8000" in problem
 
 
 def test_check_finds_a_key_of_another_certificate_and_a_foreign_ca(superlink, site):
