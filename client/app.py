@@ -1,7 +1,8 @@
 """The fedrank Flower ``ClientApp``.
 
 A client learns the scenario from the server's message (so a deployed SuperNode
-needs only its ``partition-id`` in ``--node-config``), rebuilds the model from the
+needs only its ``partition-id`` in ``--node-config``, and optionally a
+``data-path`` to its own examples), rebuilds the model from the
 seed, trains on its partition and replies:
 
 - FRL: the rank vector of every supermask layer after training its scores,
@@ -18,6 +19,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedrank.client.site_data import site_examples
 from fedrank.config import Scenario
 from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
@@ -53,15 +55,15 @@ def train(msg: Message, context: Context) -> Message:
     pid = partition_id(context)
     torch.set_num_threads(client_threads(scenario))  # this worker serves one client at a time
 
+    data = site_examples(context.node_config, scenario)  # None: partition pid
     if is_dense(scenario):
-        state, result = local_update(
-            scenario, from_array_record(msg.content.array_records["arrays"]), server_round, pid
-        )
+        global_state = from_array_record(msg.content.array_records["arrays"])
+        state, result = local_update(scenario, global_state, server_round, pid, data=data)
         content = RecordDict({"arrays": to_array_record(state)})
     else:
         wire = RankingWire.for_scenario(scenario, run_id=msg.metadata.run_id)
         global_ranking = wire.decode(server_round, msg.content)
-        state, result = local_update(scenario, global_ranking, server_round, pid)
+        state, result = local_update(scenario, global_ranking, server_round, pid, data=data)
         content = wire.encode(server_round, state)
     content["metrics"] = MetricRecord(
         {"num-examples": result.num_examples, "train-loss": result.loss, "partition-id": pid}

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedrank.config import Scenario
+from fedrank.deploy.commands import add_commands as add_deploy_commands
 from fedrank.errors import FedrankError
 
 
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
     lst = sub.add_parser("scenarios", help="list the packaged scenarios")
     lst.set_defaults(func=_scenarios)
+    add_deploy_commands(sub)  # certs, superlink, supernode, status
     return parser
 
 

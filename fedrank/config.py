@@ -59,6 +59,9 @@ class Scenario:
     num_cpus_per_client: float = 1.0
     num_gpus_per_client: float = 0.0
     results_dir: str = "results/latest"
+    # Deployment: where the coordinator serves grpc.health.v1 and fedrank's Status
+    # service during a run ("host:port"; empty: not served). k8s/ uses 0.0.0.0:9095.
+    status_address: str = ""
 
     def __post_init__(self) -> None:
         if self.lr is None and self.strategy in DEFAULT_LR:
@@ -108,6 +111,7 @@ class Scenario:
             )
         if not self.results_dir:
             raise ConfigError("results-dir", "must not be empty")
+        _check_address("status-address", self.status_address)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> Scenario:
@@ -189,6 +193,17 @@ def _check_int(scenario: Scenario, name: str, *, low: int) -> None:
     value = getattr(scenario, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(_dashed(name), f"must be an integer >= {low}, got {value!r}")
+
+
+def _check_address(name: str, value: str) -> None:
+    """Empty, or ``host:port`` (IPv6 hosts in brackets) with a port in 0..65535."""
+    if value == "":
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(name, f"must be empty or host:port (e.g. 0.0.0.0:9095), got {value!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError(name, f"an IPv6 host must be in brackets ([::]:9095), got {value!r}")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

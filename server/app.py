@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 from fedrank.config import Scenario
 from fedrank.server.loop import RoundCallback, run_rounds
 from fedrank.server.results import ResultsWriter
+from fedrank.server.status import serve_status
 from fedrank.strategies.fedavg import SeededFedAvg
 from fedrank.strategies.frl import FrlVote
 from fedrank.strategies.ranking import top_k_mask
@@ -104,7 +105,8 @@ def make_server_app(scenario: Scenario, *, on_round: RoundCallback | None = None
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, scenario, on_round=on_round)
+        with serve_status(scenario.status_address, total_rounds=scenario.rounds) as status:
+            run_server(grid, scenario, on_round=status.chain(on_round))
 
     return server_app
 
@@ -116,7 +118,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: the scenario comes from the run config."""
     scenario = Scenario.from_mapping(dict(context.run_config), source="run config")
-    summary = run_server(grid, scenario)
+    with serve_status(scenario.status_address, total_rounds=scenario.rounds) as status:
+        summary = run_server(grid, scenario, on_round=status.chain(None))
     log.warning(
         "fedrank: final accuracy %.2f%% after %d rounds; results in %s",
         100 * summary["final_accuracy"],

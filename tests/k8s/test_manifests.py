@@ -347,6 +347,44 @@ def test_each_site_has_its_own_partition_and_credentials(rendered, target):
     assert len(secrets) == len(sites)
 
 
+@pytest.mark.parametrize("target", FLOWER_TARGETS)
+def test_status_port_is_where_the_run_config_serves_it(rendered, target):
+    docs = rendered[target]
+    address = configmap_toml(docs, "fedrank-run-config", "run-config.toml")["status-address"]
+    (serverapp,) = component(docs, "serverapp")
+    (container,) = serverapp["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (service,) = find(docs, "Service", "fedrank-status")
+    (service_port,) = service["spec"]["ports"]
+    (policy,) = find(docs, "NetworkPolicy", "serverapp-egress")
+    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+
+    assert address.startswith("0.0.0.0:")  # reachable through the Service, not only in-pod
+    assert int(address.rsplit(":", 1)[1]) == ports["status"] == 9095
+    assert service_port["targetPort"] == "status"
+    assert service["spec"]["selector"] == serverapp["spec"]["selector"]["matchLabels"]
+    assert ingress_ports == {ports["status"]}
+
+
+@pytest.mark.parametrize("target", FLOWER_TARGETS)
+def test_run_and_node_configs_are_valid_fedrank_configs(rendered, target):
+    from fedrank.config import Scenario
+
+    docs = rendered[target]
+    run_config = configmap_toml(docs, "fedrank-run-config", "run-config.toml")
+    app_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    node_keys = set()
+    for site in component(docs, "supernode"):
+        volumes = {v["name"]: v for v in site["spec"]["template"]["spec"]["volumes"]}
+        name = volumes["node-config"]["configMap"]["name"]
+        node_keys |= set(configmap_toml(docs, name, "node-config.toml"))
+
+    # flwr run rejects run-config keys that [tool.flwr.app.config] lacks.
+    assert set(run_config) <= set(app_config["config"])
+    assert Scenario.from_mapping(run_config).num_clients == len(component(docs, "supernode"))
+    assert node_keys <= {"partition-id", "num-partitions", "data-path"}
+
+
 # ------------------------------------------------------------------ Flower 1.41 flags
 
 

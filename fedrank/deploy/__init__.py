@@ -1,0 +1,1 @@
+"""Deployment helpers: certificates and keys for Flower's SuperLink and SuperNodes."""
