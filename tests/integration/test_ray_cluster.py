@@ -13,8 +13,11 @@ the user) is never called.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,8 +67,18 @@ def _started(processes: Processes, name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
+def ray_temp() -> Iterator[Path]:
+    """Ray's session folder, short: its socket paths must fit in 107 bytes (AF_UNIX),
+    which a deep pytest temp folder does not. Set up before ``processes``, so it is
+    removed only after every Ray process has stopped."""
+    folder = Path(tempfile.mkdtemp(prefix="fr-ray-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def cluster_run(
-    processes: Processes, tmp_path_factory: pytest.TempPathFactory
+    ray_temp: Path, processes: Processes, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("ray-cluster")
     gcs, client_server, dashboard, head_agent, worker_agent = free_ports(5)
@@ -88,7 +101,7 @@ def cluster_run(
             "--head",
             f"--node-ip-address={HEAD_IP}",
             f"--port={gcs}",
-            f"--temp-dir={tmp / 'ray'}",
+            f"--temp-dir={ray_temp}",
             "--include-dashboard=false",
             f"--dashboard-port={dashboard}",
             f"--ray-client-server-port={client_server}",
