@@ -31,7 +31,7 @@ from fedrank.server.resume import (
     write_scenario,
 )
 from fedrank.strategies.dp_client_level import ClientLevelDp
-from fedrank.strategies.frl import FrlVote
+from fedrank.strategies.fedavg import SeededFedAvg
 
 DELTA = 1e-5
 
@@ -43,25 +43,25 @@ def scenario_in(folder: Path, **changes: Any) -> Scenario:
     )  # fmt: skip
 
 
-def frl(scenario: Scenario) -> FrlVote:
-    return FrlVote(
+def plain(scenario: Scenario) -> SeededFedAvg:
+    """A strategy without state of its own (every draw seeded by seed and round)."""
+    return SeededFedAvg(
         partitions={p: 100 + p for p in range(scenario.num_clients)},
         clients_per_round=scenario.clients_per_round,
-        layer_sizes={"fc1": 4},
         seed=scenario.seed,
     )
 
 
-class CountingVote(FrlVote):
-    """An FRL vote with state of its own (rounds voted), as a strategy may have."""
+class CountingFedAvg(SeededFedAvg):
+    """A strategy with state of its own (rounds aggregated), as a strategy may have."""
 
-    voted = 0
+    aggregated = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"voted": self.voted}
+        return {"aggregated": self.aggregated}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.voted = int(state["voted"])
+        self.aggregated = int(state["aggregated"])
 
 
 def ranking(values: Sequence[int]) -> ArrayRecord:
@@ -103,11 +103,11 @@ def test_the_scenario_file_gives_back_the_run_with_allowed_overrides(tmp_path: P
 
 def test_a_fresh_start_removes_old_checkpoints_and_writes_the_scenario(tmp_path: Path) -> None:
     scenario = scenario_in(tmp_path)
-    old = RunCheckpointer(scenario, frl(scenario))
+    old = RunCheckpointer(scenario, plain(scenario))
     for r in (3, 4):
         old.save(r, ranking([0, 1, 2, 3]))
 
-    checkpoints = RunCheckpointer(scenario, frl(scenario))
+    checkpoints = RunCheckpointer(scenario, plain(scenario))
     arrays, start = checkpoints.start(
         lambda: ranking([3, 2, 1, 0]), results=ResultsWriter(tmp_path)
     )
@@ -123,11 +123,11 @@ def test_resume_restores_the_state_and_drops_rows_past_the_checkpoint(tmp_path: 
     # for round 4 written before a crash, then a torn line.
     scenario = scenario_in(tmp_path)
     results = ResultsWriter(tmp_path)
-    strategy = CountingVote(partitions={0: 1, 1: 2}, clients_per_round=2, layer_sizes={"fc1": 4})
+    strategy = CountingFedAvg(partitions={0: 1, 1: 2}, clients_per_round=2)
     checkpoints = RunCheckpointer(scenario, strategy)
     checkpoints.start(lambda: ranking([0, 1, 2, 3]), results=results)
     for r in range(4):
-        strategy.voted = r
+        strategy.aggregated = r
         results.write_round({"round": r, "accuracy": r / 10})
         checkpoints.save(r, ranking(np.roll([0, 1, 2, 3], r).tolist()))
     results.write_round({"round": 4, "accuracy": 0.4})
@@ -136,7 +136,7 @@ def test_resume_restores_the_state_and_drops_rows_past_the_checkpoint(tmp_path: 
 
     # Act: a new process would load the latest checkpoint and start from it.
     state = latest_checkpoint(tmp_path)
-    fresh = CountingVote(partitions={0: 7, 1: 8}, clients_per_round=2, layer_sizes={"fc1": 4})
+    fresh = CountingFedAvg(partitions={0: 7, 1: 8}, clients_per_round=2)
     arrays, start = RunCheckpointer(scenario, fresh).start(
         lambda: ranking([9, 9, 9, 9]),
         results=ResultsWriter(tmp_path, append=True),
@@ -146,7 +146,7 @@ def test_resume_restores_the_state_and_drops_rows_past_the_checkpoint(tmp_path: 
     # Assert
     assert (state.round, start) == (3, 4)
     assert arrays["fc1"].numpy().tolist() == np.roll([0, 1, 2, 3], 3).tolist()
-    assert fresh.voted == 3
+    assert fresh.aggregated == 3
     assert [row["round"] for row in ResultsWriter(tmp_path, append=True).read_rounds()] == [
         0,
         1,
@@ -160,7 +160,7 @@ def test_a_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     scenario = scenario_in(tmp_path)
-    checkpoints = RunCheckpointer(scenario, frl(scenario))
+    checkpoints = RunCheckpointer(scenario, plain(scenario))
     for r in (1, 2):
         checkpoints.save(r, ranking([r, 0, 1, 2]))
     newest = list_checkpoints(checkpoint_folder(tmp_path))[-1][1]
@@ -185,22 +185,22 @@ def test_no_checkpoint_nothing_to_resume(tmp_path: Path) -> None:
 
 def test_resume_refuses_another_scenario_or_fewer_rounds(tmp_path: Path) -> None:
     scenario = scenario_in(tmp_path)
-    RunCheckpointer(scenario, frl(scenario)).save(3, ranking([0, 1, 2, 3]))
+    RunCheckpointer(scenario, plain(scenario)).save(3, ranking([0, 1, 2, 3]))
     state = latest_checkpoint(tmp_path)
     other = scenario.replace(seed=4, k=0.25)
     with pytest.raises(
         CheckpointError, match=r"another scenario: k \(checkpoint 0.5, now 0.25\); seed"
     ):
-        RunCheckpointer(other, frl(other)).start(
+        RunCheckpointer(other, plain(other)).start(
             lambda: ranking([0]), results=ResultsWriter(tmp_path, append=True), resume_from=state
         )
     short = scenario.replace(rounds=2)
     with pytest.raises(ConfigError, match="rounds: 2 is fewer than the 3 rounds already done"):
-        RunCheckpointer(short, frl(short)).start(
+        RunCheckpointer(short, plain(short)).start(
             lambda: ranking([0]), results=ResultsWriter(tmp_path, append=True), resume_from=state
         )
     longer = scenario.replace(rounds=8, round_timeout=9.0)
-    _, start = RunCheckpointer(longer, frl(longer)).start(
+    _, start = RunCheckpointer(longer, plain(longer)).start(
         lambda: ranking([0]), results=ResultsWriter(tmp_path, append=True), resume_from=state
     )
     assert start == 4
@@ -321,6 +321,6 @@ def test_a_ledger_that_lost_releases_refuses_the_resume(
             lambda: ArrayRecord(), results=ResultsWriter(tmp_path, append=True), resume_from=state
         )
     with pytest.raises(CheckpointError, match="which this run does not use"):
-        RunCheckpointer(scenario, frl(scenario)).start(
+        RunCheckpointer(scenario, plain(scenario)).start(
             lambda: ArrayRecord(), results=ResultsWriter(tmp_path, append=True), resume_from=state
         )
