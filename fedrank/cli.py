@@ -4,6 +4,9 @@
 defaults) with any field overridden by a flag of the same name::
 
     fedrank simulate --scenario frl-mnist --rounds 10 --model cnn
+
+``fedrank simulate --resume RESULTS_DIR`` continues an interrupted run from its
+last complete round (the scenario is read from the folder).
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedrank.config import Scenario
 from fedrank.deploy.commands import add_commands as add_deploy_commands
-from fedrank.errors import FedrankError
+from fedrank.errors import ConfigError, FedrankError
+
+if TYPE_CHECKING:
+    from fedrank.server.checkpoint import CheckpointState
 
 
 def _add_scenario_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +54,29 @@ def _scenario_from_args(args: argparse.Namespace) -> Scenario:
     return base.replace(**changes) if changes else base
 
 
+def _resume_from_args(args: argparse.Namespace) -> tuple[Scenario, CheckpointState]:
+    from fedrank.server.resume import latest_checkpoint, resume_scenario
+
+    if args.scenario:
+        raise ConfigError("resume", "the scenario comes from the results folder; drop --scenario")
+    changes = {
+        f.name: getattr(args, f"set_{f.name}")
+        for f in dataclasses.fields(Scenario)
+        if getattr(args, f"set_{f.name}") is not None
+    }
+    scenario = resume_scenario(args.resume, changes)
+    checkpoint = latest_checkpoint(args.resume)
+    print(f"fedrank: resuming {args.resume} after round {checkpoint.round}")
+    return scenario, checkpoint
+
+
 def _simulate(args: argparse.Namespace) -> int:
-    scenario = _scenario_from_args(args)  # validated before anything starts
+    # Validated (and a resumed run's checkpoint read) before anything starts.
+    checkpoint: CheckpointState | None = None
+    if args.resume:
+        scenario, checkpoint = _resume_from_args(args)
+    else:
+        scenario = _scenario_from_args(args)
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -63,7 +90,10 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{scenario.num_clients} clients ({scenario.partitioner}), "
         f"{scenario.clients_per_round} per round, {scenario.rounds} rounds"
     )
-    bar = tqdm(total=scenario.rounds, unit="round", disable=args.quiet, file=sys.stdout)
+    done = checkpoint.round if checkpoint else 0
+    bar = tqdm(
+        total=scenario.rounds, initial=done, unit="round", disable=args.quiet, file=sys.stdout
+    )
 
     def on_round(row: dict[str, Any]) -> None:
         if row["round"] == 0:
@@ -75,7 +105,9 @@ def _simulate(args: argparse.Namespace) -> int:
             f"round {row['round']} acc {100 * row['accuracy']:.2f}% {row['seconds']:.1f}s{extra}"
         )
 
-    summary = simulate(scenario, ray_address=args.ray_address, on_round=on_round)
+    summary = simulate(
+        scenario, ray_address=args.ray_address, on_round=on_round, resume_from=checkpoint
+    )
     bar.close()
     print(
         f"fedrank: final accuracy {100 * summary['final_accuracy']:.2f}% "
@@ -100,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--scenario", help="packaged scenario name or TOML path (default: built-in)")
     sim.add_argument(
         "--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else local)"
+    )
+    sim.add_argument(
+        "--resume",
+        metavar="RESULTS_DIR",
+        help="continue the interrupted run in RESULTS_DIR from its last complete round",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")

@@ -16,8 +16,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.config import Scenario
+from fedrank.server.checkpoint import CheckpointState
 from fedrank.server.loop import RoundCallback, run_rounds
 from fedrank.server.results import ResultsWriter
+from fedrank.server.resume import RunCheckpointer
 from fedrank.server.status import serve_status
 from fedrank.strategies.fedavg import SeededFedAvg
 from fedrank.strategies.frl import FrlVote
@@ -30,12 +32,17 @@ from fedrank.training import evaluate
 
 log = logging.getLogger(__name__)
 
+DISCOVERY_TIMEOUT = 120.0  # seconds; replies come as soon as the actors are up
+
 
 def make_strategy(scenario: Scenario, partitions: dict[int, int], *, run_id: int) -> Strategy:
     """The scenario's strategy over the discovered partitions of Flower run ``run_id``."""
     if scenario.strategy == "fedavg":
         return SeededFedAvg(
-            partitions=partitions, clients_per_round=scenario.clients_per_round, seed=scenario.seed
+            partitions=partitions,
+            clients_per_round=scenario.clients_per_round,
+            seed=scenario.seed,
+            min_replies=scenario.min_replies,
         )
     return FrlVote(
         partitions=partitions,
@@ -54,26 +61,45 @@ def evaluate_global(scenario: Scenario, arrays: ArrayRecord) -> tuple[float, flo
 
 
 def run_server(
-    grid: Grid, scenario: Scenario, *, on_round: RoundCallback | None = None
+    grid: Grid,
+    scenario: Scenario,
+    *,
+    on_round: RoundCallback | None = None,
+    resume_from: CheckpointState | None = None,
 ) -> dict[str, Any]:
-    """Run the whole federation described by ``scenario``; return its summary."""
+    """Run the whole federation described by ``scenario``; return its summary.
+
+    With ``resume_from`` (see :func:`fedrank.server.resume.latest_checkpoint`) the run
+    continues after that checkpoint's round; every round is checkpointed.
+    """
     started = time.perf_counter()
-    results = ResultsWriter(scenario.results_dir)
+    results = ResultsWriter(scenario.results_dir, append=resume_from is not None)
+    # Discovery starts every client's actor; a short round timeout (set to cut hung
+    # clients off) must not make start-up fail on a loaded machine.
     partitions = discover_partitions(
-        grid, expected=scenario.num_clients, timeout=scenario.round_timeout
+        grid,
+        expected=scenario.num_clients,
+        timeout=max(scenario.round_timeout, DISCOVERY_TIMEOUT),
     )
     strategy = make_strategy(scenario, partitions, run_id=grid.run.run_id)
     strategy.summary()
+    checkpoints = RunCheckpointer(scenario, strategy)
+    arrays, start_round = checkpoints.start(
+        lambda: to_array_record(initial_state(scenario)), results=results, resume_from=resume_from
+    )
     final = run_rounds(
         grid,
         strategy,
-        arrays=to_array_record(initial_state(scenario)),
+        arrays=arrays,
         config=ConfigRecord(dict(scenario.to_run_config())),
         num_rounds=scenario.rounds,
         evaluate=lambda arrays: evaluate_global(scenario, arrays),
         results=results,
         timeout=scenario.round_timeout,
+        start_round=start_round,
         on_round=on_round,
+        after_round=checkpoints.save,
+        partition_of={node: pid for pid, node in partitions.items()},
     )
     rows = results.read_rounds()
     state = from_array_record(final)
@@ -93,20 +119,26 @@ def run_server(
         "skipped_rounds": sum(1 for r in rows if r.get("skipped")),
         "rejected_replies": sum(int(r.get("rejected", 0)) for r in rows),
         "seconds": time.perf_counter() - started,
+        "resumed_after_round": None if resume_from is None else resume_from.round,
         "model": {"architecture": scenario.model, "seed": scenario.seed, "k": scenario.k},
     }
     results.write_summary(summary)
     return summary
 
 
-def make_server_app(scenario: Scenario, *, on_round: RoundCallback | None = None) -> ServerApp:
+def make_server_app(
+    scenario: Scenario,
+    *,
+    on_round: RoundCallback | None = None,
+    resume_from: CheckpointState | None = None,
+) -> ServerApp:
     """A ServerApp bound to ``scenario`` (used by ``fedrank simulate``)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         with serve_status(scenario.status_address, total_rounds=scenario.rounds) as status:
-            run_server(grid, scenario, on_round=status.chain(on_round))
+            run_server(grid, scenario, on_round=status.chain(on_round), resume_from=resume_from)
 
     return server_app
 

@@ -68,8 +68,9 @@ class CheckpointState:
         Global state (FRL rankings per layer, adapter tensors, ...). Object arrays
         are refused: they would need pickle.
     rng_state : dict
-        ``generator.bit_generator.state`` of the server's Generator (JSON-able;
-        see :func:`generator_from_state`).
+        JSON-able RNG state: a Generator's ``bit_generator.state`` (see
+        :func:`generator_from_state`), or the process's global generators as
+        :func:`fedrank.server.resume.capture_rng_state` takes them.
     strategy_state : dict
         The strategy's own JSON-able state (accountant totals, counters, ...).
     metadata : dict

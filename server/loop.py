@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedrank.server.failures import failure_counts, split_replies
 from fedrank.server.results import ResultsWriter
 from fedrank.strategies.records import content_bytes
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Evaluator = Callable[[ArrayRecord], tuple[float, float]]
 RoundCallback = Callable[[dict[str, Any]], None]
+# Called with (round, global arrays) once the round's metrics are written: checkpoints.
+RoundEnd = Callable[[int, ArrayRecord], None]
 
 
 def run_rounds(
@@ -37,28 +40,38 @@ def run_rounds(
     timeout: float,
     start_round: int = 1,
     on_round: RoundCallback | None = None,
+    after_round: RoundEnd | None = None,
+    partition_of: Mapping[int, int] | None = None,
 ) -> ArrayRecord:
     """Run rounds ``start_round..num_rounds``; return the final global arrays.
 
     Each round's metrics (accuracy, loss, seconds, bytes up and down per client,
     replies, rejected replies by reason, whether it was skipped) are appended to
-    ``results`` as soon as the round completes.
+    ``results`` as soon as the round completes, then ``after_round`` is called
+    (round 0 too: the initial state). A client that failed (raised, timed out, lost
+    its worker: :mod:`fedrank.server.failures`) is left out before the strategy
+    aggregates and counted as ``rejected.<reason>``; ``partition_of`` (node id ->
+    partition id) names partitions in the log.
     """
     if start_round == 1:
         loss, accuracy = evaluate(arrays)
         row0 = {"round": 0, "accuracy": accuracy, "loss": loss, "seconds": 0.0}
         results.write_round(row0)
+        if after_round:
+            after_round(0, arrays)
         if on_round:
             on_round(row0)
     for server_round in range(start_round, num_rounds + 1):
         started = time.perf_counter()
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        answered, failures = split_replies(
+            server_round, messages, replies, timeout=timeout, partition_of=partition_of
+        )
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, answered)
         if new_arrays is not None:
             arrays = new_arrays
         loss, accuracy = evaluate(arrays)
-        answered = [r for r in replies if not r.has_error()]
         row: dict[str, Any] = {
             "round": server_round,
             "accuracy": accuracy,
@@ -71,8 +84,20 @@ def run_rounds(
             "bytes_up_per_client": _mean(content_bytes(r.content) for r in answered),
         }
         row.update(dict(train_metrics or {}))
-        row["rejected"] = int(row.get("rejected", 0)) + row["missing"]
+        for key, count in failure_counts(failures).items():
+            row[key] = int(row.get(key, 0)) + count
+        row["rejected"] = int(row.get("rejected", 0)) + len(failures)
+        if row["skipped"]:
+            log.warning(
+                "round %d skipped: %d of %d sampled clients gave valid replies, too few; "
+                "the global state is kept",
+                server_round,
+                int(row.get("replies", 0)),
+                len(messages),
+            )
         results.write_round(row)
+        if after_round:
+            after_round(server_round, arrays)
         if on_round:
             on_round(row)
     return arrays

@@ -43,6 +43,39 @@ class ResultsWriter:
         with self.metrics_path.open(encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
 
+    def keep_rounds_through(self, last_round: int) -> int:
+        """Drop every row past ``last_round`` (a resumed run redoes them); return how many.
+
+        A last line cut short by a crash is dropped too. The file is rewritten
+        atomically (temporary file, fsync, rename).
+        """
+        if not self.metrics_path.exists():
+            return 0
+        kept: list[str] = []
+        dropped = 0
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise
+                dropped += 1  # the write that the crash interrupted
+                continue
+            if int(row["round"]) <= last_round:
+                kept.append(line)
+            else:
+                dropped += 1
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.metrics_path)
+        return dropped
+
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         """Write ``summary.json`` (atomically)."""
         path = self.directory / "summary.json"

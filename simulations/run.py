@@ -11,11 +11,16 @@ import logging
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedrank.config import Scenario
 from fedrank.errors import ConfigError
 from fedrank.server.loop import RoundCallback
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+
+    from fedrank.server.checkpoint import CheckpointState
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +54,41 @@ def backend_config(scenario: Scenario, *, ray_address: str | None) -> dict[str, 
     if address:
         init_args["address"] = address
     return {
+        # Flower passes these straight to the actor's ``.options()``. Its pool puts an
+        # actor whose process died back in service; without restarts every later
+        # client given to it fails at once, so Ray restarts it (the client it was
+        # running is lost and counted as worker_died; see fedrank.server.failures).
         "client_resources": {
             "num_cpus": scenario.num_cpus_per_client,
             "num_gpus": scenario.num_gpus_per_client,
+            "max_restarts": -1,
         },
         "init_args": init_args,
     }
 
 
 def simulate(
-    scenario: Scenario, *, ray_address: str | None = None, on_round: RoundCallback | None = None
+    scenario: Scenario,
+    *,
+    ray_address: str | None = None,
+    on_round: RoundCallback | None = None,
+    resume_from: CheckpointState | None = None,
+    client_app: ClientApp | None = None,
 ) -> dict[str, Any]:
-    """Run ``scenario`` as a Ray-backed Flower simulation; return its summary."""
+    """Run ``scenario`` as a Ray-backed Flower simulation; return its summary.
+
+    ``resume_from`` continues a run after that checkpoint's round
+    (:func:`fedrank.server.resume.latest_checkpoint`); ``client_app`` replaces
+    fedrank's ClientApp (tests inject failing clients this way).
+    """
     from flwr.simulation import run_simulation
 
-    from fedrank.client.app import app as client_app
+    from fedrank.client.app import app as fedrank_client_app
     from fedrank.server.app import make_server_app
 
     run_simulation(
-        server_app=make_server_app(scenario, on_round=on_round),
-        client_app=client_app,
+        server_app=make_server_app(scenario, on_round=on_round, resume_from=resume_from),
+        client_app=client_app or fedrank_client_app,
         num_supernodes=scenario.num_clients,
         backend_config=backend_config(scenario, ray_address=ray_address),
     )

@@ -7,6 +7,7 @@ averaging is Flower's own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -14,6 +15,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedrank.strategies.sampling import train_messages
+
+log = logging.getLogger(__name__)
 
 
 class SeededFedAvg(FedAvg):
@@ -27,15 +30,24 @@ class SeededFedAvg(FedAvg):
         Clients sampled each round.
     seed : int
         Sampling seed (same scheme as ``FrlVote``).
+    min_replies : int
+        Fewer replies without an error than this and the round is skipped (global
+        weights kept), as in ``FrlVote``.
     """
 
     def __init__(
-        self, *, partitions: Mapping[int, int], clients_per_round: int, seed: int = 0
+        self,
+        *,
+        partitions: Mapping[int, int],
+        clients_per_round: int,
+        seed: int = 0,
+        min_replies: int = 1,
     ) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
         self.seed = seed
+        self.min_replies = min_replies
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -53,11 +65,26 @@ class SeededFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's weighted average, plus the count of failed replies."""
+        """Flower's weighted average, plus the count of failed replies.
+
+        Below ``min_replies`` replies without an error the round is skipped.
+        """
         replies = list(replies)
         failed = sum(1 for r in replies if r.has_error())
+        valid = len(replies) - failed
+        counts: dict[str, int | float | list[int] | list[float]] = {
+            "replies": valid,
+            "rejected": failed,
+        }
+        if failed:
+            counts["rejected.client_error"] = failed
+        if valid < self.min_replies:
+            log.warning(
+                "round %d skipped: %d valid replies, %d needed; the global weights are kept",
+                server_round,
+                valid,
+                self.min_replies,
+            )
+            return None, MetricRecord(counts)
         arrays, metrics = super().aggregate_train(server_round, replies)
-        metrics = MetricRecord(
-            {**(metrics or {}), "replies": len(replies) - failed, "rejected": failed}
-        )
-        return arrays, metrics
+        return arrays, MetricRecord({**(metrics or {}), **counts})

@@ -5,13 +5,17 @@ Flower's SuperLink and SuperNodes start SuperExec children, which start a
 Ray's daemons. A watcher thread records every descendant of the processes a
 test started (PID and start time, so a reused PID is never touched), and
 teardown stops exactly those: the started processes first (SIGTERM, then
-SIGKILL), then any recorded descendant still alive.
+SIGKILL), then any recorded descendant still alive. For a process a test put in
+a session of its own (``start_new_session=True``), ``kill_session`` ends the
+whole session, and ``is_descendant`` proves a PID is the test's before a test
+kills it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -159,3 +163,45 @@ def base_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+def is_descendant(pid: int, ancestor: int) -> bool:
+    """Whether ``ancestor`` is ``pid``'s parent, grandparent, ..."""
+    try:
+        return any(parent.pid == ancestor for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
+
+
+def session_members(session: int) -> list[int]:
+    """Every live process (zombies excluded) of session ``session``."""
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.status() != psutil.STATUS_ZOMBIE and os.getsid(proc.pid) == session:
+                members.append(proc.pid)
+    return members
+
+
+def kill_session(session: int, *, timeout: float = 30.0) -> list[int]:
+    """SIGKILL every process of a session the test created; wait until none is left.
+
+    Returns the processes that were alive when the call began (each is killed by
+    PID: they may outlive the session leader).
+
+    Raises
+    ------
+    TimeoutError
+        Some process of the session survived ``timeout`` seconds.
+    """
+    members = left = session_members(session)
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        left = session_members(session)
+    if left:
+        raise TimeoutError(f"processes {left} of session {session} survived SIGKILL")
+    return members

@@ -1,0 +1,151 @@
+"""SIGKILL a whole ``fedrank simulate`` mid-run, resume it, get the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pytest
+
+from fedrank.config import Scenario
+from fedrank.server.checkpoint import list_checkpoints
+from fedrank.simulations.inprocess import run_in_process
+from tests.integration.processes import kill_session, session_members
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIO = Scenario(
+    dataset="digits",
+    model="mlp",
+    num_clients=6,
+    clients_per_round=3,
+    rounds=6,
+    local_epochs=2,
+    lr=1.0,
+    seed=11,
+)
+FLAGS = [
+    "--dataset", "digits", "--model", "mlp", "--num-clients", "6", "--clients-per-round", "3",
+    "--rounds", "6", "--local-epochs", "2", "--lr", "1.0", "--seed", "11", "--quiet",
+]  # fmt: skip
+
+Launch = Callable[[Sequence[str], IO[bytes]], "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def launch() -> Iterator[Launch]:
+    """Start ``fedrank simulate`` in a session of its own; kill the whole session after."""
+    started: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def start(args: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fedrank.cli", "simulate", *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: Ray's processes join it
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        kill_session(process.pid)
+
+
+def wait_for_checkpoint(
+    folder: Path, process: subprocess.Popen[bytes], *, at_least: int, limit: float = 300
+) -> int:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        done = [r for r, _ in list_checkpoints(folder)]
+        if done and max(done) >= at_least:
+            return max(done)
+        if process.poll() is not None:
+            raise AssertionError(f"the run exited ({process.returncode}) before round {at_least}")
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of round {at_least} within {limit} s")
+
+
+def rows_of(results: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in (results / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a row the kill cut short; the resume drops it
+            continue
+    return rows
+
+
+def command_lines(pids: Sequence[int]) -> list[str]:
+    lines = []
+    for pid in pids:
+        try:
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return lines
+
+
+def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_run(
+    launch: Launch, tmp_path: Path
+) -> None:
+    # Arrange: the run is killed (with all of Ray) once round 2 is checkpointed.
+    results = tmp_path / "run"
+    with (tmp_path / "first.log").open("wb") as log:
+        first = launch([*FLAGS, "--results-dir", str(results)], log)
+        wait_for_checkpoint(results / "checkpoints", first, at_least=2)
+        members = command_lines(session_members(first.pid))
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    kill_session(first.pid)
+    assert session_members(first.pid) == []
+    assert any("raylet" in line for line in members), "Ray was not in the session"
+    assert not (results / "summary.json").exists(), "killed too late: the run had finished"
+    # The newest checkpoint is damaged too: the resume must detect it, use the previous.
+    newest_round, newest = list_checkpoints(results / "checkpoints")[-1]
+    content = bytearray(newest.read_bytes())
+    content[-64] ^= 0x01
+    newest.write_bytes(bytes(content))
+    before = rows_of(results)
+
+    # Act
+    with (tmp_path / "second.log").open("wb") as log:
+        second = launch(["--resume", str(results), "--quiet"], log)
+        status = second.wait(timeout=400)
+    output = (tmp_path / "second.log").read_text(errors="replace")
+    reference_rows: list[dict[str, Any]] = []
+    reference = run_in_process(
+        SCENARIO.replace(results_dir=str(tmp_path / "unused")), on_round=reference_rows.append
+    )
+
+    # Assert
+    assert status == 0, output
+    assert f"{newest.name}: checksum mismatch" in output
+    assert f"resuming {results} after round {newest_round - 1}" in output
+    rankings = np.load(results / "rankings.npz")
+    assert sorted(rankings.files) == sorted(reference)
+    for name, expected in reference.items():
+        np.testing.assert_array_equal(rankings[name], expected)
+    rows = rows_of(results)
+    assert [r["round"] for r in rows] == list(range(SCENARIO.rounds + 1))
+    # Rounds up to the checkpoint used are the killed run's own rows (not redone).
+    assert rows[:newest_round] == before[:newest_round]
+    assert [r["accuracy"] for r in rows[1:]] == [r["accuracy"] for r in reference_rows]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["resumed_after_round"] == newest_round - 1
+    assert summary["final_accuracy"] == reference_rows[-1]["accuracy"]
