@@ -10,8 +10,10 @@ seed, trains on its partition and replies:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -20,6 +22,12 @@ from fedrank.config import Scenario
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import PARTITION_KEY
 from fedrank.task import client_threads, local_update
+from fedrank.training import TrainResult
+
+# (scenario, global state, server round, partition id) -> (reply state, training report)
+LocalUpdate = Callable[
+    [Scenario, dict[str, np.ndarray], int, int], tuple[dict[str, np.ndarray], TrainResult]
+]
 
 app = ClientApp()
 
@@ -44,13 +52,18 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train on the local partition and reply with rankings (FRL) or weights (FedAvg)."""
+    return train_reply(msg, context, update=local_update)
+
+
+def train_reply(msg: Message, context: Context, *, update: LocalUpdate) -> Message:
+    """The train handler around any local update (the benign one, or a poisoned one)."""
     config = dict(msg.content.config_records["config"])
     server_round = cast(int, config.pop("server-round"))
     scenario = Scenario.from_mapping(config, source="the server's config")
     pid = partition_id(context)
     torch.set_num_threads(client_threads(scenario))  # this worker serves one client at a time
 
-    state, result = local_update(
+    state, result = update(
         scenario, from_array_record(msg.content.array_records["arrays"]), server_round, pid
     )
     reply_arrays = to_array_record(state)

@@ -156,14 +156,22 @@ def read_state(scenario: Scenario, model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def local_update(
-    scenario: Scenario, state: dict[str, np.ndarray], server_round: int, partition_id: int
+    scenario: Scenario,
+    state: dict[str, np.ndarray],
+    server_round: int,
+    partition_id: int,
+    *,
+    data: ImageSplit | None = None,
 ) -> tuple[dict[str, np.ndarray], TrainResult]:
-    """One client's round: load the global state, train on its partition, read the reply."""
+    """One client's round: load the global state, train on its partition, read the reply.
+
+    ``data`` replaces the partition's examples (a data-poisoning client's own copy).
+    """
     model = model_for(scenario)
     load_state(scenario, model, state)
     result = train_local(
         model,
-        client_data(scenario, partition_id),
+        client_data(scenario, partition_id) if data is None else data,
         epochs=scenario.local_epochs,
         lr=scenario.learning_rate,
         momentum=scenario.momentum,

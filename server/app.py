@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -16,24 +17,33 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.config import Scenario
+from fedrank.errors import ConfigError
 from fedrank.server.loop import RoundCallback, run_rounds
 from fedrank.server.results import ResultsWriter
-from fedrank.strategies.fedavg import SeededFedAvg
 from fedrank.strategies.frl import FrlVote
 from fedrank.strategies.ranking import top_k_mask
 from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.strategies.robust_fedavg import seeded_fedavg
 from fedrank.strategies.sampling import discover_partitions
+from fedrank.strategies.votes import rank_vote
 from fedrank.task import initial_state, is_dense, layer_sizes, load_state, model_for, test_data
 from fedrank.training import evaluate
 
 log = logging.getLogger(__name__)
 
+# Wraps the run's strategy once the partitions are known (a simulated adversary).
+StrategyWrapper = Callable[[Strategy, Mapping[int, int]], Strategy]
+
 
 def make_strategy(scenario: Scenario, partitions: dict[int, int]) -> Strategy:
-    """The scenario's strategy over the discovered partitions."""
+    """The scenario's strategy and aggregator over the discovered partitions."""
     if scenario.strategy == "fedavg":
-        return SeededFedAvg(
-            partitions=partitions, clients_per_round=scenario.clients_per_round, seed=scenario.seed
+        return seeded_fedavg(
+            scenario.aggregation,
+            partitions=partitions,
+            clients_per_round=scenario.clients_per_round,
+            seed=scenario.seed,
+            trim_fraction=scenario.trim_fraction,
         )
     return FrlVote(
         partitions=partitions,
@@ -41,6 +51,11 @@ def make_strategy(scenario: Scenario, partitions: dict[int, int]) -> Strategy:
         layer_sizes=layer_sizes(scenario),
         min_replies=scenario.min_replies,
         seed=scenario.seed,
+        vote=rank_vote(
+            scenario.aggregation,
+            trim_fraction=scenario.trim_fraction,
+            filter_mads=scenario.filter_mads,
+        ),
     )
 
 
@@ -52,15 +67,25 @@ def evaluate_global(scenario: Scenario, arrays: ArrayRecord) -> tuple[float, flo
 
 
 def run_server(
-    grid: Grid, scenario: Scenario, *, on_round: RoundCallback | None = None
+    grid: Grid,
+    scenario: Scenario,
+    *,
+    on_round: RoundCallback | None = None,
+    wrap_strategy: StrategyWrapper | None = None,
 ) -> dict[str, Any]:
-    """Run the whole federation described by ``scenario``; return its summary."""
+    """Run the whole federation described by ``scenario``; return its summary.
+
+    ``wrap_strategy`` (simulations only) wraps the strategy, e.g. in an adversary
+    that controls the malicious partitions' replies.
+    """
     started = time.perf_counter()
     results = ResultsWriter(scenario.results_dir)
     partitions = discover_partitions(
         grid, expected=scenario.num_clients, timeout=scenario.round_timeout
     )
     strategy = make_strategy(scenario, partitions)
+    if wrap_strategy is not None:
+        strategy = wrap_strategy(strategy, partitions)
     strategy.summary()
     final = run_rounds(
         grid,
@@ -97,13 +122,18 @@ def run_server(
     return summary
 
 
-def make_server_app(scenario: Scenario, *, on_round: RoundCallback | None = None) -> ServerApp:
+def make_server_app(
+    scenario: Scenario,
+    *,
+    on_round: RoundCallback | None = None,
+    wrap_strategy: StrategyWrapper | None = None,
+) -> ServerApp:
     """A ServerApp bound to ``scenario`` (used by ``fedrank simulate``)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, scenario, on_round=on_round)
+        run_server(grid, scenario, on_round=on_round, wrap_strategy=wrap_strategy)
 
     return server_app
 
@@ -115,6 +145,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: the scenario comes from the run config."""
     scenario = Scenario.from_mapping(dict(context.run_config), source="run config")
+    if scenario.attack != "none":
+        raise ConfigError("attack", "attacks are simulated by `fedrank simulate`, not `flwr run`")
     summary = run_server(grid, scenario)
     log.warning(
         "fedrank: final accuracy %.2f%% after %d rounds; results in %s",

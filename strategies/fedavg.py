@@ -7,9 +7,10 @@ averaging is Flower's own.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -53,11 +54,29 @@ class SeededFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's weighted average, plus the count of failed replies."""
-        replies = list(replies)
+        """Flower's aggregation (weighted average here), plus the count of failed replies.
+
+        Flower's robust subclasses pop arrays out of the replies they aggregate; they
+        get shallow copies, so the caller's replies stay whole (bytes are counted
+        after aggregation).
+        """
+        replies = [_shallow_copy(r) for r in replies]
         failed = sum(1 for r in replies if r.has_error())
         arrays, metrics = super().aggregate_train(server_round, replies)
         metrics = MetricRecord(
             {**(metrics or {}), "replies": len(replies) - failed, "rejected": failed}
         )
         return arrays, metrics
+
+
+def _shallow_copy(message: Message) -> Message:
+    """The same reply with fresh record containers (the arrays themselves are shared)."""
+    if message.has_error():
+        return message
+    content = RecordDict(
+        {
+            key: type(record)(dict(record.items()))  # type: ignore[call-arg]
+            for key, record in message.content.items()
+        }
+    )
+    return Message(metadata=copy.copy(message.metadata), content=content)

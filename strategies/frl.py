@@ -1,6 +1,7 @@
 """``FrlVote``: the Federated Rank Learning server strategy (arXiv 2110.04350, Alg. 1).
 
-Message plumbing only: the vote is :func:`fedrank.strategies.ranking.borda_vote`.
+Message plumbing only: the vote is :func:`fedrank.strategies.ranking.borda_vote`
+by default, or any :data:`~fedrank.strategies.votes.RankVote` (robust votes).
 Each round the strategy sends the global rank vectors to a seeded sample of
 clients, validates every reply (a reply that is not a permutation of the right
 size is rejected with a reason and counted; the round goes on), and votes.
@@ -18,9 +19,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.errors import InvalidUpdate
-from fedrank.strategies.ranking import check_rank_vector, vote_layers
+from fedrank.strategies.ranking import check_rank_vector
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import train_messages
+from fedrank.strategies.votes import RankVote, rank_vote
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class FrlVote(Strategy):
     decoder : callable, optional
         ``(server_round, reply_content) -> rank vectors``; raises ``InvalidUpdate``.
         Defaults to reading int rank vectors from the reply's ``arrays`` record.
+    vote : RankVote, optional
+        ``(valid replies, global ranking sent this round) -> (new ranking, replies
+        left out)``; defaults to the plain Borda vote (:func:`rank_vote`).
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class FrlVote(Strategy):
         min_replies: int = 1,
         seed: int = 0,
         decoder: RankingDecoder | None = None,
+        vote: RankVote | None = None,
     ) -> None:
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
@@ -63,6 +69,8 @@ class FrlVote(Strategy):
         self.min_replies = min_replies
         self.seed = seed
         self.decoder = decoder or self._decode_arrays
+        self.vote = vote or rank_vote("borda")
+        self._reference: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -78,6 +86,7 @@ class FrlVote(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global rank vectors to a seeded sample of clients."""
+        self._reference = from_array_record(arrays)  # what robust votes compare against
         return train_messages(
             arrays,
             config,
@@ -119,7 +128,9 @@ class FrlVote(Strategy):
                 self.min_replies,
             )
             return None, metrics
-        return to_array_record(vote_layers(valid)), metrics
+        state, left_out = self.vote(valid, self._reference)
+        metrics["filtered"] = left_out
+        return to_array_record(state), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -49,13 +49,15 @@ def test_ray_simulation_learns_well_above_chance(two_runs: tuple[Path, Path]) ->
     assert (results / "accuracy.png").stat().st_size > 1000
 
 
-def test_same_seed_same_final_ranking_bit_for_bit(two_runs: tuple[Path, Path]) -> None:
+def test_same_seed_same_final_ranking_bit_for_bit(
+    two_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     first, second = (np.load(p / "rankings.npz") for p in two_runs)
     assert sorted(first.files) == sorted(second.files) == ["fc1", "fc2", "fc3"]
     for name in first.files:
         np.testing.assert_array_equal(first[name], second[name])
-    # And the federation on Ray equals the same federation in a plain loop.
-    in_process = run_in_process(_scenario(Path("unused")))
+    # And the federation on Ray equals the same ServerApp and ClientApp in one process.
+    in_process = run_in_process(_scenario(tmp_path))
     for name in first.files:
         np.testing.assert_array_equal(first[name], in_process[name])
     mask = np.load(two_runs[0] / "mask.npz")
