@@ -18,7 +18,9 @@ import copy
 import logging
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message import make_message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -62,7 +64,7 @@ class Adversary(Strategy):
         self.inner = inner
         self.malicious_nodes = {node: pid for pid, node in partitions.items() if pid in malicious}
         self.craft = craft
-        self._reference: dict[str, object] = {}
+        self._reference: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
         """Log the adversary, then the real strategy's settings."""
@@ -73,7 +75,7 @@ class Adversary(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The real strategy's messages; the adversary notes the global state sent."""
-        self._reference = dict(from_array_record(arrays))
+        self._reference = from_array_record(arrays)
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -97,7 +99,7 @@ class Adversary(Strategy):
                 server_round,
                 [(pid, state) for _, pid, state in honest],
                 benign,
-                self._reference,  # type: ignore[arg-type]
+                self._reference,
             )
             replies = list(replies)
             for (index, _, _), arrays in zip(honest, crafted, strict=True):
@@ -119,11 +121,11 @@ class Adversary(Strategy):
         return self.inner.aggregate_evaluate(server_round, replies)
 
 
-def _with_arrays(reply: Message, arrays: Mapping[str, object]) -> Message:
+def _with_arrays(reply: Message, arrays: Mapping[str, np.ndarray]) -> Message:
     """A copy of ``reply`` whose ``arrays`` record is ``arrays`` (other records kept)."""
     records = {key: record for key, record in reply.content.items() if key != "arrays"}
-    content = RecordDict({"arrays": to_array_record(arrays), **records})  # type: ignore[arg-type]
-    return Message(metadata=copy.copy(reply.metadata), content=content)
+    content = RecordDict({"arrays": to_array_record(arrays), **records})
+    return make_message(metadata=copy.copy(reply.metadata), content=content)
 
 
 def attack_components(scenario: Scenario) -> tuple[ClientApp, StrategyWrapper | None]:

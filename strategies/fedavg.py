@@ -11,6 +11,7 @@ import copy
 from collections.abc import Iterable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message import make_message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -73,10 +74,12 @@ def _shallow_copy(message: Message) -> Message:
     """The same reply with fresh record containers (the arrays themselves are shared)."""
     if message.has_error():
         return message
-    content = RecordDict(
-        {
-            key: type(record)(dict(record.items()))  # type: ignore[call-arg]
-            for key, record in message.content.items()
-        }
-    )
-    return Message(metadata=copy.copy(message.metadata), content=content)
+    content = message.content
+    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {}
+    for key, arrays in content.array_records.items():
+        records[key] = ArrayRecord(dict(arrays.items()))
+    for key, metrics in content.metric_records.items():
+        records[key] = MetricRecord(dict(metrics.items()))
+    for key, config in content.config_records.items():
+        records[key] = ConfigRecord(dict(config.items()))
+    return make_message(metadata=copy.copy(message.metadata), content=RecordDict(records))
