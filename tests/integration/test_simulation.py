@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrank.client.collusion import malicious_partitions
 from fedrank.config import Scenario
 from fedrank.simulations.inprocess import run_in_process
 from fedrank.simulations.run import simulate
+from fedrank.strategies.sampling import sample_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +64,33 @@ def test_same_seed_same_final_ranking_bit_for_bit(
         np.testing.assert_array_equal(first[name], in_process[name])
     mask = np.load(two_runs[0] / "mask.npz")
     assert mask["fc1"].mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_ray_run_with_an_attacker_is_attacked_filtered_and_equals_the_local_backend(
+    tmp_path: Path,
+) -> None:
+    scenario = _scenario(tmp_path / "ray").replace(
+        rounds=3,
+        aggregator="filtered",
+        attack="reverse_ranking",
+        malicious_fraction=0.34,
+        attack_seed=4,
+    )
+    malicious = malicious_partitions(scenario)
+    expected = [
+        len(set(sample_partitions(list(range(6)), count=3, seed=11, server_round=r)) & malicious)
+        for r in (1, 2, 3)
+    ]
+    assert 1 in expected  # the seeds put a lone attacker into some round
+
+    rows: list[dict[str, object]] = []
+    simulate(scenario, on_round=rows.append)
+
+    assert [r["malicious"] for r in rows[1:]] == expected
+    for row, attackers in zip(rows[1:], expected, strict=True):
+        if attackers == 1:  # a lone reversal among two benign replies is filtered out
+            assert int(row["filtered"]) >= 1  # type: ignore[call-overload]
+    local = run_in_process(scenario.replace(results_dir=str(tmp_path / "local")))
+    on_ray = np.load(tmp_path / "ray" / "rankings.npz")
+    for name in on_ray.files:
+        np.testing.assert_array_equal(on_ray[name], local[name])

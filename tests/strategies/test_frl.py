@@ -84,3 +84,28 @@ def test_configure_train_addresses_the_sampled_partitions_nodes() -> None:
     chosen = sample_partitions(strategy.partitions, count=3, seed=1, server_round=2)
     assert sorted(m.metadata.dst_node_id for m in messages) == [100 + p for p in chosen]
     assert messages[0].content.config_records["config"]["server-round"] == 2
+
+
+def test_the_vote_sees_the_valid_replies_and_the_ranking_sent_this_round() -> None:
+    calls: list[tuple[int, dict[str, np.ndarray]]] = []
+
+    def vote(updates, reference):  # type: ignore[no-untyped-def]
+        calls.append((len(updates), dict(reference)))
+        return dict(updates[0]), 2
+
+    strategy = FrlVote(
+        partitions={p: 100 + p for p in range(5)}, clients_per_round=3, layer_sizes=SIZES, vote=vote
+    )
+    sent = _valid(42)
+    strategy.configure_train(1, to_array_record(sent), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    replies = [_reply(100 + i, _valid(i)) for i in range(3)]
+
+    arrays, metrics = strategy.aggregate_train(1, replies)
+
+    assert arrays is not None
+    assert metrics is not None
+    assert metrics["filtered"] == 2
+    assert calls[0][0] == 3
+    for name in SIZES:
+        np.testing.assert_array_equal(calls[0][1][name], sent[name])
+        np.testing.assert_array_equal(from_array_record(arrays)[name], _valid(0)[name])
