@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import lzma
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -107,8 +108,9 @@ def delta_coding(rounds: int) -> list[tuple[str, float, float]]:
     from fedrank.simulations.inprocess import run_in_process
     from fedrank.task import local_update
 
-    scenario = Scenario(model="mlp")
-    start = run_in_process(scenario, rounds=rounds)
+    with tempfile.TemporaryDirectory() as results:
+        scenario = Scenario(model="mlp", rounds=rounds, results_dir=results)
+        start = run_in_process(scenario)
     reply, _ = local_update(scenario, start, rounds + 1, 0)
     n = sum(r.size for r in reply.values())
     coders: dict[str, Callable[[dict[str, np.ndarray]], int]] = {

@@ -13,18 +13,36 @@ seed, trains on its partition and replies:
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Protocol, cast
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrank.client.site_data import site_examples
 from fedrank.config import Scenario
+from fedrank.data.digits import ImageSplit
 from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import PARTITION_KEY
 from fedrank.task import client_threads, is_dense, local_update
+from fedrank.training import TrainResult
+
+
+class LocalUpdate(Protocol):
+    """(scenario, global state, server round, partition id, data) -> (reply state, report)."""
+
+    def __call__(
+        self,
+        scenario: Scenario,
+        state: dict[str, np.ndarray],
+        server_round: int,
+        partition_id: int,
+        *,
+        data: ImageSplit | None = None,
+    ) -> tuple[dict[str, np.ndarray], TrainResult]: ...
+
 
 app = ClientApp()
 
@@ -49,6 +67,11 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train on the local partition and reply with rankings (FRL) or weights (FedAvg)."""
+    return train_reply(msg, context, update=local_update)
+
+
+def train_reply(msg: Message, context: Context, *, update: LocalUpdate) -> Message:
+    """The train handler around any local update (the benign one, or a poisoned one)."""
     config = dict(msg.content.config_records["config"])
     server_round = cast(int, config.pop("server-round"))
     scenario = Scenario.from_mapping(config, source="the server's config")
@@ -58,12 +81,12 @@ def train(msg: Message, context: Context) -> Message:
     data = site_examples(context.node_config, scenario)  # None: partition pid
     if is_dense(scenario):
         global_state = from_array_record(msg.content.array_records["arrays"])
-        state, result = local_update(scenario, global_state, server_round, pid, data=data)
+        state, result = update(scenario, global_state, server_round, pid, data=data)
         content = RecordDict({"arrays": to_array_record(state)})
     else:
         wire = RankingWire.for_scenario(scenario, run_id=msg.metadata.run_id)
         global_ranking = wire.decode(server_round, msg.content)
-        state, result = local_update(scenario, global_ranking, server_round, pid, data=data)
+        state, result = update(scenario, global_ranking, server_round, pid, data=data)
         content = wire.encode(server_round, state)
     content["metrics"] = MetricRecord(
         {"num-examples": result.num_examples, "train-loss": result.loss, "partition-id": pid}

@@ -16,26 +16,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import numpy.typing as npt
 
+from fedrank.config import AttackDirection, AttackKind, FlipRule, Knowledge
 from fedrank.errors import ConfigError
 from fedrank.strategies.robust_vote import trimmed_borda_vote
 
-AttackKind = Literal[
-    "reverse_ranking", "random_ranking", "mask_boundary",
-    "sign_flip", "scaling", "gaussian_noise", "alie", "min_max", "min_sum",
-    "label_flip",
-]  # fmt: skip
-RANKING_ATTACKS: frozenset[str] = frozenset({"reverse_ranking", "random_ranking", "mask_boundary"})
-UPDATE_ATTACKS: frozenset[str] = frozenset(
-    {"sign_flip", "scaling", "gaussian_noise", "alie", "min_max", "min_sum"}
-)
-Direction = Literal["inverse_std", "inverse_unit", "inverse_sign"]
-FlipRule = Literal["reverse", "shift", "random", "targeted"]
-Knowledge = Literal["colluders", "all"]
+Direction = AttackDirection
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 Update = Mapping[str, npt.NDArray[np.floating]]

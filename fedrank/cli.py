@@ -7,6 +7,8 @@ defaults) with any field overridden by a flag of the same name::
 
 ``fedrank simulate --resume RESULTS_DIR`` continues an interrupted run from its
 last complete round (the scenario is read from the folder).
+``fedrank experiment robustness`` runs a grid of aggregator x attack x malicious
+fraction x seed around such a scenario (docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -106,7 +108,11 @@ def _simulate(args: argparse.Namespace) -> int:
         )
 
     summary = simulate(
-        scenario, ray_address=args.ray_address, on_round=on_round, resume_from=checkpoint
+        scenario,
+        ray_address=args.ray_address,
+        on_round=on_round,
+        resume_from=checkpoint,
+        backend=args.backend,
     )
     bar.close()
     print(
@@ -124,6 +130,89 @@ def _scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robustness(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedrank.simulations import robustness as grid
+
+    base = _scenario_from_args(args)
+    cells = grid.grid_cells(
+        grid.parse_aggregators(args.aggregators),
+        [a.strip() for a in args.attacks.split(",") if a.strip()],
+        [_number(args.fractions, x, float) for x in args.fractions.split(",")],
+        [_number(args.seeds, x, int) for x in args.seeds.split(",")],
+    )
+    if not args.verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    from fedrank.simulations.run import simulate
+
+    def runner(scenario: Scenario) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        rounds: list[dict[str, Any]] = []
+        summary = simulate(
+            scenario, ray_address=args.ray_address, on_round=rounds.append, backend=args.backend
+        )
+        return summary, rounds
+
+    def on_run(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            print(
+                f"fedrank: {row['strategy']}:{row['aggregator']} {row['attack']} "
+                f"{100 * row['malicious_fraction']:.0f}% seed {row['seed']}: "
+                f"{100 * row['final_accuracy']:.2f}% ({row['seconds']:.0f} s)",
+                flush=True,
+            )
+
+    out = Path(args.out)
+    print(f"fedrank: robustness grid of {len(cells)} runs ({args.backend}); results in {out}")
+    rows = grid.run_grid(base, cells, out, runner=runner, on_run=on_run)  # every row in the CSV
+    (out / "robustness.md").write_text(grid.table_markdown(rows), encoding="utf-8")
+    grid.plot_grid(rows, out / "robustness.png")
+    print(grid.table_markdown(rows))
+    print(f"fedrank: wrote {out / 'robustness.csv'}, robustness.md, robustness.png")
+    return 0
+
+
+def _number(text: str, item: str, kind: type[float] | type[int]) -> Any:
+    try:
+        return kind(item)
+    except ValueError as err:
+        raise ConfigError("grid", f"{item!r} in {text!r} is not a {kind.__name__}") from err
+
+
+def _add_experiments(sub: Any) -> None:
+    """``fedrank experiment robustness`` (one block: the grids live in ``simulations``)."""
+    from fedrank.config import RANKING_ATTACKS
+
+    exp = sub.add_parser("experiment", help="experiment grids (robustness)")
+    grids = exp.add_subparsers(dest="grid", required=True)
+    rob = grids.add_parser(
+        "robustness",
+        help="aggregator x attack x malicious fraction x seed: CSV, markdown table, plot",
+    )
+    rob.add_argument("--scenario", help="base scenario (packaged name or TOML path)")
+    rob.add_argument(
+        "--aggregators",
+        default="frl:borda,frl:filtered",
+        help="strategy:aggregator list (default: frl:borda,frl:filtered), e.g. fedavg:krum",
+    )
+    rob.add_argument(
+        "--attacks",
+        default=",".join(sorted(RANKING_ATTACKS)),
+        help="attack list (default: every ranking attack); each pairs with fitting strategies",
+    )
+    rob.add_argument("--fractions", default="0,0.1,0.2,0.3", help="malicious fractions")
+    rob.add_argument("--seeds", default="0", help="seeds (scenario and attack seed)")
+    rob.add_argument("--backend", choices=("ray", "local"), default="ray")
+    rob.add_argument("--out", default="results/robustness", help="output folder")
+    rob.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS)")
+    rob.add_argument("--quiet", action="store_true", help="no line per finished run")
+    rob.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    _add_scenario_flags(rob)
+    rob.set_defaults(func=_robustness)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedrank`` command."""
     parser = argparse.ArgumentParser(prog="fedrank", description=__doc__.split("\n\n")[0])
@@ -138,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RESULTS_DIR",
         help="continue the interrupted run in RESULTS_DIR from its last complete round",
     )
+    sim.add_argument(
+        "--backend",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray (default) or local: the same apps in this process, clients one at a time",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     _add_scenario_flags(sim)
@@ -145,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("scenarios", help="list the packaged scenarios")
     lst.set_defaults(func=_scenarios)
     add_deploy_commands(sub)  # certs, superlink, supernode, status
+    _add_experiments(sub)
     return parser
 
 

@@ -22,6 +22,31 @@ Dataset = Literal["mnist5k", "digits"]
 ModelName = Literal["mlp", "cnn"]
 Partitioner = Literal["iid", "dirichlet", "pathological"]
 
+# Robustness experiments: how the server aggregates, and what the malicious clients do.
+Aggregator = Literal[
+    "auto", "borda", "filtered", "trimmed", "median", "mean", "krum", "multikrum"
+]  # fmt: skip
+AttackKind = Literal[
+    "reverse_ranking", "random_ranking", "mask_boundary", "adaptive_reverse", "adaptive_boundary",
+    "sign_flip", "scaling", "gaussian_noise", "alie", "min_max", "min_sum",
+    "label_flip",
+]  # fmt: skip
+Attack = Literal["none", AttackKind]
+AttackDirection = Literal["inverse_std", "inverse_unit", "inverse_sign"]
+FlipRule = Literal["reverse", "shift", "random", "targeted"]
+Knowledge = Literal["colluders", "all"]
+RANKING_ATTACKS: frozenset[str] = frozenset(
+    {"reverse_ranking", "random_ranking", "mask_boundary", "adaptive_reverse", "adaptive_boundary"}
+)
+UPDATE_ATTACKS: frozenset[str] = frozenset(
+    {"sign_flip", "scaling", "gaussian_noise", "alie", "min_max", "min_sum"}
+)
+# Aggregators each strategy accepts; "auto" is the first (the plain rule).
+AGGREGATORS: dict[str, tuple[str, ...]] = {
+    "frl": ("borda", "filtered", "trimmed", "median"),
+    "fedavg": ("mean", "trimmed", "median", "krum", "multikrum"),
+}
+
 RunConfigValue = bool | int | float | str
 
 # Learning rates tuned on MNIST-5k (50 clients, Dirichlet 1.0, 2 local epochs):
@@ -62,6 +87,22 @@ class Scenario:
     # Deployment: where the coordinator serves grpc.health.v1 and fedrank's Status
     # service during a run ("host:port"; empty: not served). k8s/ uses 0.0.0.0:9095.
     status_address: str = ""
+    # Robustness (docs/robustness.md): the aggregation rule, and the attack simulated.
+    aggregator: Aggregator = "auto"  # auto: borda (frl) or mean (fedavg)
+    trim_fraction: float = 0.2  # trimmed Borda / FedTrimmedAvg cut; Krum's f share
+    filter_mads: float = 3.0  # filtered vote: drop replies this many MADs below the median
+    attack: Attack = "none"
+    malicious_fraction: float = 0.0
+    attack_seed: int = 0
+    attack_knowledge: Knowledge = "colluders"
+    attack_scale: float = -5.0
+    attack_noise_std: float = 1.0
+    attack_z_max: float = 0.0  # alie: 0 = Baruch et al.'s value for the round
+    attack_direction: AttackDirection = "inverse_std"
+    attack_boundary_fraction: float = 0.05
+    attack_flip_rule: FlipRule = "reverse"
+    attack_source_class: int = 1
+    attack_target_class: int = 7
 
     def __post_init__(self) -> None:
         if self.lr is None and self.strategy in DEFAULT_LR:
@@ -112,6 +153,7 @@ class Scenario:
         if not self.results_dir:
             raise ConfigError("results-dir", "must not be empty")
         _check_address("status-address", self.status_address)
+        _check_robustness(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> Scenario:
@@ -152,6 +194,11 @@ class Scenario:
         return dataclasses.replace(self, **changes)
 
     @property
+    def aggregation(self) -> str:
+        """The aggregator in use (``auto`` resolved to the strategy's plain rule)."""
+        return AGGREGATORS[self.strategy][0] if self.aggregator == "auto" else self.aggregator
+
+    @property
     def learning_rate(self) -> float:
         """The local learning rate (``lr``, or the strategy's default)."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.strategy]
@@ -179,6 +226,69 @@ def _field_type(name: str) -> Any:
         "partitioner": Partitioner,
     }
     return hints[name]
+
+
+def _check_robustness(scenario: Scenario) -> None:
+    """Validate the aggregator and attack fields (names the field at fault)."""
+    for name, alias in [
+        ("aggregator", Aggregator), ("attack", Attack), ("attack_knowledge", Knowledge),
+        ("attack_direction", AttackDirection), ("attack_flip_rule", FlipRule),
+    ]:  # fmt: skip
+        allowed = get_args(alias)
+        if getattr(scenario, name) not in allowed:
+            raise ConfigError(
+                _dashed(name), f"must be one of {list(allowed)}, got {getattr(scenario, name)!r}"
+            )
+    accepted = AGGREGATORS[scenario.strategy]
+    if scenario.aggregator not in ("auto", *accepted):
+        raise ConfigError(
+            "aggregator",
+            f"{scenario.aggregator!r} is not a {scenario.strategy} aggregator; "
+            f"use one of {['auto', *accepted]}",
+        )
+    attack = scenario.attack
+    if attack in RANKING_ATTACKS and scenario.strategy != "frl":
+        raise ConfigError("attack", f"{attack!r} attacks rankings: it needs strategy frl")
+    if attack in UPDATE_ATTACKS and scenario.strategy != "fedavg":
+        raise ConfigError("attack", f"{attack!r} attacks float updates: it needs strategy fedavg")
+    f = scenario.malicious_fraction
+    if not (_finite(f) and 0.0 <= f < 1.0):
+        raise ConfigError("malicious-fraction", f"must lie in [0, 1), got {f}")
+    if attack == "none" and f > 0.0:
+        raise ConfigError("malicious-fraction", f"is {f} but attack is 'none': name an attack")
+    _check_int(scenario, "attack_seed", low=0)
+    _check_int(scenario, "attack_source_class", low=0)
+    _check_int(scenario, "attack_target_class", low=0)
+    t = scenario.trim_fraction
+    if not (_finite(t) and 0.0 <= t < 0.5):
+        raise ConfigError("trim-fraction", f"must lie in [0, 0.5), got {t}")
+    if scenario.aggregation in ("krum", "multikrum"):
+        byzantine = math.floor(t * scenario.clients_per_round + 1e-9)
+        if scenario.clients_per_round < 2 * byzantine + 3:
+            raise ConfigError(
+                "trim-fraction",
+                f"krum needs clients-per-round >= 2 f + 3; f = {byzantine} "
+                f"of {scenario.clients_per_round}",
+            )
+    if not (_finite(scenario.filter_mads) and scenario.filter_mads > 0.0):
+        raise ConfigError("filter-mads", f"must be a positive number, got {scenario.filter_mads}")
+    if not (_finite(scenario.attack_scale) and scenario.attack_scale != 0.0):
+        raise ConfigError(
+            "attack-scale", f"must be finite and non-zero, got {scenario.attack_scale}"
+        )
+    if not (_finite(scenario.attack_noise_std) and scenario.attack_noise_std > 0.0):
+        raise ConfigError("attack-noise-std", f"must be positive, got {scenario.attack_noise_std}")
+    if not (_finite(scenario.attack_z_max) and scenario.attack_z_max >= 0.0):
+        raise ConfigError(
+            "attack-z-max", f"must be >= 0 (0: automatic), got {scenario.attack_z_max}"
+        )
+    b = scenario.attack_boundary_fraction
+    if not (_finite(b) and 0.0 < b <= 1.0):
+        raise ConfigError("attack-boundary-fraction", f"must lie in (0, 1], got {b}")
+    if scenario.attack_flip_rule == "targeted" and (
+        scenario.attack_source_class == scenario.attack_target_class
+    ):
+        raise ConfigError("attack-target-class", "must differ from attack-source-class")
 
 
 def _dashed(name: str) -> str:

@@ -165,7 +165,8 @@ def local_update(
 ) -> tuple[dict[str, np.ndarray], TrainResult]:
     """One client's round: load the global state, train on its partition, read the reply.
 
-    ``data`` replaces the partition (a deployed site's own examples, ``data-path``).
+    ``data`` replaces the partition's examples: a deployed site's own (``data-path``),
+    or a data-poisoning client's altered copy.
     """
     model = model_for(scenario)
     load_state(scenario, model, state)

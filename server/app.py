@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -16,17 +17,19 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.config import Scenario
+from fedrank.errors import ConfigError
 from fedrank.server.checkpoint import CheckpointState
 from fedrank.server.loop import RoundCallback, run_rounds
 from fedrank.server.results import ResultsWriter
 from fedrank.server.resume import RunCheckpointer
 from fedrank.server.status import serve_status
-from fedrank.strategies.fedavg import SeededFedAvg
 from fedrank.strategies.frl import FrlVote
 from fedrank.strategies.ranking import top_k_mask
 from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.strategies.robust_fedavg import seeded_fedavg
 from fedrank.strategies.sampling import discover_partitions
+from fedrank.strategies.votes import rank_vote
 from fedrank.task import initial_state, is_dense, load_state, model_for, test_data
 from fedrank.training import evaluate
 
@@ -34,15 +37,21 @@ log = logging.getLogger(__name__)
 
 DISCOVERY_TIMEOUT = 120.0  # seconds; replies come as soon as the actors are up
 
+# Wraps the run's strategy once the partitions are known (a simulated adversary).
+StrategyWrapper = Callable[[Strategy, Mapping[int, int]], Strategy]
+
 
 def make_strategy(scenario: Scenario, partitions: dict[int, int], *, run_id: int) -> Strategy:
-    """The scenario's strategy over the discovered partitions of Flower run ``run_id``."""
+    """The scenario's strategy and aggregator over the discovered partitions of Flower
+    run ``run_id``."""
     if scenario.strategy == "fedavg":
-        return SeededFedAvg(
+        return seeded_fedavg(
+            scenario.aggregation,
             partitions=partitions,
             clients_per_round=scenario.clients_per_round,
             seed=scenario.seed,
             min_replies=scenario.min_replies,
+            trim_fraction=scenario.trim_fraction,
         )
     return FrlVote(
         partitions=partitions,
@@ -50,6 +59,11 @@ def make_strategy(scenario: Scenario, partitions: dict[int, int], *, run_id: int
         wire=RankingWire.for_scenario(scenario, run_id=run_id),
         min_replies=scenario.min_replies,
         seed=scenario.seed,
+        vote=rank_vote(
+            scenario.aggregation,
+            trim_fraction=scenario.trim_fraction,
+            filter_mads=scenario.filter_mads,
+        ),
     )
 
 
@@ -66,11 +80,14 @@ def run_server(
     *,
     on_round: RoundCallback | None = None,
     resume_from: CheckpointState | None = None,
+    wrap_strategy: StrategyWrapper | None = None,
 ) -> dict[str, Any]:
     """Run the whole federation described by ``scenario``; return its summary.
 
     With ``resume_from`` (see :func:`fedrank.server.resume.latest_checkpoint`) the run
     continues after that checkpoint's round; every round is checkpointed.
+    ``wrap_strategy`` (simulations only) wraps the strategy, e.g. in an adversary
+    that controls the malicious partitions' replies.
     """
     started = time.perf_counter()
     results = ResultsWriter(scenario.results_dir, append=resume_from is not None)
@@ -82,6 +99,8 @@ def run_server(
         timeout=max(scenario.round_timeout, DISCOVERY_TIMEOUT),
     )
     strategy = make_strategy(scenario, partitions, run_id=grid.run.run_id)
+    if wrap_strategy is not None:
+        strategy = wrap_strategy(strategy, partitions)
     strategy.summary()
     checkpoints = RunCheckpointer(scenario, strategy)
     arrays, start_round = checkpoints.start(
@@ -131,6 +150,7 @@ def make_server_app(
     *,
     on_round: RoundCallback | None = None,
     resume_from: CheckpointState | None = None,
+    wrap_strategy: StrategyWrapper | None = None,
 ) -> ServerApp:
     """A ServerApp bound to ``scenario`` (used by ``fedrank simulate``)."""
     server_app = ServerApp()
@@ -138,7 +158,13 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         with serve_status(scenario.status_address, total_rounds=scenario.rounds) as status:
-            run_server(grid, scenario, on_round=status.chain(on_round), resume_from=resume_from)
+            run_server(
+                grid,
+                scenario,
+                on_round=status.chain(on_round),
+                resume_from=resume_from,
+                wrap_strategy=wrap_strategy,
+            )
 
     return server_app
 
@@ -150,6 +176,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: the scenario comes from the run config."""
     scenario = Scenario.from_mapping(dict(context.run_config), source="run config")
+    if scenario.attack != "none":
+        raise ConfigError("attack", "attacks are simulated by `fedrank simulate`, not `flwr run`")
     with serve_status(scenario.status_address, total_rounds=scenario.rounds) as status:
         summary = run_server(grid, scenario, on_round=status.chain(None))
     log.warning(

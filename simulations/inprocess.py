@@ -1,66 +1,43 @@
-"""The same federation as a plain loop in one process, without Flower or Ray.
+"""The same federation in this process: ServerApp, strategy and ClientApp handlers, no Ray.
 
-The baseline of the federation-overhead benchmark and a quick way to tune a
-scenario: same partitions, same seeded sampling, same local training, same vote.
+:func:`run_in_process` runs a scenario on the ``local`` backend
+(:class:`~fedrank.simulations.local_grid.InProcessGrid`): the very code a Ray
+simulation runs (seeded sampling, the strategy and its aggregator, any simulated
+adversary, the results folder), with the clients called one after the other. A
+seed gives the same final state bit for bit as on Ray. It is the baseline of the
+federation-overhead benchmark and a quick way to tune a scenario.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
 from fedrank.config import Scenario
-from fedrank.strategies.ranking import vote_layers
-from fedrank.strategies.sampling import sample_partitions
-from fedrank.task import (
-    initial_state,
-    is_dense,
-    load_state,
-    local_update,
-    model_for,
-    test_data,
-    threads_of_a_client,
-)
-from fedrank.training import evaluate
+from fedrank.server.loop import RoundCallback
+from fedrank.simulations.run import simulate
+from fedrank.task import is_dense
+
+
+def final_state(scenario: Scenario) -> dict[str, np.ndarray]:
+    """The final global state a finished run left in its results folder."""
+    name = "model.npz" if is_dense(scenario) else "rankings.npz"
+    with np.load(Path(scenario.results_dir) / name) as saved:
+        return {key: saved[key] for key in saved.files}
 
 
 def run_in_process(
     scenario: Scenario,
     *,
     rounds: int | None = None,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: RoundCallback | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run the federation in this process; return the final global state."""
-    state = initial_state(scenario)
-    model = model_for(scenario)
-    for server_round in range(1, (rounds or scenario.rounds) + 1):
-        started = time.perf_counter()
-        chosen = sample_partitions(
-            list(range(scenario.num_clients)),
-            count=scenario.clients_per_round,
-            seed=scenario.seed,
-            server_round=server_round,
-        )
-        with threads_of_a_client(scenario):
-            updates = [local_update(scenario, state, server_round, p) for p in chosen]
-            replies = [(u, r.num_examples) for u, r in updates]
-        if is_dense(scenario):
-            total = sum(n for _, n in replies)
-            state = {k: np.sum([r[k] * (n / total) for r, n in replies], axis=0) for k in state}
-        else:
-            state = vote_layers([r for r, _ in replies])
-        if on_round:
-            load_state(scenario, model, state)
-            loss, acc = evaluate(model, test_data(scenario))
-            on_round(
-                {
-                    "round": server_round,
-                    "accuracy": acc,
-                    "loss": loss,
-                    "seconds": time.perf_counter() - started,
-                }
-            )
-    return state
+    """Run the federation in this process; return the final global state.
+
+    Writes the scenario's results folder, as a Ray run does.
+    """
+    if rounds is not None:
+        scenario = scenario.replace(rounds=rounds)
+    simulate(scenario, backend="local", on_round=on_round)
+    return final_state(scenario)

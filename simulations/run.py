@@ -1,7 +1,10 @@
-"""Run a federation on Flower's simulation engine (Ray).
+"""Run a federation on Flower's simulation engine (Ray), or in this process.
 
 Clients are Ray actors on this machine, or on an existing Ray cluster when
-``RAY_ADDRESS`` is set (or ``ray_address`` is given).
+``RAY_ADDRESS`` is set (or ``ray_address`` is given). The ``local`` backend runs
+the same ServerApp and ClientApp handlers in this process
+(:class:`~fedrank.simulations.local_grid.InProcessGrid`). A scenario with an attack
+gets its simulated adversary (:func:`~fedrank.simulations.adversary.attack_components`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 import os
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fedrank.config import Scenario
 from fedrank.errors import ConfigError
@@ -23,6 +26,9 @@ if TYPE_CHECKING:
     from fedrank.server.checkpoint import CheckpointState
 
 log = logging.getLogger(__name__)
+
+Backend = Literal["ray", "local"]
+BACKENDS: tuple[Backend, ...] = ("ray", "local")
 
 
 def scenario_path(name_or_path: str) -> Path:
@@ -74,24 +80,44 @@ def simulate(
     on_round: RoundCallback | None = None,
     resume_from: CheckpointState | None = None,
     client_app: ClientApp | None = None,
+    backend: Backend = "ray",
 ) -> dict[str, Any]:
-    """Run ``scenario`` as a Ray-backed Flower simulation; return its summary.
+    """Run ``scenario`` as a Flower simulation (on Ray, or ``local``); return its summary.
 
     ``resume_from`` continues a run after that checkpoint's round
     (:func:`fedrank.server.resume.latest_checkpoint`); ``client_app`` replaces
     fedrank's ClientApp (tests inject failing clients this way).
     """
-    from flwr.simulation import run_simulation
-
-    from fedrank.client.app import app as fedrank_client_app
     from fedrank.server.app import make_server_app
+    from fedrank.simulations.adversary import attack_components
 
-    run_simulation(
-        server_app=make_server_app(scenario, on_round=on_round, resume_from=resume_from),
-        client_app=client_app or fedrank_client_app,
-        num_supernodes=scenario.num_clients,
-        backend_config=backend_config(scenario, ray_address=ray_address),
+    if backend not in BACKENDS:
+        raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
+    attack_client_app, wrap = attack_components(scenario)
+    client_app = client_app or attack_client_app
+    server_app = make_server_app(
+        scenario, on_round=on_round, resume_from=resume_from, wrap_strategy=wrap
     )
+    if backend == "local":
+        from flwr.app import Context, RecordDict
+
+        from fedrank.simulations.local_grid import InProcessGrid, server_identity
+
+        grid = InProcessGrid(client_app, num_nodes=scenario.num_clients, seed=scenario.seed)
+        context = Context(
+            run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
+        )
+        with server_identity(grid.run):
+            server_app(grid, context)
+    else:
+        from flwr.simulation import run_simulation
+
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=scenario.num_clients,
+            backend_config=backend_config(scenario, ray_address=ray_address),
+        )
     summary_path = Path(scenario.results_dir) / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(

@@ -7,10 +7,12 @@ averaging is Flower's own.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message import make_message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -65,11 +67,14 @@ class SeededFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's weighted average, plus the count of failed replies.
+        """Flower's aggregation (weighted average here), plus the count of failed replies.
 
         Below ``min_replies`` replies without an error the round is skipped.
+        Flower's robust subclasses pop arrays out of the replies they aggregate; they
+        get shallow copies, so the caller's replies stay whole (bytes are counted
+        after aggregation).
         """
-        replies = list(replies)
+        replies = [_shallow_copy(r) for r in replies]
         failed = sum(1 for r in replies if r.has_error())
         valid = len(replies) - failed
         counts: dict[str, int | float | list[int] | list[float]] = {
@@ -88,3 +93,18 @@ class SeededFedAvg(FedAvg):
             return None, MetricRecord(counts)
         arrays, metrics = super().aggregate_train(server_round, replies)
         return arrays, MetricRecord({**(metrics or {}), **counts})
+
+
+def _shallow_copy(message: Message) -> Message:
+    """The same reply with fresh record containers (the arrays themselves are shared)."""
+    if message.has_error():
+        return message
+    content = message.content
+    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {}
+    for key, arrays in content.array_records.items():
+        records[key] = ArrayRecord(dict(arrays.items()))
+    for key, metrics in content.metric_records.items():
+        records[key] = MetricRecord(dict(metrics.items()))
+    for key, config in content.config_records.items():
+        records[key] = ConfigRecord(dict(config.items()))
+    return make_message(metadata=copy.copy(message.metadata), content=RecordDict(records))

@@ -1,6 +1,7 @@
 """``FrlVote``: the Federated Rank Learning server strategy (arXiv 2110.04350, Alg. 1).
 
-Message plumbing only: the vote is :func:`fedrank.strategies.ranking.borda_vote`.
+Message plumbing only: the vote is :func:`fedrank.strategies.ranking.borda_vote`
+by default, or any :data:`~fedrank.strategies.votes.RankVote` (robust votes).
 Each round the strategy sends the global rank vectors (bit-packed, see
 :mod:`fedrank.strategies.ranking_wire`) to a seeded sample of clients, decodes
 and validates every reply (a reply that is not a valid update for this run,
@@ -20,10 +21,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.errors import InvalidUpdate
-from fedrank.strategies.ranking import vote_layers
 from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import train_messages
+from fedrank.strategies.votes import RankVote, rank_vote
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class FrlVote(Strategy):
         Fewer valid replies than this and the round is skipped (global state kept).
     seed : int
         Sampling seed.
+    vote : RankVote, optional
+        ``(valid replies, global ranking sent this round) -> (new ranking, replies
+        left out)``; defaults to the plain Borda vote (:func:`rank_vote`).
     """
 
     def __init__(
@@ -54,12 +58,15 @@ class FrlVote(Strategy):
         wire: RankingWire,
         min_replies: int = 1,
         seed: int = 0,
+        vote: RankVote | None = None,
     ) -> None:
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
         self.wire = wire
         self.min_replies = min_replies
         self.seed = seed
+        self.vote = vote or rank_vote("borda")
+        self._reference: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -75,8 +82,9 @@ class FrlVote(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global rank vectors, bit-packed, to a seeded sample of clients."""
+        self._reference = from_array_record(arrays)  # what robust votes compare against
         return train_messages(
-            self.wire.encode(server_round, from_array_record(arrays)),
+            self.wire.encode(server_round, self._reference),
             config,
             partitions=self.partitions,
             count=self.clients_per_round,
@@ -116,7 +124,9 @@ class FrlVote(Strategy):
                 self.min_replies,
             )
             return None, metrics
-        return to_array_record(vote_layers(valid)), metrics
+        state, left_out = self.vote(valid, self._reference)
+        metrics["filtered"] = left_out
+        return to_array_record(state), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -29,6 +29,22 @@ def test_defaults_are_the_reference_scenario() -> None:
         ({"rounds": 2.5}, "rounds"),
         ({"min-replies": 20}, "min-replies"),
         ({"num-clinets": 3}, "num-clinets"),
+        ({"aggregator": "krum"}, "aggregator"),
+        ({"aggregator": "borda", "strategy": "fedavg"}, "aggregator"),
+        ({"aggregator": "vote"}, "aggregator"),
+        ({"attack": "sign_flip"}, "attack"),
+        ({"attack": "reverse_ranking", "strategy": "fedavg"}, "attack"),
+        ({"attack": "backdoor"}, "attack"),
+        ({"malicious-fraction": 0.2}, "malicious-fraction"),
+        ({"attack": "label_flip", "malicious-fraction": 1.0}, "malicious-fraction"),
+        ({"trim-fraction": 0.5}, "trim-fraction"),
+        ({"strategy": "fedavg", "aggregator": "krum", "trim-fraction": 0.4}, "trim-fraction"),
+        ({"filter-mads": 0.0}, "filter-mads"),
+        ({"attack-seed": -1}, "attack-seed"),
+        ({"attack-scale": 0.0}, "attack-scale"),
+        ({"attack-knowledge": "some"}, "attack-knowledge"),
+        ({"attack-boundary-fraction": 0.0}, "attack-boundary-fraction"),
+        ({"attack-flip-rule": "targeted", "attack-target-class": 1}, "attack-target-class"),
     ],
 )
 def test_bad_values_name_the_field(values: dict[str, object], field: str) -> None:
@@ -69,3 +85,18 @@ def test_every_packaged_scenario_is_valid() -> None:
 def test_unknown_scenario_name_lists_the_packaged_ones() -> None:
     with pytest.raises(ConfigError, match="frl-mnist"):
         scenario_path("no-such-scenario")
+
+
+def test_aggregator_auto_is_each_strategys_plain_rule() -> None:
+    assert Scenario().aggregation == "borda"
+    assert Scenario(strategy="fedavg").aggregation == "mean"
+    assert Scenario(aggregator="filtered").aggregation == "filtered"
+    # "auto" survives a change of strategy (it is resolved on use, not at construction).
+    assert Scenario().replace(strategy="fedavg").aggregation == "mean"
+
+
+def test_attack_fields_round_trip_through_run_config() -> None:
+    s = Scenario(
+        attack="adaptive_reverse", malicious_fraction=0.2, attack_seed=4, aggregator="filtered"
+    )
+    assert Scenario.from_mapping(s.to_run_config()) == s

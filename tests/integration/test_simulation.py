@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrank.client.collusion import malicious_partitions
 from fedrank.config import Scenario
 from fedrank.protos import bits_for, packed_size
 from fedrank.simulations.inprocess import run_in_process
 from fedrank.simulations.run import simulate
+from fedrank.strategies.sampling import sample_partitions
 from fedrank.task import layer_sizes
 
 pytestmark = pytest.mark.integration
@@ -56,14 +58,46 @@ def test_ray_simulation_learns_well_above_chance(two_runs: tuple[Path, Path]) ->
     assert (results / "accuracy.png").stat().st_size > 1000
 
 
-def test_same_seed_same_final_ranking_bit_for_bit(two_runs: tuple[Path, Path]) -> None:
+def test_same_seed_same_final_ranking_bit_for_bit(
+    two_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
     first, second = (np.load(p / "rankings.npz") for p in two_runs)
     assert sorted(first.files) == sorted(second.files) == ["fc1", "fc2", "fc3"]
     for name in first.files:
         np.testing.assert_array_equal(first[name], second[name])
-    # And the federation on Ray equals the same federation in a plain loop.
-    in_process = run_in_process(_scenario(Path("unused")))
+    # And the federation on Ray equals the same ServerApp and ClientApp in one process.
+    in_process = run_in_process(_scenario(tmp_path))
     for name in first.files:
         np.testing.assert_array_equal(first[name], in_process[name])
     mask = np.load(two_runs[0] / "mask.npz")
     assert mask["fc1"].mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_ray_run_with_an_attacker_is_attacked_filtered_and_equals_the_local_backend(
+    tmp_path: Path,
+) -> None:
+    scenario = _scenario(tmp_path / "ray").replace(
+        rounds=3,
+        aggregator="filtered",
+        attack="reverse_ranking",
+        malicious_fraction=0.34,
+        attack_seed=4,
+    )
+    malicious = malicious_partitions(scenario)
+    expected = [
+        len(set(sample_partitions(list(range(6)), count=3, seed=11, server_round=r)) & malicious)
+        for r in (1, 2, 3)
+    ]
+    assert 1 in expected  # the seeds put a lone attacker into some round
+
+    rows: list[dict[str, object]] = []
+    simulate(scenario, on_round=rows.append)
+
+    assert [r["malicious"] for r in rows[1:]] == expected
+    for row, attackers in zip(rows[1:], expected, strict=True):
+        if attackers == 1:  # a lone reversal among two benign replies is filtered out
+            assert int(row["filtered"]) >= 1  # type: ignore[call-overload]
+    local = run_in_process(scenario.replace(results_dir=str(tmp_path / "local")))
+    on_ray = np.load(tmp_path / "ray" / "rankings.npz")
+    for name in on_ray.files:
+        np.testing.assert_array_equal(on_ray[name], local[name])

@@ -106,3 +106,28 @@ def test_configure_train_sends_the_packed_global_ranking_to_the_sampled_nodes() 
     received = WIRE.decode(2, messages[0].content)  # what a client decodes
     for name in SIZES:
         np.testing.assert_array_equal(received[name], global_ranking[name])
+
+
+def test_the_vote_sees_the_valid_replies_and_the_ranking_sent_this_round() -> None:
+    calls: list[tuple[int, dict[str, np.ndarray]]] = []
+
+    def vote(updates, reference):  # type: ignore[no-untyped-def]
+        calls.append((len(updates), dict(reference)))
+        return dict(updates[0]), 2
+
+    strategy = FrlVote(
+        partitions={p: 100 + p for p in range(5)}, clients_per_round=3, wire=WIRE, vote=vote
+    )
+    sent = _valid(42)
+    strategy.configure_train(1, to_array_record(sent), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    replies = [_reply(100 + i, _valid(i)) for i in range(3)]
+
+    arrays, metrics = strategy.aggregate_train(1, replies)
+
+    assert arrays is not None
+    assert metrics is not None
+    assert metrics["filtered"] == 2
+    assert calls[0][0] == 3
+    for name in SIZES:
+        np.testing.assert_array_equal(calls[0][1][name], sent[name])
+        np.testing.assert_array_equal(from_array_record(arrays)[name], _valid(0)[name])
