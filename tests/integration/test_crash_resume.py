@@ -130,7 +130,7 @@ def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_r
     output = (tmp_path / "second.log").read_text(errors="replace")
     reference_rows: list[dict[str, Any]] = []
     reference = run_in_process(
-        SCENARIO.replace(results_dir=str(tmp_path / "unused")), on_round=reference_rows.append
+        SCENARIO.replace(results_dir=str(tmp_path / "reference")), on_round=reference_rows.append
     )
 
     # Assert
@@ -145,7 +145,8 @@ def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_r
     assert [r["round"] for r in rows] == list(range(SCENARIO.rounds + 1))
     # Rounds up to the checkpoint used are the killed run's own rows (not redone).
     assert rows[:newest_round] == before[:newest_round]
-    assert [r["accuracy"] for r in rows[1:]] == [r["accuracy"] for r in reference_rows]
+    assert [r["round"] for r in reference_rows] == list(range(SCENARIO.rounds + 1))
+    assert [r["accuracy"] for r in rows] == [r["accuracy"] for r in reference_rows]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["resumed_after_round"] == newest_round - 1
     assert summary["final_accuracy"] == reference_rows[-1]["accuracy"]
