@@ -21,6 +21,14 @@ A reply must pass in every layer (an attacker who reverses only a small layer is
 diluted by the large ones), and at least half of the replies always survive (those
 that agree best), so the vote never starves.
 
+Before the median is taken, replies that are not even positively correlated with
+the reference in some layer (``rho <= MIN_AGREEMENT = 0``) are set aside: no
+benign client training from ``g`` ends up there (measured minimum 0.53, in the
+small output layer in round 1), and it keeps a round in which reversing or random
+attackers happen to be half of the sample or more from moving the median
+(sampling 10 of 50 clients with 15 malicious gives 5 or more attackers in about
+15% of the rounds). Only when every reply is set aside are they all considered.
+
 Where the idea comes from: FLTrust (Cao et al., NDSS 2021, arXiv 2012.13995) scores
 each update by its agreement with a server-side reference update, which needs a
 clean root dataset at the server; centred clipping (Karimireddy et al., ICML 2021,
@@ -57,6 +65,7 @@ from fedrank.strategies.ranking import vote_layers
 
 __all__ = [
     "MAD_TO_SIGMA",
+    "MIN_AGREEMENT",
     "FilteredVote",
     "agreement_z_scores",
     "filtered_vote",
@@ -66,6 +75,8 @@ __all__ = [
 
 # 1 / Phi^{-1}(3/4): makes the MAD a consistent estimate of a normal's sigma.
 MAD_TO_SIGMA = 1.482602218505602
+# A reply at most this correlated with the reference in a layer is not a benign one.
+MIN_AGREEMENT = 0.0
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -182,6 +193,9 @@ def filtered_vote(
 ) -> FilteredVote:
     """Drop the replies that disagree with the reference, Borda-vote the rest.
 
+    Replies with ``rho <= MIN_AGREEMENT`` in some layer are dropped first (unless
+    all are); the threshold is then set on the others (:func:`keep_agreeing`).
+
     Parameters
     ----------
     updates : sequence of mappings
@@ -205,7 +219,12 @@ def filtered_vote(
         name: spearman_to_reference(np.stack([u[name] for u in updates]), reference[name])
         for name in names
     }
-    z = np.stack([agreement_z_scores(agreement[name]) for name in names])
-    kept = keep_agreeing(z, mads=mads)
+    rho = np.stack([agreement[name] for name in names])
+    candidates = np.flatnonzero((rho > MIN_AGREEMENT).all(axis=0))
+    if candidates.shape[0] == 0:  # nothing plausible: judge them all by the same rule
+        candidates = np.arange(len(updates))
+    z = np.stack([agreement_z_scores(rho[layer, candidates]) for layer in range(len(names))])
+    kept = np.zeros(len(updates), dtype=np.bool_)
+    kept[candidates[keep_agreeing(z, mads=mads)]] = True
     survivors = [u for u, keep in zip(updates, kept, strict=True) if keep]
     return FilteredVote(state=vote_layers(survivors), kept=kept, agreement=agreement)

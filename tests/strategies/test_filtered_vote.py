@@ -136,7 +136,7 @@ def test_reversed_and_random_replies_are_dropped_and_benign_ones_voted(seed: int
 
     assert not outcome.kept[len(benign) :].any()
     kept_benign = [{"l": b} for b, keep in zip(benign, outcome.kept, strict=False) if keep]
-    assert len(kept_benign) >= len(benign) - 1
+    assert len(kept_benign) >= math.ceil(len(benign) / 2)
     np.testing.assert_array_equal(outcome.state["l"], vote_layers(kept_benign)["l"])
 
 
@@ -173,3 +173,23 @@ def test_every_kept_reply_clears_the_threshold_in_every_layer() -> None:
 def test_mismatched_layers_are_refused() -> None:
     with pytest.raises(ValueError, match="reference's layers"):
         filtered_vote([{"a": np.arange(3)}], {"b": np.arange(3)}, mads=3.0)
+
+
+@pytest.mark.parametrize("attackers", [5, 6, 9])
+def test_reversals_are_dropped_even_when_they_are_half_of_the_round_or_more(attackers: int) -> None:
+    reference, benign = benign_round(11, clients=10 - attackers)
+    estimate = vote_layers([{"l": b} for b in benign])["l"]
+    updates = [{"l": r} for r in benign] + [{"l": 399 - estimate} for _ in range(attackers)]
+
+    outcome = filtered_vote(updates, {"l": reference}, mads=3.0)
+
+    assert outcome.kept[: len(benign)].sum() >= (len(benign) + 1) // 2
+    assert not outcome.kept[len(benign) :].any()
+
+
+def test_when_no_reply_agrees_at_all_the_best_half_is_voted() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.permutation(50)
+    replies = [{"l": 49 - reference} for _ in range(4)]
+    outcome = filtered_vote(replies, {"l": reference}, mads=3.0)
+    assert outcome.kept.sum() >= 2
