@@ -5,7 +5,9 @@ needs only its ``partition-id`` in ``--node-config``), rebuilds the model from t
 seed, trains on its partition and replies:
 
 - FRL: the rank vector of every supermask layer after training its scores;
-- FedAvg: its dense weights and its number of examples.
+- FedAvg: its dense weights and its number of examples;
+- LoRA: its trained adapter tensors and, under sample-level DP, its privacy report
+  (``fedrank.client.lora_app``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def train(msg: Message, context: Context) -> Message:
     scenario = Scenario.from_mapping(config, source="the server's config")
     pid = partition_id(context)
     torch.set_num_threads(client_threads(scenario))  # this worker serves one client at a time
+    if scenario.strategy == "lora":
+        from fedrank.client.lora_app import lora_train  # torch + PEFT: only for LoRA runs
+
+        return lora_train(msg, context, scenario, server_round, pid)
 
     state, result = local_update(
         scenario, from_array_record(msg.content.array_records["arrays"]), server_round, pid

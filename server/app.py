@@ -55,6 +55,10 @@ def run_server(
     grid: Grid, scenario: Scenario, *, on_round: RoundCallback | None = None
 ) -> dict[str, Any]:
     """Run the whole federation described by ``scenario``; return its summary."""
+    if scenario.strategy == "lora":
+        from fedrank.server.lora import run_lora_server  # PEFT + transformers: LoRA runs only
+
+        return run_lora_server(grid, scenario, on_round=on_round)
     started = time.perf_counter()
     results = ResultsWriter(scenario.results_dir)
     partitions = discover_partitions(
