@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 
 from fedrank.client.lora_trainer import (
     AccountantHistory,
@@ -109,11 +110,12 @@ def lora_train(
         epochs=scenario.local_epochs,
         lr=scenario.learning_rate,
         batch_size=scenario.batch_size,
+        head_lr=scenario.lora_head_lr or None,
         seed=round_seed(scenario, server_round, partition_id),
         dp=sample_dp_config(scenario, len(data)),
         accountant_state=load_history(context),
     )
-    metrics: dict[str, float] = {
+    metrics: dict[str, MetricRecordValues] = {
         "num-examples": len(data),
         "train-loss": result.metrics["train_loss"],
         "partition-id": partition_id,
@@ -137,4 +139,3 @@ def lora_train(
         metrics["dp-epsilon"] = report.epsilon_spent
     content["metrics"] = MetricRecord(metrics)
     return Message(content=content, reply_to=msg)
-

@@ -157,13 +157,26 @@ def history_from_array(array: np.ndarray) -> AccountantHistory:
     return tuple((float(s), float(q), round(t)) for s, q, t in np.asarray(array).reshape(-1, 3))
 
 
+def _param_groups(model: Any, lr: float, head_lr: float | None) -> list[dict[str, Any]]:
+    """The trained tensors in one group at ``lr``, or the head apart at ``head_lr``."""
+    adapter: list[torch.nn.Parameter] = []
+    head: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            # PEFT keeps the trained copy of the head under "modules_to_save".
+            (head if ".modules_to_save." in name else adapter).append(param)
+    if head_lr is None or not head:
+        return [{"params": adapter + head, "lr": lr}]
+    return [{"params": adapter, "lr": lr}, {"params": head, "lr": head_lr}]
+
+
 def _optimizer(
-    params: list[torch.nn.Parameter], kind: str, lr: float, weight_decay: float
+    groups: list[dict[str, Any]], kind: str, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise ConfigError("optimizer", f"must be 'adamw' or 'sgd', got {kind!r}")
 
 
@@ -177,6 +190,7 @@ def train_lora(
     seed: int,
     optimizer: Literal["adamw", "sgd"] = "adamw",
     weight_decay: float = 0.0,
+    head_lr: float | None = None,
     dp: DpSgdConfig | None = None,
     accountant_state: AccountantHistory = (),
 ) -> LoraTrainResult:
@@ -196,6 +210,10 @@ def train_lora(
         without ``secure_mode`` (pseudo-random noise): fine for research, not for
         a production release.
     optimizer : {"adamw", "sgd"}
+    head_lr : float or None
+        Learning rate of the classification head, when it differs from ``lr``: the
+        head is new and must travel far from its small initial values, the adapter
+        only a little (and under DP a large adapter rate mostly amplifies noise).
     dp : DpSgdConfig or None
         None trains without privacy.
     accountant_state : AccountantHistory
@@ -218,8 +236,9 @@ def train_lora(
         raise ConfigError("batch_size", f"must be positive, got {batch_size}")
     if len(data) == 0:
         raise ConfigError("data", "the client has no records")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(params, optimizer, lr, weight_decay)
+    if head_lr is not None and not head_lr > 0:
+        raise ConfigError("head_lr", f"must be positive or None, got {head_lr}")
+    opt = _optimizer(_param_groups(model, lr, head_lr), optimizer, lr, weight_decay)
     dataset = TensorDataset(data.input_ids, data.attention_mask, data.labels)
     loader = DataLoader(
         dataset,

@@ -71,6 +71,7 @@ class Scenario:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: str = "query,value"  # comma-separated nn.Linear names
+    lora_head_lr: float = 0.0  # learning rate of the new classification head; 0: lr
     max_length: int = 64  # tokens per snippet
     train_records: int = 0  # a seeded subset of the training split; 0: all of it
     test_records: int = 0  # the first N of the fixed held-out test split; 0: all of it
@@ -278,7 +279,9 @@ def _check_lora(s: Scenario) -> None:
             )
     if s.strategy != "lora":
         if s.dp != "none":
-            raise ConfigError("dp", f"only strategy 'lora' supports DP, got strategy {s.strategy!r}")
+            raise ConfigError(
+                "dp", f"only strategy 'lora' supports DP, got strategy {s.strategy!r}"
+            )
         if s.dataset in _TEXT_DATASETS or s.model in _TEXT_MODELS:
             bad = "dataset" if s.dataset in _TEXT_DATASETS else "model"
             raise ConfigError(bad, f"{getattr(s, bad)!r} needs strategy 'lora'")
@@ -297,6 +300,7 @@ def _check_lora(s: Scenario) -> None:
         _check_int(s, name, low=1)
     for name in ("train_records", "test_records"):
         _check_int(s, name, low=0)
+    _check_number(s, "lora_head_lr", low=0.0)
     _check_int(s, "max_length", low=2)
     if s.max_length > _MAX_POSITIONS[s.model]:
         raise ConfigError(

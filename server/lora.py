@@ -85,13 +85,14 @@ def fresh_ledger(directory: Path, unit: Unit, scenario: Scenario) -> PrivacyLedg
         path.unlink()
     budget = scenario.dp_target_epsilon if unit == "record" else scenario.dp_client_target_epsilon
     return PrivacyLedger(
-        path, budget_epsilon=budget or None, delta=scenario.dp_delta, accountant=scenario.dp_accountant
+        path,
+        budget_epsilon=budget or None,
+        delta=scenario.dp_delta,
+        accountant=scenario.dp_accountant,
     )
 
 
-def make_lora_strategy(
-    scenario: Scenario, partitions: dict[int, int], directory: Path
-) -> Strategy:
+def make_lora_strategy(scenario: Scenario, partitions: dict[int, int], directory: Path) -> Strategy:
     """The scenario's LoRA strategy with its DP wrappers; ledgers start in ``directory``."""
     strategy: Strategy = LoraAggregation(
         partitions=partitions,
@@ -164,7 +165,9 @@ def run_lora_server(
     final = from_array_record(latest["arrays"])
     export_adapter(lora_spec(scenario), final, directory / ADAPTER_DIR)
     rows = results.read_rounds()
-    results.plot_accuracy(rows, title=f"lora {scenario.model} on {scenario.dataset}, dp {scenario.dp}")
+    results.plot_accuracy(
+        rows, title=f"lora {scenario.model} on {scenario.dataset}, dp {scenario.dp}"
+    )
     summary = {
         "scenario": scenario.to_run_config(),
         "final_accuracy": rows[-1]["accuracy"],

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -86,6 +87,11 @@ def report_release(
         unit="record",
         party=party,
     )
+
+
+def _count(metrics: Mapping[str, MetricRecordValues], key: str) -> int:
+    value = metrics.get(key, 0)
+    return int(value) if isinstance(value, int | float) else 0
 
 
 class SampleLevelDpAudit(Strategy):
@@ -204,10 +210,9 @@ class SampleLevelDpAudit(Strategy):
             accepted.append(reply)
         arrays, inner = self.strategy.aggregate_train(server_round, accepted)
         metrics = dict(inner or {})
-        metrics["rejected"] = int(metrics.get("rejected", 0)) + sum(rejected.values())  # type: ignore[call-overload]  # a MetricRecord number
+        metrics["rejected"] = _count(metrics, "rejected") + sum(rejected.values())
         for reason, count in rejected.items():
-            key = f"rejected.{reason}"
-            metrics[key] = int(metrics.get(key, 0)) + count  # type: ignore[call-overload]  # as above
+            metrics[f"rejected.{reason}"] = _count(metrics, f"rejected.{reason}") + count
         metrics["dp-record-epsilon"] = max(self.epsilons.values(), default=0.0)
         metrics["dp-record-mismatch"] = mismatch
         return arrays, MetricRecord(metrics)

@@ -27,6 +27,7 @@ def test_a_lora_scenario_gets_the_lora_learning_rate_and_no_dp() -> None:
         ({"lora-rank": 0}, "lora-rank"),
         ({"lora-alpha": 0}, "lora-alpha"),
         ({"lora-dropout": 1.0}, "lora-dropout"),
+        ({"lora-head-lr": -1.0}, "lora-head-lr"),
         ({"lora-targets": "query,,value"}, "lora-targets"),
         ({"max-length": 1}, "max-length"),
         ({"max-length": 200}, "max-length"),  # tiny-bert has 128 positions
@@ -40,11 +41,20 @@ def test_a_lora_scenario_gets_the_lora_learning_rate_and_no_dp() -> None:
         ({"dp": "sample", "dp-target-epsilon": 8.0, "dp-delta": 0.0}, "dp-delta"),
         ({"dp": "sample", "dp-noise-multiplier": 1.0, "dp-clip-norm": 0.0}, "dp-clip-norm"),
         ({"dp": "sample", "dp-noise-multiplier": 1.0, "dp-accountant": "gdp"}, "dp-accountant"),
-        ({"dp": "client", "dp-client-noise-multiplier": 1.0, "dp-client-sampling": "x"}, "dp-client-sampling"),
-        ({"dp": "client", "dp-client-target-epsilon": 8.0, "lora-aggregation": "svd"}, "lora-aggregation"),
+        (
+            {"dp": "client", "dp-client-noise-multiplier": 1.0, "dp-client-sampling": "x"},
+            "dp-client-sampling",
+        ),
+        (
+            {"dp": "client", "dp-client-target-epsilon": 8.0, "lora-aggregation": "svd"},
+            "lora-aggregation",
+        ),
         # A DP setting its mode ignores would silently not protect anything.
         ({"dp-target-epsilon": 8.0}, "dp-target-epsilon"),
-        ({"dp": "sample", "dp-noise-multiplier": 1.0, "dp-client-noise-multiplier": 1.0}, "dp-client-noise-multiplier"),
+        (
+            {"dp": "sample", "dp-noise-multiplier": 1.0, "dp-client-noise-multiplier": 1.0},
+            "dp-client-noise-multiplier",
+        ),
     ],
 )
 def test_bad_lora_values_name_the_field(values: dict[str, object], field: str) -> None:

@@ -13,7 +13,7 @@ from peft import PeftModel
 from fedrank.cli import main
 from fedrank.client.lora_trainer import steps_per_epoch
 from fedrank.config import Scenario
-from fedrank.lora_task import client_text, lora_spec, heldout_text
+from fedrank.lora_task import client_text, heldout_text, lora_spec
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.lora import adapter_tensors, load_base_model
 from fedrank.privacy.accountant import RDP_ORDERS, compute_epsilon
@@ -24,10 +24,13 @@ pytestmark = pytest.mark.integration
 DELTA = 1e-5
 SIGMA, CLIENT_SIGMA = 1.0, 2.0
 # The server's client-level budget allows three releases, not a fourth.
-CLIENT_BUDGET = sum(
-    compute_epsilon(history=[(CLIENT_SIGMA, 1.0, t)], delta=DELTA, accountant="rdp")
-    for t in (3, 4)
-) / 2
+CLIENT_BUDGET = (
+    sum(
+        compute_epsilon(history=[(CLIENT_SIGMA, 1.0, t)], delta=DELTA, accountant="rdp")
+        for t in (3, 4)
+    )
+    / 2
+)
 
 
 def scenario(results: Path) -> Scenario:
@@ -83,7 +86,9 @@ def test_reported_epsilon_is_one_accountant_over_every_round(
     assert rows[3]["dp-record-epsilon"] == pytest.approx(all_rounds, rel=1e-9)
     assert rows[3]["dp-record-epsilon"] > 1.5 * last_round_alone
     assert [r["dp-record-mismatch"] for r in rows[1:]] == [0, 0, 0]
-    assert rows[1]["dp-record-epsilon"] < rows[2]["dp-record-epsilon"] < rows[3]["dp-record-epsilon"]
+    assert (
+        rows[1]["dp-record-epsilon"] < rows[2]["dp-record-epsilon"] < rows[3]["dp-record-epsilon"]
+    )
 
 
 def test_the_run_stops_before_a_release_over_the_client_budget(
@@ -93,12 +98,13 @@ def test_the_run_stops_before_a_release_over_the_client_budget(
     three = compute_epsilon(history=[(CLIENT_SIGMA, 1.0, 3)], delta=DELTA, accountant="rdp")
 
     assert summary["rounds"] == 3
-    assert "round 4" in summary["stopped"] and "budget" in summary["stopped"]
+    assert "round 4" in summary["stopped"]
+    assert "budget" in summary["stopped"]
     assert rows[3]["dp-epsilon"] == pytest.approx(three, rel=1e-12)
     assert summary["privacy"]["client"] == {"releases": 3, "max_epsilon": rows[3]["dp-epsilon"]}
     assert main(["privacy", s.results_dir]) == 0
     out = capsys.readouterr().out
-    assert "partition-0" in out and "partition-1" in out and "server" in out
+    assert all(party in out for party in ("partition-0", "partition-1", "server"))
     assert out.count("within budget") == 2
 
 
@@ -114,4 +120,5 @@ def test_the_exported_folder_loads_with_peft_and_reproduces_the_accuracy(
     assert accuracy == summary["final_accuracy"]
     assert loss == pytest.approx(summary["final_loss"], rel=1e-5)
     b = [v for k, v in adapter_tensors(model).items() if k.endswith(".lora_B")]
-    assert len(b) == 4 and all(abs(v).max() > 0 for v in b)  # B starts at zero
+    assert len(b) == 4
+    assert all(abs(v).max() > 0 for v in b)  # B starts at zero

@@ -125,9 +125,11 @@ def test_every_report_is_recorded_and_epsilon_is_cumulative(tmp_path: Path) -> N
     assert [m["dp-record-epsilon"] for m in metrics if m] == sorted(
         m["dp-record-epsilon"] for m in metrics if m
     )
-    assert metrics[0] and metrics[0]["dp-record-mismatch"] == 0
+    assert metrics[0] is not None
+    assert metrics[0]["dp-record-mismatch"] == 0
     # The reports above claim only one round's steps each: from round 2 on they disagree.
-    assert metrics[2] and metrics[2]["dp-record-mismatch"] == 2
+    assert metrics[2] is not None
+    assert metrics[2]["dp-record-mismatch"] == 2
 
 
 @pytest.mark.parametrize(
@@ -163,7 +165,8 @@ def test_a_report_over_budget_is_rejected_and_not_recorded(tmp_path: Path) -> No
     _, metrics = audit.aggregate_train(2, replies_to(audit, 2, [report(8)] * 2))
 
     assert inner.seen == []
-    assert metrics is not None and metrics["rejected.over_budget"] == 2
+    assert metrics is not None
+    assert metrics["rejected.over_budget"] == 2
     assert [r.round for r in audit.ledger.releases] == [1, 1]
 
 

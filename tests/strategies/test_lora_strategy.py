@@ -75,7 +75,8 @@ def test_fedit_is_the_example_weighted_average_of_the_valid_replies() -> None:
 
     arrays, metrics = run_round(make(), updates, [10, 20, 30])
 
-    assert arrays is not None and metrics is not None
+    assert arrays is not None
+    assert metrics is not None
     expected = fedit_average(updates, [10, 20, 30])
     assert list(arrays.keys()) == list(GLOBAL)
     for name, value in expected.items():
@@ -95,15 +96,28 @@ def test_svd_mode_recompresses_the_products() -> None:
 
 
 def test_sampling_is_seeded_by_partition() -> None:
-    first = [m.metadata.dst_node_id for m in make(clients_per_round=2).configure_train(
-        4, record(GLOBAL), ConfigRecord({}), None  # type: ignore[arg-type]
-    )]
-    again = [m.metadata.dst_node_id for m in make(clients_per_round=2).configure_train(
-        4, record(GLOBAL), ConfigRecord({}), None  # type: ignore[arg-type]
-    )]
+    first = [
+        m.metadata.dst_node_id
+        for m in make(clients_per_round=2).configure_train(
+            4,
+            record(GLOBAL),
+            ConfigRecord({}),
+            None,  # type: ignore[arg-type]
+        )
+    ]
+    again = [
+        m.metadata.dst_node_id
+        for m in make(clients_per_round=2).configure_train(
+            4,
+            record(GLOBAL),
+            ConfigRecord({}),
+            None,  # type: ignore[arg-type]
+        )
+    ]
 
     assert first == again
-    assert len(first) == 2 and set(first) <= set(PARTITIONS.values())
+    assert len(first) == 2
+    assert set(first) <= set(PARTITIONS.values())
 
 
 @pytest.mark.parametrize(
@@ -123,7 +137,8 @@ def test_a_bad_reply_is_rejected_with_its_reason_and_the_round_goes_on(
 
     arrays, metrics = run_round(make(), [good[0], bad, good[1]], [10, 10, 10])
 
-    assert arrays is not None and metrics is not None
+    assert arrays is not None
+    assert metrics is not None
     assert (metrics["replies"], metrics["rejected"], metrics[f"rejected.{reason}"]) == (2, 1, 1)
     expected = fedit_average(good, [1, 1])
     np.testing.assert_array_equal(arrays["m.lora_A"].numpy(), expected["m.lora_A"])
@@ -144,7 +159,8 @@ def test_too_few_valid_replies_skip_the_round() -> None:
     arrays, metrics = run_round(make(min_replies=2), updates, [1, 1, 1])
 
     assert arrays is None
-    assert metrics is not None and metrics["replies"] == 1
+    assert metrics is not None
+    assert metrics["replies"] == 1
 
 
 def test_ffa_mode_refuses_an_a_factor() -> None:
