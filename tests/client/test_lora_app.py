@@ -16,6 +16,7 @@ from fedrank.client.lora_app import (
 from fedrank.client.lora_trainer import steps_per_epoch
 from fedrank.config import Scenario
 from fedrank.lora_task import client_text, initial_adapter
+from fedrank.models.lora import _pristine_model
 from fedrank.privacy.accountant import compute_epsilon
 from fedrank.protos import decode_privacy_report
 from fedrank.strategies.records import from_array_record, to_array_record
@@ -60,6 +61,7 @@ def test_the_accountant_outlives_the_round_in_the_nodes_state() -> None:
     sigma = sample_noise_multiplier(SCENARIO, n)
     q = 1 / steps_per_epoch(num_examples=n, batch_size=8)
 
+    loads_before = _pristine_model.cache_info().misses
     reports = []
     for server_round in (1, 2):
         reply = lora_train(train_message(tensors), context, SCENARIO, server_round, 1)
@@ -73,6 +75,8 @@ def test_the_accountant_outlives_the_round_in_the_nodes_state() -> None:
     )
     assert reports[1].epsilon_spent > reports[0].epsilon_spent
     assert load_history(context) == ((sigma, q, 2 * per_round),)
+    # The base model, loaded for the initial adapter, was not loaded again for a round.
+    assert _pristine_model.cache_info().misses == loads_before
 
 
 def test_the_noise_for_a_target_keeps_it_over_every_planned_round() -> None:
