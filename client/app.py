@@ -8,7 +8,9 @@ seed, trains on its partition and replies:
 - FRL: the rank vector of every supermask layer after training its scores,
   bit-packed (:mod:`fedrank.strategies.ranking_wire`); the global ranking it
   starts from arrives the same way and is validated before use;
-- FedAvg: its dense weights and its number of examples.
+- FedAvg: its dense weights and its number of examples;
+- LoRA: its trained adapter tensors and, under sample-level DP, its privacy report
+  (``fedrank.client.lora_app``).
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ def train_reply(msg: Message, context: Context, *, update: LocalUpdate) -> Messa
     scenario = Scenario.from_mapping(config, source="the server's config")
     pid = partition_id(context)
     torch.set_num_threads(client_threads(scenario))  # this worker serves one client at a time
+    if scenario.strategy == "lora":
+        from fedrank.client.lora_app import lora_train  # torch + PEFT: only for LoRA runs
+
+        return lora_train(msg, context, scenario, server_round, pid)
 
     data = site_examples(context.node_config, scenario)  # None: partition pid
     if is_dense(scenario):

@@ -24,15 +24,16 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrank.data.text import TokenizedText
 from fedrank.errors import ConfigError, PrivacyBudgetExhausted
+from fedrank.models.evaluation import classifier_logits as _logits
+from fedrank.models.evaluation import evaluate_lora as evaluate_lora
 from fedrank.models.lora import trainable_tensors
+from fedrank.privacy.accountant import compute_epsilon, noise_multiplier_for_epsilon
 
 AccountantHistory = tuple[tuple[float, float, int], ...]
 """An Opacus accountant's history: ``(noise_multiplier, sample_rate, steps)`` runs."""
@@ -111,12 +112,13 @@ def cumulative_epsilon(
     delta: float,
     accountant: AccountantName = "rdp",
 ) -> float:
-    """Epsilon spent by every run in ``history`` together (0 for an empty history)."""
-    if not history:
-        return 0.0
-    acc = create_accountant(mechanism=accountant)
-    acc.history = [(float(s), float(q), int(t)) for s, q, t in history]
-    return float(acc.get_epsilon(delta=delta))
+    """Epsilon spent by every run in ``history`` together (0 for an empty history).
+
+    The same accounting as the server's privacy ledger
+    (:func:`fedrank.privacy.accountant.compute_epsilon`), so a client's report and
+    the ledger agree exactly.
+    """
+    return compute_epsilon(history=list(history), delta=delta, accountant=accountant)
 
 
 def noise_multiplier_for_budget(
@@ -130,20 +132,18 @@ def noise_multiplier_for_budget(
     """Smallest noise multiplier (to 0.01 in epsilon) that spends ``target_epsilon``.
 
     ``steps`` is the whole run's: rounds the client will join x epochs x
-    :func:`steps_per_epoch`.
+    :func:`steps_per_epoch`. See :func:`fedrank.privacy.accountant.noise_multiplier_for_epsilon`.
     """
     if not target_epsilon > 0:
         raise ConfigError("target_epsilon", f"must be positive, got {target_epsilon}")
     if steps < 1:
         raise ConfigError("steps", f"must be positive, got {steps}")
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-        )
+    return noise_multiplier_for_epsilon(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
     )
 
 
@@ -157,18 +157,26 @@ def history_from_array(array: np.ndarray) -> AccountantHistory:
     return tuple((float(s), float(q), round(t)) for s, q, t in np.asarray(array).reshape(-1, 3))
 
 
-def _logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    out: torch.Tensor = model(input_ids=ids, attention_mask=mask).logits
-    return out
+def _param_groups(model: Any, lr: float, head_lr: float | None) -> list[dict[str, Any]]:
+    """The trained tensors in one group at ``lr``, or the head apart at ``head_lr``."""
+    adapter: list[torch.nn.Parameter] = []
+    head: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            # PEFT keeps the trained copy of the head under "modules_to_save".
+            (head if ".modules_to_save." in name else adapter).append(param)
+    if head_lr is None or not head:
+        return [{"params": adapter + head, "lr": lr}]
+    return [{"params": adapter, "lr": lr}, {"params": head, "lr": head_lr}]
 
 
 def _optimizer(
-    params: list[torch.nn.Parameter], kind: str, lr: float, weight_decay: float
+    groups: list[dict[str, Any]], kind: str, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise ConfigError("optimizer", f"must be 'adamw' or 'sgd', got {kind!r}")
 
 
@@ -182,6 +190,7 @@ def train_lora(
     seed: int,
     optimizer: Literal["adamw", "sgd"] = "adamw",
     weight_decay: float = 0.0,
+    head_lr: float | None = None,
     dp: DpSgdConfig | None = None,
     accountant_state: AccountantHistory = (),
 ) -> LoraTrainResult:
@@ -201,6 +210,10 @@ def train_lora(
         without ``secure_mode`` (pseudo-random noise): fine for research, not for
         a production release.
     optimizer : {"adamw", "sgd"}
+    head_lr : float or None
+        Learning rate of the classification head, when it differs from ``lr``: the
+        head is new and must travel far from its small initial values, the adapter
+        only a little (and under DP a large adapter rate mostly amplifies noise).
     dp : DpSgdConfig or None
         None trains without privacy.
     accountant_state : AccountantHistory
@@ -223,8 +236,9 @@ def train_lora(
         raise ConfigError("batch_size", f"must be positive, got {batch_size}")
     if len(data) == 0:
         raise ConfigError("data", "the client has no records")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(params, optimizer, lr, weight_decay)
+    if head_lr is not None and not head_lr > 0:
+        raise ConfigError("head_lr", f"must be positive or None, got {head_lr}")
+    opt = _optimizer(_param_groups(model, lr, head_lr), optimizer, lr, weight_decay)
     dataset = TensorDataset(data.input_ids, data.attention_mask, data.labels)
     loader = DataLoader(
         dataset,
@@ -343,26 +357,3 @@ def _train_dp(
         "delta": dp.delta,
     }
     return losses, privacy, new_history
-
-
-@torch.no_grad()
-def evaluate_lora(model: Any, data: TokenizedText, *, batch_size: int = 256) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``data`` (eval mode).
-
-    Returns
-    -------
-    tuple of float
-        ``(accuracy, loss)``.
-    """
-    if len(data) == 0:
-        raise ConfigError("data", "nothing to evaluate")
-    model.eval()
-    correct = 0
-    total_loss = 0.0
-    for start in range(0, len(data), batch_size):
-        part = slice(start, start + batch_size)
-        logits = _logits(model, data.input_ids[part], data.attention_mask[part])
-        labels = data.labels[part]
-        total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(dim=-1) == labels).sum())
-    return correct / len(data), total_loss / len(data)

@@ -103,6 +103,11 @@ def _simulate(args: argparse.Namespace) -> int:
             return
         bar.update(1)
         extra = f" rejected {row['rejected']}" if row.get("rejected") else ""
+        extra += "".join(
+            f" {label} {row[key]:.2f}"
+            for key, label in (("dp-record-epsilon", "eps/record"), ("dp-epsilon", "eps/client"))
+            if key in row
+        )
         bar.set_postfix_str(
             f"round {row['round']} acc {100 * row['accuracy']:.2f}% {row['seconds']:.1f}s{extra}"
         )
@@ -120,6 +125,15 @@ def _simulate(args: argparse.Namespace) -> int:
         f"(best {100 * summary['best_accuracy']:.2f}%) after {summary['rounds']} rounds "
         f"in {summary['seconds']:.0f} s; results in {scenario.results_dir}"
     )
+    if summary.get("stopped"):
+        print(f"fedrank: stopped early: {summary['stopped']}")
+    return 0
+
+
+def _privacy(args: argparse.Namespace) -> int:
+    from fedrank.privacy.report import format_privacy_report
+
+    print(format_privacy_report(args.results_dir))
     return 0
 
 
@@ -241,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_scenarios)
     add_deploy_commands(sub)  # certs, superlink, supernode, status
     _add_experiments(sub)
+    priv = sub.add_parser("privacy", help="print the privacy report of a results folder")
+    priv.add_argument("results_dir", metavar="RESULTS_DIR", help="a DP-LoRA run's results folder")
+    priv.set_defaults(func=_privacy)
     return parser
 
 

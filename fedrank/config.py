@@ -17,10 +17,14 @@ from typing import Any, Literal, get_args
 
 from fedrank.errors import ConfigError
 
-Strategy = Literal["frl", "fedavg"]
-Dataset = Literal["mnist5k", "digits"]
-ModelName = Literal["mlp", "cnn"]
+Strategy = Literal["frl", "fedavg", "lora"]
+Dataset = Literal["mnist5k", "digits", "rotten-tomatoes"]
+ModelName = Literal["mlp", "cnn", "minilm", "tiny-bert"]
 Partitioner = Literal["iid", "dirichlet", "pathological"]
+LoraAggregation = Literal["fedit", "ffa", "svd"]
+DpMode = Literal["none", "sample", "client", "both"]
+DpAccountant = Literal["rdp", "prv"]
+ClientSampling = Literal["fixed", "poisson"]
 
 # Robustness experiments: how the server aggregates, and what the malicious clients do.
 Aggregator = Literal[
@@ -45,13 +49,16 @@ UPDATE_ATTACKS: frozenset[str] = frozenset(
 AGGREGATORS: dict[str, tuple[str, ...]] = {
     "frl": ("borda", "filtered", "trimmed", "median"),
     "fedavg": ("mean", "trimmed", "median", "krum", "multikrum"),
+    # LoRA runs aggregate by `lora-aggregation`; robust rules are not wired for them yet.
+    "lora": ("mean",),
 }
 
 RunConfigValue = bool | int | float | str
 
 # Learning rates tuned on MNIST-5k (50 clients, Dirichlet 1.0, 2 local epochs):
 # scores of a supermask network need a much larger step than dense weights.
-DEFAULT_LR: dict[str, float] = {"frl": 1.0, "fedavg": 0.1}
+# LoRA (AdamW on the adapter and the head): the usual LoRA fine-tuning rate.
+DEFAULT_LR: dict[str, float] = {"frl": 1.0, "fedavg": 0.1, "lora": 5e-4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +110,28 @@ class Scenario:
     attack_flip_rule: FlipRule = "reverse"
     attack_source_class: int = 1
     attack_target_class: int = 7
+    # -- LoRA and DP-LoRA (strategy "lora"; docs/privacy.md). Checked by _check_lora:
+    # only for strategy "lora", except that DP settings are refused for any other.
+    lora_aggregation: LoraAggregation = "fedit"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: str = "query,value"  # comma-separated nn.Linear names
+    lora_head_lr: float = 0.0  # learning rate of the new classification head; 0: lr
+    max_length: int = 64  # tokens per snippet
+    train_records: int = 0  # a seeded subset of the training split; 0: all of it
+    test_records: int = 0  # the first N of the fixed held-out test split; 0: all of it
+    physical_batch_size: int = 32  # under DP: batch-size is the logical (expected) batch
+    dp: DpMode = "none"  # sample: DP-SGD on clients; client: at the server; both
+    dp_delta: float = 1e-5
+    dp_accountant: DpAccountant = "rdp"
+    dp_target_epsilon: float = 0.0  # sample-level budget per client over the run; 0: none
+    dp_noise_multiplier: float = 0.0  # 0: the least that keeps dp-target-epsilon
+    dp_clip_norm: float = 1.0  # per-example gradient clip
+    dp_client_target_epsilon: float = 0.0  # client-level budget over the run; 0: none
+    dp_client_noise_multiplier: float = 0.0  # 0: the least that keeps the budget
+    dp_client_clip_norm: float = 1.0  # clip of each client's adapter update
+    dp_client_sampling: ClientSampling = "fixed"
 
     def __post_init__(self) -> None:
         if self.lr is None and self.strategy in DEFAULT_LR:
@@ -154,6 +183,7 @@ class Scenario:
             raise ConfigError("results-dir", "must not be empty")
         _check_address("status-address", self.status_address)
         _check_robustness(self)
+        _check_lora(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> Scenario:
@@ -333,3 +363,109 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str):
         raise ConfigError(key, f"must be a string, got {value!r}")
     return value
+
+
+# -- LoRA and DP-LoRA fields --------------------------------------------------------
+
+_TEXT_DATASETS = ("rotten-tomatoes",)
+_TEXT_MODELS = ("minilm", "tiny-bert")
+_MAX_POSITIONS = {"minilm": 512, "tiny-bert": 128}
+_SAMPLE_DP = ("sample", "both")
+_CLIENT_DP = ("client", "both")
+
+
+def _check_choice(scenario: Scenario, name: str, kind: Any) -> None:
+    value = getattr(scenario, name)
+    if value not in get_args(kind):
+        raise ConfigError(_dashed(name), f"must be one of {list(get_args(kind))}, got {value!r}")
+
+
+def _check_number(scenario: Scenario, name: str, *, low: float, high: float = math.inf) -> None:
+    value = getattr(scenario, name)
+    if not (_finite(value) and low <= value <= high):
+        raise ConfigError(_dashed(name), f"must lie in [{low:g}, {high:g}], got {value!r}")
+
+
+def _check_lora(s: Scenario) -> None:
+    """Cross-field rules of LoRA runs; other strategies only refuse text data and DP.
+
+    DP settings are refused wherever they would be ignored (another strategy, or a
+    ``dp`` mode that does not use them), so that no run silently lacks a privacy
+    guarantee its scenario asks for.
+    """
+    _check_choice(s, "dp", DpMode)
+    sample, client = s.dp in _SAMPLE_DP, s.dp in _CLIENT_DP
+    ignored = [
+        *(("dp_target_epsilon", "dp_noise_multiplier") if not sample else ()),
+        *(("dp_client_target_epsilon", "dp_client_noise_multiplier") if not client else ()),
+    ]
+    for name in ignored:
+        if getattr(s, name) != 0.0:
+            raise ConfigError(
+                _dashed(name), f"is set ({getattr(s, name)!r}) but dp is {s.dp!r}, which ignores it"
+            )
+    if s.strategy != "lora":
+        if s.dp != "none":
+            raise ConfigError(
+                "dp", f"only strategy 'lora' supports DP, got strategy {s.strategy!r}"
+            )
+        if s.dataset in _TEXT_DATASETS or s.model in _TEXT_MODELS:
+            bad = "dataset" if s.dataset in _TEXT_DATASETS else "model"
+            raise ConfigError(bad, f"{getattr(s, bad)!r} needs strategy 'lora'")
+        return
+    if s.dataset not in _TEXT_DATASETS:
+        raise ConfigError("dataset", f"strategy 'lora' needs one of {list(_TEXT_DATASETS)}")
+    if s.model not in _TEXT_MODELS:
+        raise ConfigError("model", f"strategy 'lora' needs one of {list(_TEXT_MODELS)}")
+    for name, kind in (
+        ("lora_aggregation", LoraAggregation),
+        ("dp_accountant", DpAccountant),
+        ("dp_client_sampling", ClientSampling),
+    ):
+        _check_choice(s, name, kind)
+    for name in ("lora_rank", "lora_alpha", "physical_batch_size"):
+        _check_int(s, name, low=1)
+    for name in ("train_records", "test_records"):
+        _check_int(s, name, low=0)
+    _check_number(s, "lora_head_lr", low=0.0)
+    _check_int(s, "max_length", low=2)
+    if s.max_length > _MAX_POSITIONS[s.model]:
+        raise ConfigError(
+            "max-length", f"{s.max_length} exceeds {s.model}'s {_MAX_POSITIONS[s.model]} positions"
+        )
+    if 0 < s.train_records < s.num_clients:
+        raise ConfigError(
+            "train-records", f"{s.train_records} leaves some of {s.num_clients} clients empty"
+        )
+    if not (_finite(s.lora_dropout) and 0.0 <= s.lora_dropout < 1.0):
+        raise ConfigError("lora-dropout", f"must lie in [0, 1), got {s.lora_dropout!r}")
+    targets = s.lora_targets.split(",")
+    if not all(t.strip().isidentifier() for t in targets):
+        raise ConfigError(
+            "lora-targets", f"must be comma-separated module names, got {s.lora_targets!r}"
+        )
+    if not (_finite(s.dp_delta) and 0.0 < s.dp_delta < 1.0):
+        raise ConfigError("dp-delta", f"must lie in (0, 1), got {s.dp_delta!r}")
+    for name in (
+        "dp_target_epsilon",
+        "dp_noise_multiplier",
+        "dp_client_target_epsilon",
+        "dp_client_noise_multiplier",
+    ):
+        _check_number(s, name, low=0.0)
+    for name in ("dp_clip_norm", "dp_client_clip_norm"):
+        if not (_finite(getattr(s, name)) and getattr(s, name) > 0.0):
+            raise ConfigError(_dashed(name), f"must be positive, got {getattr(s, name)!r}")
+    if sample and s.dp_target_epsilon == 0.0 and s.dp_noise_multiplier == 0.0:
+        raise ConfigError(
+            "dp-target-epsilon", f"dp {s.dp!r} needs it or dp-noise-multiplier (both are 0)"
+        )
+    if client and s.dp_client_target_epsilon == 0.0 and s.dp_client_noise_multiplier == 0.0:
+        raise ConfigError(
+            "dp-client-target-epsilon",
+            f"dp {s.dp!r} needs it or dp-client-noise-multiplier (both are 0)",
+        )
+    if client and s.lora_aggregation == "svd":
+        # Client-level DP averages the clipped updates itself; an SVD of the clients'
+        # products has no sensitivity bound, so the two do not compose.
+        raise ConfigError("lora-aggregation", "'svd' cannot run under client-level DP")

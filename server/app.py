@@ -89,6 +89,12 @@ def run_server(
     ``wrap_strategy`` (simulations only) wraps the strategy, e.g. in an adversary
     that controls the malicious partitions' replies.
     """
+    if scenario.strategy == "lora":
+        from fedrank.server.lora import run_lora_server  # PEFT + transformers: LoRA runs only
+
+        if resume_from is not None:
+            raise ConfigError("resume", "LoRA runs cannot be resumed yet; start the run again")
+        return run_lora_server(grid, scenario, on_round=on_round)
     started = time.perf_counter()
     results = ResultsWriter(scenario.results_dir, append=resume_from is not None)
     # Discovery starts every client's actor; a short round timeout (set to cut hung

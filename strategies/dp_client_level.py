@@ -206,7 +206,13 @@ class ClientLevelDp(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global arrays, then let the inner strategy build the messages."""
+        """Remember the global arrays, then let the inner strategy build the messages.
+
+        Raises
+        ------
+        PrivacyBudgetExhausted
+            This round's release would exceed the ledger's budget; nothing is sent.
+        """
         reference: dict[str, npt.NDArray[np.floating]] = {}
         for name, array in arrays.items():
             value = np.array(array.numpy(), copy=True)
@@ -225,6 +231,9 @@ class ClientLevelDp(Strategy):
             # client data, nothing will be released.
             self._pending.pop(server_round, None)
             return []
+        # Refuse the round before any client trains for it: a release it cannot make
+        # is not worth the clients' work (aggregate_train checks again).
+        self.ledger.check(self._release(server_round))
         if self.sampling == "poisson":
             messages = self._poisson_messages(server_round, messages, grid)
         elif len(messages) != self.expected_clients:

@@ -72,6 +72,20 @@ def test_dp_trained_adapters_change_and_help(train_head: bool) -> None:
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())
 
 
+def test_the_head_can_learn_at_its_own_rate() -> None:
+    moved = {}
+    for head_lr in (None, 1e-12):
+        model = build_lora_model(TINY)
+        before = adapter_tensors(model)
+        result = train_lora(model, TRAIN, epochs=1, lr=5e-2, head_lr=head_lr, batch_size=64, seed=0)
+        moved[head_lr] = {k: float(np.abs(v - before[k]).max()) for k, v in result.tensors.items()}
+
+    assert moved[None]["classifier.weight"] > 1e-3
+    assert moved[1e-12]["classifier.weight"] < 1e-9
+    # The adapter trains at lr either way (the same first step, then the head differs).
+    assert moved[1e-12]["bert.encoder.layer.0.attention.self.query.lora_B"] > 1e-3
+
+
 def test_dp_gradient_equals_the_plain_gradient_without_clipping_or_noise() -> None:
     # Whole-batch Poisson sampling (rate 1), a clip norm no gradient reaches and
     # negligible noise: one DP-SGD step must be exactly one plain SGD step.

@@ -1,0 +1,207 @@
+"""The LoRA side of the ServerApp: strategy, privacy ledgers, evaluation and export.
+
+The strategy is composed by wrapping, never by flags:
+
+- ``LoraAggregation`` (FedIT, FFA-LoRA or SVD re-compression);
+- client-level DP (``dp`` = client or both): ``ClientLevelDp`` around it;
+- sample-level DP (``dp`` = sample or both): ``SampleLevelDpAudit`` outermost, so
+  every client's DP-SGD report is checked and recorded before its update is used.
+
+A release that would exceed a budget is never made: the run stops before it, says
+so in the log and in ``summary.json`` (``stopped``), and exports the last released
+adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedrank.config import Scenario
+from fedrank.errors import PrivacyBudgetExhausted
+from fedrank.lora_task import (
+    client_noise_multiplier,
+    client_sample_rate,
+    evaluate_adapter,
+    initial_adapter,
+    lora_spec,
+)
+from fedrank.models.export import export_adapter
+from fedrank.privacy.ledger import PrivacyLedger, Unit
+from fedrank.privacy.report import LEDGER_FILES, SETTINGS_FILE, privacy_summary
+from fedrank.server.loop import RoundCallback, run_rounds
+from fedrank.server.results import ResultsWriter
+from fedrank.strategies.dp_client_level import ClientLevelDp
+from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
+from fedrank.strategies.lora import LoraAggregation
+from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.strategies.sampling import discover_partitions
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+"""The exported PEFT adapter folder inside the results folder."""
+
+
+def privacy_settings(scenario: Scenario) -> dict[str, Any]:
+    """What the run asks for, per privacy unit (``privacy.json``); None where it is off."""
+    sample = scenario.dp in ("sample", "both")
+    client = scenario.dp in ("client", "both")
+    return {
+        "dp": scenario.dp,
+        "delta": scenario.dp_delta,
+        "accountant": scenario.dp_accountant,
+        "record": {
+            "budget": scenario.dp_target_epsilon or None,
+            "noise_multiplier": scenario.dp_noise_multiplier or "per client, from the budget",
+            "clip_norm": scenario.dp_clip_norm,
+        }
+        if sample
+        else None,
+        "client": {
+            "budget": scenario.dp_client_target_epsilon or None,
+            "noise_multiplier": client_noise_multiplier(scenario),
+            "clip_norm": scenario.dp_client_clip_norm,
+            "sampling": scenario.dp_client_sampling,
+            "sample_rate": client_sample_rate(scenario),
+        }
+        if client
+        else None,
+    }
+
+
+def fresh_ledger(directory: Path, unit: Unit, scenario: Scenario) -> PrivacyLedger:
+    """A new, empty ledger for ``unit`` (an earlier run's in the same folder is removed)."""
+    path = directory / LEDGER_FILES[unit]
+    if path.exists():
+        log.warning("removing the earlier run's privacy ledger %s", path)
+        path.unlink()
+    budget = scenario.dp_target_epsilon if unit == "record" else scenario.dp_client_target_epsilon
+    return PrivacyLedger(
+        path,
+        budget_epsilon=budget or None,
+        delta=scenario.dp_delta,
+        accountant=scenario.dp_accountant,
+    )
+
+
+def make_lora_strategy(scenario: Scenario, partitions: dict[int, int], directory: Path) -> Strategy:
+    """The scenario's LoRA strategy with its DP wrappers; ledgers start in ``directory``."""
+    strategy: Strategy = LoraAggregation(
+        partitions=partitions,
+        clients_per_round=scenario.clients_per_round,
+        seed=scenario.seed,
+        mode=scenario.lora_aggregation,
+        rank=scenario.lora_rank,
+        min_replies=scenario.min_replies,
+    )
+    if scenario.dp in ("client", "both"):
+        strategy = ClientLevelDp(
+            strategy,
+            ledger=fresh_ledger(directory, "client", scenario),
+            clip_norm=scenario.dp_client_clip_norm,
+            noise_multiplier=client_noise_multiplier(scenario),
+            expected_clients=scenario.clients_per_round,
+            seed=scenario.seed,
+            sampling=scenario.dp_client_sampling,
+            total_clients=scenario.num_clients,
+        )
+    if scenario.dp in ("sample", "both"):
+        strategy = SampleLevelDpAudit(
+            strategy,
+            ledger=fresh_ledger(directory, "record", scenario),
+            partitions=partitions,
+            clip_norm=scenario.dp_clip_norm,
+            noise_multiplier=scenario.dp_noise_multiplier or None,
+        )
+    return strategy
+
+
+def run_lora_server(
+    grid: Grid, scenario: Scenario, *, on_round: RoundCallback | None = None
+) -> dict[str, Any]:
+    """Run the LoRA federation described by ``scenario``; return its summary."""
+    started = time.perf_counter()
+    results = ResultsWriter(scenario.results_dir)
+    directory = results.directory
+    partitions = discover_partitions(
+        grid, expected=scenario.num_clients, timeout=scenario.round_timeout
+    )
+    settings = privacy_settings(scenario)
+    (directory / SETTINGS_FILE).write_text(
+        json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    strategy = make_lora_strategy(scenario, partitions, directory)
+    strategy.summary()
+    latest = {"arrays": to_array_record(initial_adapter(scenario))}
+
+    def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
+        latest["arrays"] = arrays  # every released global adapter is evaluated
+        return evaluate_adapter(scenario, from_array_record(arrays))
+
+    stopped: str | None = None
+    try:
+        run_rounds(
+            grid,
+            strategy,
+            arrays=latest["arrays"],
+            config=ConfigRecord(dict(scenario.to_run_config())),
+            num_rounds=scenario.rounds,
+            evaluate=evaluate,
+            results=results,
+            timeout=scenario.round_timeout,
+            on_round=on_round,
+        )
+    except PrivacyBudgetExhausted as err:
+        stopped = f"privacy budget: {err}"
+        log.warning("fedrank: the run stops here. %s", err)
+    final = from_array_record(latest["arrays"])
+    export_adapter(lora_spec(scenario), final, directory / ADAPTER_DIR)
+    rows = results.read_rounds()
+    results.plot_accuracy(
+        rows, title=f"lora {scenario.model} on {scenario.dataset}, dp {scenario.dp}"
+    )
+    summary = {
+        "scenario": scenario.to_run_config(),
+        "final_accuracy": rows[-1]["accuracy"],
+        "final_loss": rows[-1]["loss"],
+        "best_accuracy": max(r["accuracy"] for r in rows),
+        "rounds": rows[-1]["round"],
+        "stopped": stopped,
+        "skipped_rounds": sum(1 for r in rows if r.get("skipped")),
+        "rejected_replies": sum(int(r.get("rejected", 0)) for r in rows),
+        "seconds": time.perf_counter() - started,
+        "model": {"base": scenario.model, "adapter": ADAPTER_DIR, **lora_spec_summary(scenario)},
+        "privacy": _privacy_totals(directory) if scenario.dp != "none" else None,
+    }
+    results.write_summary(summary)
+    return summary
+
+
+def lora_spec_summary(scenario: Scenario) -> dict[str, Any]:
+    """The adapter's settings as plain JSON values."""
+    spec = lora_spec(scenario)
+    return {
+        "r": spec.r,
+        "lora_alpha": spec.lora_alpha,
+        "target_modules": list(spec.target_modules),
+        "mode": spec.mode,
+        "aggregation": scenario.lora_aggregation,
+        "init_seed": spec.init_seed,
+    }
+
+
+def _privacy_totals(directory: Path) -> dict[str, Any]:
+    summary = privacy_summary(directory)
+    return {
+        unit: {"releases": summary[unit]["releases"], "max_epsilon": summary[unit]["max_epsilon"]}
+        for unit in LEDGER_FILES
+        if unit in summary
+    }

@@ -1,0 +1,219 @@
+"""``LoraAggregation``: federated LoRA with FedIT, FFA-LoRA or SVD re-compression.
+
+The math is in :mod:`fedrank.strategies.lora_aggregation`; this class samples
+clients (seeded, by partition id, like ``FrlVote``), validates every reply against
+the adapter it sent and hands the valid ones to the selected aggregation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedrank.errors import InvalidUpdate
+from fedrank.strategies.lora_aggregation import (
+    fedit_average,
+    ffa_average,
+    svd_recompress_updates,
+)
+from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.strategies.sampling import train_messages
+
+log = logging.getLogger(__name__)
+
+Aggregation = Literal["fedit", "ffa", "svd"]
+Layout = dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
+"""Tensor name -> (shape, dtype), in the adapter's order."""
+
+
+def layout_of(tensors: Mapping[str, np.ndarray]) -> Layout:
+    """Name -> (shape, dtype) of an adapter, in its order."""
+    return {name: (tuple(value.shape), value.dtype) for name, value in tensors.items()}
+
+
+def validate_adapter_reply(record: ArrayRecord, layout: Layout) -> dict[str, np.ndarray]:
+    """The reply's tensors, checked against the adapter the server sent.
+
+    Raises
+    ------
+    InvalidUpdate
+        ``missing_tensor`` / ``extra_tensor`` for other names, ``wrong_shape``,
+        ``wrong_dtype``, ``not_finite``.
+    """
+    got = from_array_record(record)
+    missing = [n for n in layout if n not in got]
+    extra = [n for n in got if n not in layout]
+    if missing:
+        raise InvalidUpdate("missing_tensor", f"reply lacks tensors {missing[:3]}")
+    if extra:
+        raise InvalidUpdate("extra_tensor", f"reply has unexpected tensors {extra[:3]}")
+    out: dict[str, np.ndarray] = {}
+    for name, (shape, dtype) in layout.items():
+        value = got[name]
+        if tuple(value.shape) != shape:
+            raise InvalidUpdate("wrong_shape", f"{name}: expected {shape}, got {value.shape}")
+        if value.dtype != dtype:
+            raise InvalidUpdate("wrong_dtype", f"{name}: expected {dtype}, got {value.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise InvalidUpdate("not_finite", f"{name}: contains NaN or infinite values")
+        out[name] = value
+    return out
+
+
+def reply_weight(message: Message) -> float:
+    """The reply's ``num-examples``: its weight in the average (finite, > 0)."""
+    metrics = message.content.metric_records.get("metrics")
+    value = metrics.get("num-examples") if metrics is not None else None
+    if not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+        raise InvalidUpdate("bad_num_examples", f"num-examples must be > 0, got {value!r}")
+    return float(value)
+
+
+def aggregate_adapters(
+    updates: list[dict[str, np.ndarray]], weights: list[float], *, mode: Aggregation, rank: int
+) -> dict[str, np.ndarray]:
+    """The selected aggregation of whole adapters (weights: example counts)."""
+    if mode == "ffa":
+        return ffa_average(updates, weights)
+    if mode == "svd":
+        return svd_recompress_updates(updates, weights, rank=rank)
+    return fedit_average(updates, weights)
+
+
+class LoraAggregation(Strategy):
+    """Federated LoRA (Hu et al., arXiv 2106.09685) over seeded client samples.
+
+    ``mode``: ``"fedit"`` averages A and B separately (Zhang et al., arXiv 2305.05644);
+    ``"ffa"`` averages B alone, A frozen from the shared seed, which is exact
+    (FFA-LoRA, Sun et al., ICLR 2024, arXiv 2403.12313); ``"svd"`` re-compresses the
+    weighted sum of the products B A to rank ``rank`` by truncated SVD (exact when
+    that sum has rank <= ``rank``). The head and every other tensor are averaged.
+    Weights are the clients' example counts.
+
+    Parameters
+    ----------
+    partitions : Mapping[int, int]
+        Partition id -> node id.
+    clients_per_round : int
+    seed : int
+        Sampling seed (the scheme of ``FrlVote`` and ``SeededFedAvg``).
+    mode : {"fedit", "ffa", "svd"}
+    rank : int
+        Target rank of ``"svd"``.
+    min_replies : int
+        Fewer valid replies skip the round (the global adapter is kept).
+    """
+
+    def __init__(
+        self,
+        *,
+        partitions: Mapping[int, int],
+        clients_per_round: int,
+        seed: int,
+        mode: Aggregation,
+        rank: int,
+        min_replies: int = 1,
+    ) -> None:
+        if mode not in ("fedit", "ffa", "svd"):
+            raise ValueError(f"mode must be 'fedit', 'ffa' or 'svd', got {mode!r}")
+        self.partitions = dict(partitions)
+        self.clients_per_round = clients_per_round
+        self.seed = seed
+        self.mode: Aggregation = mode
+        self.rank = rank
+        self.min_replies = min_replies
+        self._layouts: dict[int, Layout] = {}
+
+    def summary(self) -> None:
+        """Log the settings."""
+        log.info(
+            "LoraAggregation: %s, %d of %d clients per round, min %d replies",
+            self.mode,
+            self.clients_per_round,
+            len(self.partitions),
+            self.min_replies,
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global adapter to a seeded sample of clients."""
+        self._layouts[server_round] = layout_of(from_array_record(arrays))
+        return train_messages(
+            RecordDict({"arrays": arrays}),
+            config,
+            partitions=self.partitions,
+            count=self.clients_per_round,
+            seed=self.seed,
+            server_round=server_round,
+        )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate the replies, aggregate the valid ones (sorted by sender)."""
+        layout = self._layouts.pop(server_round, None)
+        if layout is None:
+            return None, None
+        updates: list[dict[str, np.ndarray]] = []
+        weights: list[float] = []
+        losses: list[float] = []
+        rejected: Counter[str] = Counter()
+        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                rejected["failed"] += 1
+                log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
+                continue
+            try:
+                if "arrays" not in reply.content.array_records:
+                    raise InvalidUpdate("malformed", "reply has no 'arrays' record")
+                update = validate_adapter_reply(reply.content.array_records["arrays"], layout)
+                weight = reply_weight(reply)
+            except InvalidUpdate as err:
+                rejected[err.reason] += 1
+                log.warning("round %d: rejected reply of node %d: %s", server_round, node, err)
+                continue
+            updates.append(update)
+            weights.append(weight)
+            loss = reply.content.metric_records["metrics"].get("train-loss")
+            if isinstance(loss, float) and math.isfinite(loss):
+                losses.append(loss)
+        metrics = MetricRecord(
+            {
+                "replies": len(updates),
+                "rejected": sum(rejected.values()),
+                **{f"rejected.{reason}": count for reason, count in sorted(rejected.items())},
+                **({"train-loss": float(np.mean(losses))} if losses else {}),
+            }
+        )
+        if len(updates) < self.min_replies:
+            log.warning(
+                "round %d skipped: %d valid replies, %d needed; the global adapter is kept",
+                server_round,
+                len(updates),
+                self.min_replies,
+            )
+            return None, metrics
+        merged = aggregate_adapters(updates, weights, mode=self.mode, rank=self.rank)
+        return to_array_record({name: merged[name] for name in layout}), metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation: the server evaluates on the held-out test split."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """No federated evaluation."""
+        return None

@@ -1,0 +1,103 @@
+"""The LoRA / DP-LoRA fields of Scenario: validated for LoRA, inert for FRL and FedAvg."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedrank.config import Scenario
+from fedrank.errors import ConfigError
+from fedrank.simulations.run import scenario_path
+
+LORA = {"strategy": "lora", "dataset": "rotten-tomatoes", "model": "tiny-bert"}
+
+
+def test_a_lora_scenario_gets_the_lora_learning_rate_and_no_dp() -> None:
+    s = Scenario.from_mapping(LORA)
+
+    assert s.learning_rate == 5e-4
+    assert s.dp == "none"
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"model": "mlp"}, "model"),
+        ({"dataset": "digits"}, "dataset"),
+        ({"lora-aggregation": "fedprox"}, "lora-aggregation"),
+        ({"lora-rank": 0}, "lora-rank"),
+        ({"lora-alpha": 0}, "lora-alpha"),
+        ({"lora-dropout": 1.0}, "lora-dropout"),
+        ({"lora-head-lr": -1.0}, "lora-head-lr"),
+        ({"lora-targets": "query,,value"}, "lora-targets"),
+        ({"max-length": 1}, "max-length"),
+        ({"max-length": 200}, "max-length"),  # tiny-bert has 128 positions
+        ({"train-records": 3, "num-clients": 4, "clients-per-round": 4}, "train-records"),
+        ({"test-records": -1}, "test-records"),
+        ({"physical-batch-size": 0}, "physical-batch-size"),
+        ({"dp": "local"}, "dp"),
+        ({"dp": "sample"}, "dp-target-epsilon"),
+        ({"dp": "client"}, "dp-client-target-epsilon"),
+        ({"dp": "sample", "dp-target-epsilon": -1.0}, "dp-target-epsilon"),
+        ({"dp": "sample", "dp-target-epsilon": 8.0, "dp-delta": 0.0}, "dp-delta"),
+        ({"dp": "sample", "dp-noise-multiplier": 1.0, "dp-clip-norm": 0.0}, "dp-clip-norm"),
+        ({"dp": "sample", "dp-noise-multiplier": 1.0, "dp-accountant": "gdp"}, "dp-accountant"),
+        (
+            {"dp": "client", "dp-client-noise-multiplier": 1.0, "dp-client-sampling": "x"},
+            "dp-client-sampling",
+        ),
+        (
+            {"dp": "client", "dp-client-target-epsilon": 8.0, "lora-aggregation": "svd"},
+            "lora-aggregation",
+        ),
+        # A DP setting its mode ignores would silently not protect anything.
+        ({"dp-target-epsilon": 8.0}, "dp-target-epsilon"),
+        (
+            {"dp": "sample", "dp-noise-multiplier": 1.0, "dp-client-noise-multiplier": 1.0},
+            "dp-client-noise-multiplier",
+        ),
+    ],
+)
+def test_bad_lora_values_name_the_field(values: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Scenario.from_mapping(LORA | values)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"dataset": "rotten-tomatoes"}, "dataset"),
+        ({"model": "minilm"}, "model"),
+        ({"dp": "sample", "dp-target-epsilon": 8.0}, "dp"),
+        ({"dp-noise-multiplier": 1.0}, "dp-noise-multiplier"),
+    ],
+)
+def test_lora_values_do_not_make_a_bad_frl_scenario_pass(
+    values: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Scenario.from_mapping({"strategy": "frl"} | values)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("strategy", ["frl", "fedavg"])
+def test_lora_shape_fields_do_not_make_a_good_frl_scenario_fail(strategy: str) -> None:
+    # Only meaningful for LoRA; FRL and FedAvg ignore them, whatever they hold.
+    s = Scenario.from_mapping({"strategy": strategy, "lora-rank": 0, "max-length": 1})
+
+    assert s.strategy == strategy
+
+
+def test_both_dp_modes_with_budgets_are_accepted() -> None:
+    s = Scenario.from_mapping(
+        LORA | {"dp": "both", "dp-target-epsilon": 8.0, "dp-client-target-epsilon": 4.0}
+    )
+    assert (s.dp_target_epsilon, s.dp_client_target_epsilon) == (8.0, 4.0)
+
+
+@pytest.mark.parametrize("name", ["lora-sentiment", "dp-lora-sentiment"])
+def test_the_packaged_lora_scenarios_load(name: str) -> None:
+    s = Scenario.from_toml(scenario_path(name))
+
+    assert (s.strategy, s.dataset, s.model) == ("lora", "rotten-tomatoes", "minilm")
+    assert s.dp == ("sample" if name.startswith("dp-") else "none")
