@@ -12,7 +12,6 @@ votes.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -20,9 +19,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedrank.errors import InvalidUpdate
 from fedrank.strategies.ranking_wire import RankingWire
-from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.strategies.records import (
+    from_array_record,
+    rejection_metrics,
+    to_array_record,
+    validated_replies,
+)
 from fedrank.strategies.sampling import train_messages
 from fedrank.strategies.votes import RankVote, rank_vote
 
@@ -96,26 +99,10 @@ class FrlVote(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate every reply, count the rejected ones, vote over the rest."""
-        valid: list[dict[str, np.ndarray]] = []
-        rejected: Counter[str] = Counter()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                rejected["client_error"] += 1
-                log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
-                continue
-            try:
-                valid.append(self.wire.decode(server_round, reply.content))
-            except InvalidUpdate as err:
-                rejected[err.reason] += 1
-                log.warning("round %d: rejected reply of node %d: %s", server_round, node, err)
-        metrics = MetricRecord(
-            {
-                "replies": len(valid),
-                "rejected": sum(rejected.values()),
-                **{f"rejected.{reason}": count for reason, count in sorted(rejected.items())},
-            }
+        valid, rejected = validated_replies(
+            server_round, replies, lambda reply: self.wire.decode(server_round, reply.content)
         )
+        metrics = MetricRecord(rejection_metrics(len(valid), rejected))
         if len(valid) < self.min_replies:
             log.warning(
                 "round %d skipped: %d valid replies, %d needed; the global ranking is kept",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -24,7 +23,12 @@ from fedrank.strategies.lora_aggregation import (
     ffa_average,
     svd_recompress_updates,
 )
-from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.strategies.records import (
+    from_array_record,
+    rejection_metrics,
+    to_array_record,
+    validated_replies,
+)
 from fedrank.strategies.sampling import train_messages
 
 log = logging.getLogger(__name__)
@@ -163,35 +167,22 @@ class LoraAggregation(Strategy):
         layout = self._layouts.pop(server_round, None)
         if layout is None:
             return None, None
-        updates: list[dict[str, np.ndarray]] = []
-        weights: list[float] = []
-        losses: list[float] = []
-        rejected: Counter[str] = Counter()
-        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                rejected["failed"] += 1
-                log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
-                continue
-            try:
-                if "arrays" not in reply.content.array_records:
-                    raise InvalidUpdate("malformed", "reply has no 'arrays' record")
-                update = validate_adapter_reply(reply.content.array_records["arrays"], layout)
-                weight = reply_weight(reply)
-            except InvalidUpdate as err:
-                rejected[err.reason] += 1
-                log.warning("round %d: rejected reply of node %d: %s", server_round, node, err)
-                continue
-            updates.append(update)
-            weights.append(weight)
+
+        def decode(reply: Message) -> tuple[dict[str, np.ndarray], float, object]:
+            if "arrays" not in reply.content.array_records:
+                raise InvalidUpdate("malformed", "reply has no 'arrays' record")
+            update = validate_adapter_reply(reply.content.array_records["arrays"], layout)
             loss = reply.content.metric_records["metrics"].get("train-loss")
-            if isinstance(loss, float) and math.isfinite(loss):
-                losses.append(loss)
+            return update, reply_weight(reply), loss
+
+        ordered = sorted(replies, key=lambda m: m.metadata.src_node_id)
+        valid, rejected = validated_replies(server_round, ordered, decode)
+        updates = [update for update, _, _ in valid]
+        weights = [weight for _, weight, _ in valid]
+        losses = [x for _, _, x in valid if isinstance(x, float) and math.isfinite(x)]
         metrics = MetricRecord(
             {
-                "replies": len(updates),
-                "rejected": sum(rejected.values()),
-                **{f"rejected.{reason}": count for reason, count in sorted(rejected.items())},
+                **rejection_metrics(len(updates), rejected),
                 **({"train-loss": float(np.mean(losses))} if losses else {}),
             }
         )

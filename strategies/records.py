@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+from fedrank.errors import InvalidUpdate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -26,3 +34,37 @@ def content_bytes(content: RecordDict) -> int:
             if isinstance(value, bytes | str):
                 total += len(value)
     return total
+
+
+def validated_replies(
+    server_round: int, replies: Iterable[Message], decode: Callable[[Message], T]
+) -> tuple[list[T], Counter[str]]:
+    """Decode every reply; count the rest by reason (``client_error`` or ``InvalidUpdate``'s).
+
+    A bad reply is an expected event: it is logged and counted, never raised.
+    """
+    valid: list[T] = []
+    rejected: Counter[str] = Counter()
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            rejected["client_error"] += 1
+            log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
+            continue
+        try:
+            valid.append(decode(reply))
+        except InvalidUpdate as err:
+            rejected[err.reason] += 1
+            log.warning("round %d: rejected reply of node %d: %s", server_round, node, err)
+    return valid, rejected
+
+
+def rejection_metrics(
+    valid: int, rejected: Counter[str]
+) -> dict[str, int | float | list[int] | list[float]]:
+    """``replies``, ``rejected`` and ``rejected.<reason>`` for a round's metrics."""
+    return {
+        "replies": valid,
+        "rejected": sum(rejected.values()),
+        **{f"rejected.{reason}": count for reason, count in sorted(rejected.items())},
+    }
