@@ -81,9 +81,9 @@ def dp_train_and_export(
 
 def test_a_dp_trained_minilm_adapter_helps_and_exports_intact(tmp_path: Path) -> None:
     untrained, trained, exported = dp_train_and_export(
-        # A loose budget: 16 steps are too few for a useful model at epsilon 8 (the
-        # slow variant below and docs/privacy.md run that); here the point is that
-        # Opacus-trained tensors are sound, which noise of this size would hide.
+        # A loose budget: 64 steps are too few for a useful model at epsilon 8
+        # (docs/privacy.md runs that); the point here is that Opacus-trained tensors
+        # are sound, which noise of that size would hide.
         tmp_path,
         train=1024,
         test=256,
@@ -93,15 +93,4 @@ def test_a_dp_trained_minilm_adapter_helps_and_exports_intact(tmp_path: Path) ->
     )
 
     assert trained > untrained + 0.04
-    assert exported == trained
-
-
-@pytest.mark.slow
-def test_a_longer_dp_run_on_minilm_reaches_useful_accuracy(tmp_path: Path) -> None:
-    untrained, trained, exported = dp_train_and_export(
-        tmp_path, train=4000, test=1000, epochs=4, batch=64, epsilon=8.0
-    )
-
-    assert trained > 0.62
-    assert trained > untrained + 0.05
     assert exported == trained
