@@ -31,13 +31,16 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from fedrank.strategies.filtered_vote import MAD_TO_SIGMA, spearman_to_reference
+from fedrank.strategies.filtered_vote import MAD_TO_SIGMA, cosines, spearman_to_reference
 
 IntArray = npt.NDArray[np.int64]
 
 # How far inside the threshold the attacker aims, in robust standard deviations:
 # the attackers' own replies shift the median and MAD a little.
 SAFETY_MADS = 0.5
+# The median cosine with the known benign displacements the attacker keeps: the
+# vote requires more than 0 with *all* the others, which the attacker only estimates.
+DIRECTION_MARGIN = 0.05
 
 
 def estimated_threshold(
@@ -113,4 +116,62 @@ def evade_agreement_filter(
             low, best = middle, candidate
         else:
             high = middle
+    return best
+
+
+def evade_filters(
+    reference: npt.NDArray[np.integer],
+    target: npt.NDArray[np.integer],
+    estimate: npt.NDArray[np.integer],
+    known: npt.NDArray[np.integer],
+    *,
+    min_agreement: float,
+    min_direction: float,
+    iterations: int = 6,
+) -> IntArray:
+    """The ranking nearest ``target`` that clears both tests of the filtered vote.
+
+    The vote also drops a reply whose displacement ``r - g`` points away from the
+    other replies' (:func:`~fedrank.strategies.filtered_vote.direction_agreement`).
+    The attacker bends its target towards its benign estimate ``e`` until it points
+    the right way: ``t(theta)``, the ranking of ``(1 - theta) t + theta e``, with the
+    least ``theta`` (bisection, ``iterations`` steps) whose agreement-limited ranking
+    (:func:`evade_agreement_filter`) has a median cosine of at least ``min_direction``
+    with the displacements of the benign replies it knows (``known``, shape ``(k, n)``).
+
+    Knows: the reference, its benign estimate, the benign replies it knows, and its
+    two aims (:func:`estimated_threshold`). Against the
+    reversal this leaves little: mixing ``reverse(e)`` with ``e`` in position space
+    is ``reverse(e)`` for ``theta < 1/2`` and ``e`` above, so what passes is the
+    estimate itself, moved no further than the agreement aim allows.
+    """
+    if not reference.shape == target.shape == estimate.shape == known.shape[1:]:
+        raise ValueError(
+            f"reference, target, estimate, known: need shapes (n,) x 3 and (k, n), got "
+            f"{reference.shape}, {target.shape}, {estimate.shape}, {known.shape}"
+        )
+    t, e = target.astype(np.float64), estimate.astype(np.float64)
+    known_displacement = known.astype(np.float64) - reference.astype(np.float64)
+
+    def attempt(theta: float) -> tuple[IntArray, bool]:
+        bent = _ranks((1.0 - theta) * t + theta * e)
+        ranks = evade_agreement_filter(reference, bent, min_agreement=min_agreement, iterations=16)
+        displacement = (ranks - reference.astype(np.int64)).astype(np.float64)
+        agreement = float(np.median(cosines(known_displacement, displacement)))
+        return ranks, agreement >= min_direction
+
+    best, passes = attempt(0.0)
+    if passes:
+        return best
+    best, passes = attempt(1.0)
+    if not passes:  # even the estimate fails the aim: send the reference, as a stale client
+        return reference.astype(np.int64)
+    low, high = 0.0, 1.0  # invariant: ``high`` passes
+    for _ in range(iterations):
+        middle = 0.5 * (low + high)
+        candidate, passes = attempt(middle)
+        if passes:
+            high, best = middle, candidate
+        else:
+            low = middle
     return best

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fedrank.client.adaptive_attacks import estimated_threshold, evade_agreement_filter
+from fedrank.client.adaptive_attacks import DIRECTION_MARGIN, estimated_threshold, evade_filters
 from fedrank.client.attacks import (
     AttackSpec,
     alie_attack,
@@ -126,8 +126,16 @@ def craft_rankings(
         else:
             target = mask_boundary_attack(estimate, k=k, boundary_fraction=spec.boundary_fraction)
         if spec.kind.startswith("adaptive"):
-            aim = estimated_threshold(spearman_to_reference(stacked, g), mads=filter_mads)
-            target = evade_agreement_filter(g, target, min_agreement=aim)
+            target = evade_filters(
+                g,
+                target,
+                estimate,
+                stacked,
+                min_agreement=estimated_threshold(
+                    spearman_to_reference(stacked, g), mads=filter_mads
+                ),
+                min_direction=DIRECTION_MARGIN,
+            )
         shared[name] = target
     return [dict(shared) for _ in colluders]
 

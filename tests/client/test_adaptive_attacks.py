@@ -6,9 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrank.client.adaptive_attacks import estimated_threshold, evade_agreement_filter
+from fedrank.client.adaptive_attacks import (
+    DIRECTION_MARGIN,
+    estimated_threshold,
+    evade_agreement_filter,
+    evade_filters,
+)
 from fedrank.client.attacks import reverse_ranking_attack
-from fedrank.strategies.filtered_vote import filtered_vote, spearman_to_reference
+from fedrank.strategies.filtered_vote import (
+    direction_agreement,
+    filtered_vote,
+    spearman_to_reference,
+)
 
 IntArray = npt.NDArray[np.int64]
 
@@ -68,10 +77,18 @@ def test_threshold_estimate_from_one_value_is_that_value() -> None:
     assert estimated_threshold(np.array([0.97]), mads=3.0) == 0.97
 
 
-def test_an_omniscient_adaptive_reversal_passes_the_filter() -> None:
-    rng = np.random.default_rng(5)
-    reference = rng.permutation(500)
-    benign = [perturbed(reference, rng, 0.1) for _ in range(8)]
+def benign_with_learning(
+    seed: int, n: int = 500, clients: int = 8
+) -> tuple[IntArray, list[IntArray]]:
+    rng = np.random.default_rng(seed)
+    reference = rng.permutation(n)
+    learning = rng.normal(0.0, 0.1 * n, size=n)
+    scores = [reference + learning + rng.normal(0.0, 0.15 * n, size=n) for _ in range(clients)]
+    return reference, [perturbed(s.astype(np.int64), rng, 0.0) for s in scores]
+
+
+def test_a_reversal_that_evades_only_the_agreement_test_is_caught_by_the_direction_test() -> None:
+    reference, benign = benign_with_learning(5)
     known = spearman_to_reference(np.stack(benign), reference)
     estimate = np.argsort(np.argsort(np.stack(benign).sum(axis=0), kind="stable"), kind="stable")
     aim = estimated_threshold(known, mads=3.0)
@@ -80,8 +97,45 @@ def test_an_omniscient_adaptive_reversal_passes_the_filter() -> None:
 
     outcome = filtered_vote(updates, {"l": reference}, mads=3.0)
 
-    assert outcome.kept[-2:].all()  # it stays just above the threshold ...
-    assert rho(attack, reference) < known.min()  # ... below every benign reply
+    assert rho(attack, reference) >= aim  # it clears the agreement test ...
+    assert not outcome.kept[-2:].any()  # ... but points against the benign replies
+
+
+def test_an_omniscient_attacker_that_knows_both_tests_passes_but_no_longer_reverses() -> None:
+    reference, benign = benign_with_learning(6)
+    stacked = np.stack(benign)
+    estimate = np.argsort(np.argsort(stacked.sum(axis=0), kind="stable"), kind="stable")
+    attack = evade_filters(
+        reference,
+        reverse_ranking_attack(estimate),
+        estimate,
+        stacked,
+        min_agreement=estimated_threshold(spearman_to_reference(stacked, reference), mads=3.0),
+        min_direction=DIRECTION_MARGIN,
+    )
+    updates = [{"l": r} for r in [*benign, attack, attack]]
+
+    outcome = filtered_vote(updates, {"l": reference}, mads=3.0)
+
+    assert np.array_equal(np.sort(attack), np.arange(500))
+    assert outcome.kept[-2:].all()
+    assert direction_agreement(np.stack([*benign, attack]), reference)[-1] > 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 120), seed=st.integers(0, 2**16), aim=st.floats(-1.0, 1.0))
+def test_evading_both_tests_gives_a_permutation_that_clears_the_agreement_aim(
+    n: int, seed: int, aim: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    reference, target = rng.permutation(n), rng.permutation(n)
+    known = np.stack([rng.permutation(n) for _ in range(3)])
+    estimate = np.argsort(np.argsort(known.sum(axis=0), kind="stable"), kind="stable")
+
+    attack = evade_filters(reference, target, estimate, known, min_agreement=aim, min_direction=0.0)
+
+    assert np.array_equal(np.sort(attack), np.arange(n))
+    assert rho(attack, reference) >= aim or np.array_equal(attack, reference)
 
 
 def test_bad_inputs_are_refused() -> None:

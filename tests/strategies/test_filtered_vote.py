@@ -11,6 +11,7 @@ from scipy.stats import spearmanr
 
 from fedrank.strategies.filtered_vote import (
     agreement_z_scores,
+    direction_agreement,
     filtered_vote,
     keep_agreeing,
     spearman_to_reference,
@@ -31,13 +32,15 @@ def ranks_of(scores: npt.NDArray[np.float64]) -> IntArray:
 
 
 def benign_round(
-    seed: int, *, n: int = 400, clients: int = 10, noise: float = 0.15
+    seed: int, *, n: int = 400, clients: int = 10, noise: float = 0.15, signal: float = 0.1
 ) -> tuple[IntArray, list[IntArray]]:
-    """A reference ranking and clients that each perturb it a little (as local training does)."""
+    """A reference ranking and clients that each move it a little (as local training does):
+    a shared direction of learning plus each client's own noise."""
     rng = np.random.default_rng(seed)
     reference = rng.permutation(n).astype(np.int64)
+    learning = rng.normal(0.0, signal * n, size=n)
     clients_rankings = [
-        ranks_of(reference + rng.normal(0.0, noise * n, size=n)) for _ in range(clients)
+        ranks_of(reference + learning + rng.normal(0.0, noise * n, size=n)) for _ in range(clients)
     ]
     return reference, clients_rankings
 
@@ -161,13 +164,57 @@ def test_an_attack_on_one_small_layer_is_not_diluted_by_the_large_one() -> None:
     assert not outcome.kept[-1]
 
 
-def test_every_kept_reply_clears_the_threshold_in_every_layer() -> None:
+def test_every_kept_reply_clears_the_threshold_and_points_with_the_others() -> None:
     reference, benign = benign_round(7, clients=12, noise=0.3)
+    consensus = vote_layers([{"l": b} for b in benign])["l"]
+    benign.append(ranks_of(reference - (consensus - reference)))  # agrees, but moved backwards
     outcome = filtered_vote([{"l": b} for b in benign], {"l": reference}, mads=2.0)
-    rho = outcome.agreement["l"]
+
+    aligned = direction_agreement(np.stack(benign), reference) > 0
+    rho = outcome.agreement["l"][aligned]
     median = np.median(rho)
     tau = median - 2.0 * 1.482602218505602 * np.median(np.abs(rho - median))
-    np.testing.assert_array_equal(outcome.kept, rho >= tau)
+
+    assert aligned.sum() == len(benign) - 1
+    assert not aligned[-1]
+    np.testing.assert_array_equal(outcome.kept[aligned], rho >= tau)
+    assert not outcome.kept[-1]
+
+
+# ---------------------------------------------------------------- direction
+
+
+def test_direction_agreement_is_the_median_cosine_with_the_other_replies() -> None:
+    reference = np.arange(6)
+    replies = np.stack([[1, 0, 2, 3, 4, 5], [1, 0, 2, 3, 5, 4], [0, 1, 2, 3, 5, 4]])
+    d = (replies - reference).astype(np.float64)
+    unit = d / np.linalg.norm(d, axis=1, keepdims=True)
+    cos = unit @ unit.T
+
+    agreement = direction_agreement(replies, reference)
+
+    half = 0.5 * math.sqrt(0.5)  # by hand: cos 0-1 = cos 1-2 = sqrt(1/2), cos 0-2 = 0
+    np.testing.assert_allclose([cos[0, 1], cos[1, 2], cos[0, 2]], [2 * half, 2 * half, 0.0])
+    np.testing.assert_allclose(agreement, [half, 2 * half, half])
+
+
+def test_a_cluster_of_identical_reversals_still_points_against_the_round() -> None:
+    reference, benign = benign_round(3, clients=6)
+    estimate = vote_layers([{"l": b} for b in benign[:2]])["l"]
+    reversal = ranks_of(reference - 3.0 * (estimate - reference))  # g minus an amplified update
+    replies = np.stack([*benign, reversal, reversal, reversal, reversal])
+
+    agreement = direction_agreement(replies, reference)
+
+    assert (agreement[:6] > 0).all()
+    assert (agreement[6:] < 0).all()
+
+
+def test_a_reply_that_did_not_move_points_nowhere_and_a_lone_reply_agrees() -> None:
+    reference, benign = benign_round(4, clients=3)
+    agreement = direction_agreement(np.stack([reference, *benign]), reference)
+    assert agreement[0] == 0.0
+    assert direction_agreement(np.stack(benign[:1]), reference).tolist() == [1.0]
 
 
 def test_mismatched_layers_are_refused() -> None:
