@@ -19,6 +19,15 @@ estimate (bisection). Two targets:
 - the mask-boundary attack (:func:`fedrank.client.attacks.mask_boundary_attack`):
   edges around the top-k boundary pushed towards the wrong side.
 
+The vote also sets aside a reply whose displacement ``r - g`` points against the
+other replies' (median cosine at most 0). Against that test the attacker bends its
+target towards its benign estimate until the reply points with the benign replies
+it knows (:func:`evade_filters`), then applies the line search above. The reversal
+alone, which was the strongest attack on the agreement test (MLP, 20% attackers:
+-3.3 points), has nothing left that passes: what passes is its benign estimate.
+The same reversal that ignores the direction test is still an attack one can run
+(:func:`evade_agreement_filter` alone); the direction test drops it.
+
 This follows the adaptive-attack methodology of Shejwalkar & Houmansadr (NDSS 2021,
 "Manipulating the Byzantine"): maximise the deviation subject to staying inside what
 the defence accepts, here solved on the defence's own statistic.

@@ -165,17 +165,17 @@ def test_an_attack_on_one_small_layer_is_not_diluted_by_the_large_one() -> None:
 
 
 def test_every_kept_reply_clears_the_threshold_and_points_with_the_others() -> None:
-    reference, benign = benign_round(7, clients=12, noise=0.3)
-    consensus = vote_layers([{"l": b} for b in benign])["l"]
-    benign.append(ranks_of(reference - (consensus - reference)))  # agrees, but moved backwards
-    outcome = filtered_vote([{"l": b} for b in benign], {"l": reference}, mads=2.0)
+    reference, replies = benign_round(7, clients=12, noise=0.3)
+    consensus = vote_layers([{"l": b} for b in replies])["l"]
+    replies.append(ranks_of(reference - (consensus - reference)))  # agrees, but moved backwards
+    outcome = filtered_vote([{"l": r} for r in replies], {"l": reference}, mads=2.0)
 
-    aligned = direction_agreement(np.stack(benign), reference) > 0
+    aligned = direction_agreement(np.stack(replies), reference) > 0
     rho = outcome.agreement["l"][aligned]
     median = np.median(rho)
     tau = median - 2.0 * 1.482602218505602 * np.median(np.abs(rho - median))
 
-    assert aligned.sum() == len(benign) - 1
+    assert aligned.sum() == len(replies) - 1
     assert not aligned[-1]
     np.testing.assert_array_equal(outcome.kept[aligned], rho >= tau)
     assert not outcome.kept[-1]
