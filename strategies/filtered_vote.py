@@ -308,7 +308,9 @@ def filtered_vote(
         candidates = np.arange(len(updates))
     direction = np.stack(
         [
-            direction_agreement(np.stack([updates[i][name] for i in candidates]), reference[name])
+            direction_agreement(
+                np.stack([updates[i][name] for i in candidates.tolist()]), reference[name]
+            )
             for name in names
         ]
     )
