@@ -1,4 +1,5 @@
-"""SIGKILL a whole ``fedrank simulate`` mid-run, resume it, get the uninterrupted result."""
+"""SIGKILL a whole ``fedrank simulate`` mid-run (FRL, DP-LoRA), resume it, get the
+uninterrupted result."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from typing import IO, Any
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from fedrank.config import Scenario
+from fedrank.privacy.report import LEDGER_FILES, privacy_summary
 from fedrank.server.checkpoint import list_checkpoints
+from fedrank.server.lora import ADAPTER_DIR
 from fedrank.simulations.inprocess import run_in_process
 from tests.integration.processes import kill_session, session_members
 
@@ -150,3 +154,64 @@ def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_r
     summary = json.loads((results / "summary.json").read_text())
     assert summary["resumed_after_round"] == newest_round - 1
     assert summary["final_accuracy"] == reference_rows[-1]["accuracy"]
+
+
+LORA_FLAGS = [
+    "--strategy", "lora", "--dataset", "rotten-tomatoes", "--model", "tiny-bert",
+    "--num-clients", "3", "--clients-per-round", "2", "--rounds", "4", "--local-epochs", "1",
+    "--partitioner", "iid", "--batch-size", "16", "--lr", "0.01", "--max-length", "16",
+    "--train-records", "48", "--test-records", "32", "--seed", "5", "--dp", "client",
+    "--dp-client-noise-multiplier", "1.0", "--dp-client-clip-norm", "10.0", "--quiet",
+]  # fmt: skip
+
+
+def client_epsilon(results: Path) -> tuple[float, int]:
+    """Epsilon and release count of the server's client-level ledger, read from the file."""
+    totals = privacy_summary(results)["client"]
+    return float(totals["max_epsilon"]), int(totals["releases"])
+
+
+def test_sigkill_then_resume_of_a_dp_lora_run_equals_an_uninterrupted_run(
+    launch: Launch, tmp_path: Path
+) -> None:
+    # Arrange: a client-level DP-LoRA run is killed (with all of Ray) after round 2.
+    results, reference = tmp_path / "run", tmp_path / "reference"
+    with (tmp_path / "first.log").open("wb") as log:
+        first = launch([*LORA_FLAGS, "--results-dir", str(results)], log)
+        wait_for_checkpoint(results / "checkpoints", first, at_least=2)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    kill_session(first.pid)
+    assert session_members(first.pid) == []
+    assert not (results / "summary.json").exists(), "killed too late: the run had finished"
+    killed_at = max(r for r, _ in list_checkpoints(results / "checkpoints"))
+    epsilon_before, releases_before = client_epsilon(results)
+
+    # Act
+    with (tmp_path / "second.log").open("wb") as log:
+        second = launch(["--resume", str(results), "--quiet"], log)
+        status = second.wait(timeout=400)
+    output = (tmp_path / "second.log").read_text(errors="replace")
+    with (tmp_path / "reference.log").open("wb") as log:
+        uninterrupted = launch([*LORA_FLAGS, "--results-dir", str(reference)], log)
+        reference_status = uninterrupted.wait(timeout=400)
+
+    # Assert
+    assert status == 0, output
+    assert reference_status == 0, (tmp_path / "reference.log").read_text(errors="replace")
+    assert f"resuming {results} after round {killed_at}" in output
+    resumed = load_file(str(results / ADAPTER_DIR / "adapter_model.safetensors"))
+    expected = load_file(str(reference / ADAPTER_DIR / "adapter_model.safetensors"))
+    assert sorted(resumed) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(resumed[name], value)
+    epsilon_after, releases_after = client_epsilon(results)
+    assert releases_before >= killed_at
+    assert epsilon_after >= epsilon_before
+    assert (epsilon_after, releases_after) == client_epsilon(reference)
+    # Same releases, same noise: the round the kill interrupted is counted once.
+    ledger = LEDGER_FILES["client"]
+    assert (results / ledger).read_text() == (reference / ledger).read_text()
+    assert [r["accuracy"] for r in rows_of(results)] == [r["accuracy"] for r in rows_of(reference)]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["resumed_after_round"] == killed_at
