@@ -124,6 +124,7 @@ def make_lora_strategy(
             seed=scenario.seed,
             sampling=scenario.dp_client_sampling,
             total_clients=scenario.num_clients,
+            partitions=partitions,
         )
     if scenario.dp in ("sample", "both"):
         strategy = SampleLevelDpAudit(

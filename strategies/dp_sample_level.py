@@ -23,6 +23,7 @@ from fedrank.privacy.accountant import history_to_array
 from fedrank.privacy.ledger import PrivacyLedger, Release
 from fedrank.protos import PrivacyReportData, decode_privacy_report
 from fedrank.strategies.records import to_array_record
+from fedrank.strategies.sampling import in_partition_order
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class SampleLevelDpAudit(Strategy):
     ) -> None:
         self.strategy = strategy
         self.ledger = ledger
+        self.partitions = dict(partitions)
         self.party_by_node = {node: party_of(pid) for pid, node in partitions.items()}
         self.clip_norm = clip_norm
         self.noise_multiplier = noise_multiplier
@@ -219,7 +221,8 @@ class SampleLevelDpAudit(Strategy):
         accepted: list[Message] = []
         rejected: Counter[str] = Counter()
         mismatch = 0
-        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
+        # Partition order: the ledger's lines come in the same order in every run.
+        for reply in in_partition_order(replies, self.partitions):
             if reply.has_error():
                 accepted.append(reply)  # the inner strategy counts failures
                 continue

@@ -156,25 +156,33 @@ def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_r
     assert summary["final_accuracy"] == reference_rows[-1]["accuracy"]
 
 
+# Both DP levels: the server's client-level ledger, and each client's DP-SGD (whose
+# accountant history dies with the killed simulation and comes back from the ledger).
+# Three replies a round: their float sum must not depend on the simulation's node ids.
 LORA_FLAGS = [
     "--strategy", "lora", "--dataset", "rotten-tomatoes", "--model", "tiny-bert",
-    "--num-clients", "3", "--clients-per-round", "2", "--rounds", "4", "--local-epochs", "1",
-    "--partitioner", "iid", "--batch-size", "16", "--lr", "0.01", "--max-length", "16",
-    "--train-records", "48", "--test-records", "32", "--seed", "5", "--dp", "client",
+    "--num-clients", "4", "--clients-per-round", "3", "--rounds", "4", "--local-epochs", "1",
+    "--partitioner", "iid", "--batch-size", "8", "--physical-batch-size", "8", "--lr", "0.01",
+    "--max-length", "16", "--train-records", "48", "--test-records", "32", "--seed", "5",
+    "--dp", "both", "--dp-noise-multiplier", "1.0", "--dp-clip-norm", "1.0",
     "--dp-client-noise-multiplier", "1.0", "--dp-client-clip-norm", "10.0", "--quiet",
 ]  # fmt: skip
+DP_METRICS = ("accuracy", "loss", "dp-epsilon", "dp-record-epsilon", "dp-record-mismatch")
 
 
-def client_epsilon(results: Path) -> tuple[float, int]:
-    """Epsilon and release count of the server's client-level ledger, read from the file."""
-    totals = privacy_summary(results)["client"]
-    return float(totals["max_epsilon"]), int(totals["releases"])
+def epsilons(results: Path) -> dict[str, tuple[float, int]]:
+    """Largest epsilon and release count per privacy unit, read from the ledger files."""
+    summary = privacy_summary(results)
+    return {
+        unit: (float(summary[unit]["max_epsilon"]), int(summary[unit]["releases"]))
+        for unit in LEDGER_FILES
+    }
 
 
 def test_sigkill_then_resume_of_a_dp_lora_run_equals_an_uninterrupted_run(
     launch: Launch, tmp_path: Path
 ) -> None:
-    # Arrange: a client-level DP-LoRA run is killed (with all of Ray) after round 2.
+    # Arrange: a DP-LoRA run is killed (with all of Ray) after round 2.
     results, reference = tmp_path / "run", tmp_path / "reference"
     with (tmp_path / "first.log").open("wb") as log:
         first = launch([*LORA_FLAGS, "--results-dir", str(results)], log)
@@ -185,7 +193,7 @@ def test_sigkill_then_resume_of_a_dp_lora_run_equals_an_uninterrupted_run(
     assert session_members(first.pid) == []
     assert not (results / "summary.json").exists(), "killed too late: the run had finished"
     killed_at = max(r for r, _ in list_checkpoints(results / "checkpoints"))
-    epsilon_before, releases_before = client_epsilon(results)
+    before = epsilons(results)
 
     # Act
     with (tmp_path / "second.log").open("wb") as log:
@@ -205,13 +213,20 @@ def test_sigkill_then_resume_of_a_dp_lora_run_equals_an_uninterrupted_run(
     assert sorted(resumed) == sorted(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(resumed[name], value)
-    epsilon_after, releases_after = client_epsilon(results)
-    assert releases_before >= killed_at
-    assert epsilon_after >= epsilon_before
-    assert (epsilon_after, releases_after) == client_epsilon(reference)
+    after = epsilons(results)
+    for unit, (epsilon, releases) in before.items():
+        assert releases >= killed_at
+        assert after[unit][0] >= epsilon
+    assert after == epsilons(reference)
     # Same releases, same noise: the round the kill interrupted is counted once.
-    ledger = LEDGER_FILES["client"]
-    assert (results / ledger).read_text() == (reference / ledger).read_text()
-    assert [r["accuracy"] for r in rows_of(results)] == [r["accuracy"] for r in rows_of(reference)]
+    for ledger in LEDGER_FILES.values():
+        assert (results / ledger).read_text() == (reference / ledger).read_text()
+    # Every client's reported epsilon agrees with the ledger's (mismatch 0) after the
+    # resume too: no client restarted its accountant from zero.
+    rows, reference_rows = rows_of(results), rows_of(reference)
+    assert [[r.get(k) for k in DP_METRICS] for r in rows] == [
+        [r.get(k) for k in DP_METRICS] for r in reference_rows
+    ]
+    assert all(r["dp-record-mismatch"] == 0 for r in rows[1:])
     summary = json.loads((results / "summary.json").read_text())
     assert summary["resumed_after_round"] == killed_at
