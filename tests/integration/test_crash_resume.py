@@ -22,6 +22,7 @@ from fedrank.privacy.report import LEDGER_FILES, privacy_summary
 from fedrank.server.checkpoint import list_checkpoints
 from fedrank.server.lora import ADAPTER_DIR
 from fedrank.simulations.inprocess import run_in_process
+from fedrank.simulations.run import simulate
 from tests.integration.processes import kill_session, session_members
 
 pytestmark = pytest.mark.integration
@@ -159,6 +160,28 @@ def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_r
 # Both DP levels: the server's client-level ledger, and each client's DP-SGD (whose
 # accountant history dies with the killed simulation and comes back from the ledger).
 # Three replies a round: their float sum must not depend on the simulation's node ids.
+LORA_SCENARIO = Scenario(
+    strategy="lora",
+    dataset="rotten-tomatoes",
+    model="tiny-bert",
+    num_clients=4,
+    clients_per_round=3,
+    rounds=4,
+    local_epochs=1,
+    partitioner="iid",
+    batch_size=8,
+    physical_batch_size=8,
+    lr=0.01,
+    max_length=16,
+    train_records=48,
+    test_records=32,
+    seed=5,
+    dp="both",
+    dp_noise_multiplier=1.0,
+    dp_clip_norm=1.0,
+    dp_client_noise_multiplier=1.0,
+    dp_client_clip_norm=10.0,
+)
 LORA_FLAGS = [
     "--strategy", "lora", "--dataset", "rotten-tomatoes", "--model", "tiny-bert",
     "--num-clients", "4", "--clients-per-round", "3", "--rounds", "4", "--local-epochs", "1",
@@ -194,19 +217,19 @@ def test_sigkill_then_resume_of_a_dp_lora_run_equals_an_uninterrupted_run(
     assert not (results / "summary.json").exists(), "killed too late: the run had finished"
     killed_at = max(r for r, _ in list_checkpoints(results / "checkpoints"))
     before = epsilons(results)
+    # The flags are LORA_SCENARIO's (what the uninterrupted reference below runs).
+    written = json.loads((results / "scenario.json").read_text())
+    assert written == LORA_SCENARIO.replace(results_dir=str(results)).to_run_config()
 
     # Act
     with (tmp_path / "second.log").open("wb") as log:
         second = launch(["--resume", str(results), "--quiet"], log)
         status = second.wait(timeout=400)
     output = (tmp_path / "second.log").read_text(errors="replace")
-    with (tmp_path / "reference.log").open("wb") as log:
-        uninterrupted = launch([*LORA_FLAGS, "--results-dir", str(reference)], log)
-        reference_status = uninterrupted.wait(timeout=400)
+    simulate(LORA_SCENARIO.replace(results_dir=str(reference)))  # the same run, uninterrupted
 
     # Assert
     assert status == 0, output
-    assert reference_status == 0, (tmp_path / "reference.log").read_text(errors="replace")
     assert f"resuming {results} after round {killed_at}" in output
     resumed = load_file(str(results / ADAPTER_DIR / "adapter_model.safetensors"))
     expected = load_file(str(reference / ADAPTER_DIR / "adapter_model.safetensors"))
