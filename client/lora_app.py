@@ -7,7 +7,10 @@ Reply content: ``"arrays"`` (the trained tensors, in the order the server sent t
 
 The client's privacy accountant lives in its Flower ``context.state`` (an ArrayRecord
 under :data:`ACCOUNTANT_KEY`), which Flower keeps for the node across rounds: the
-epsilon a client reports is cumulative over every round it trained in.
+epsilon a client reports is cumulative over every round it trained in. That state
+dies with a killed simulation; the server sends each client the history its ledger
+recorded for it, and the client starts from the longer of the two
+(:func:`starting_history`), so a resumed run never restarts a client's epsilon at zero.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ from flwr.app.typing import MetricRecordValues
 from fedrank.client.lora_trainer import (
     AccountantHistory,
     DpSgdConfig,
-    history_from_array,
-    history_to_array,
     steps_per_epoch,
     train_lora,
 )
 from fedrank.config import Scenario
 from fedrank.lora_task import client_text, lora_spec, round_seed
 from fedrank.models.lora import build_lora_model, set_adapter_tensors
-from fedrank.privacy.accountant import noise_multiplier_for_epsilon
+from fedrank.privacy.accountant import (
+    history_from_array,
+    history_to_array,
+    noise_multiplier_for_epsilon,
+)
 from fedrank.protos import PrivacyReportData, encode_privacy_report
+from fedrank.strategies.dp_sample_level import HISTORY_ARRAY as RECORDED_ARRAY
+from fedrank.strategies.dp_sample_level import HISTORY_RECORD
 from fedrank.strategies.records import from_array_record, to_array_record
 
 ACCOUNTANT_KEY = "dp-accountant"
@@ -89,6 +96,26 @@ def load_history(context: Context) -> AccountantHistory:
     return history_from_array(context.state.array_records[ACCOUNTANT_KEY][HISTORY_ARRAY].numpy())
 
 
+def recorded_history(msg: Message) -> AccountantHistory:
+    """The history the server's ledger holds for this client (empty if none was sent)."""
+    record = msg.content.array_records.get(HISTORY_RECORD)
+    if record is None or RECORDED_ARRAY not in record:
+        return ()
+    return history_from_array(record[RECORDED_ARRAY].numpy())
+
+
+def starting_history(own: AccountantHistory, recorded: AccountantHistory) -> AccountantHistory:
+    """The history to account from: the one with more steps (``own`` on a tie).
+
+    ``own`` is lost when the simulation is killed; ``recorded`` lacks a round whose
+    reply the server never received. Starting from the longer never undercounts what
+    either side knows; in an uninterrupted run the two are equal.
+    """
+    if sum(t for _, _, t in recorded) > sum(t for _, _, t in own):
+        return recorded
+    return own
+
+
 def save_history(context: Context, history: AccountantHistory) -> None:
     """Keep ``history`` in the node's state for the next round."""
     context.state.array_records[ACCOUNTANT_KEY] = to_array_record(
@@ -113,7 +140,7 @@ def lora_train(
         head_lr=scenario.lora_head_lr or None,
         seed=round_seed(scenario, server_round, partition_id),
         dp=sample_dp_config(scenario, len(data)),
-        accountant_state=load_history(context),
+        accountant_state=starting_history(load_history(context), recorded_history(msg)),
     )
     metrics: dict[str, MetricRecordValues] = {
         "num-examples": len(data),

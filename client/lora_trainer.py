@@ -147,16 +147,6 @@ def noise_multiplier_for_budget(
     )
 
 
-def history_to_array(history: AccountantHistory) -> np.ndarray:
-    """History as a ``(k, 3)`` float64 array (for a Flower ``ArrayRecord``); exact."""
-    return np.asarray(history, dtype=np.float64).reshape(-1, 3)
-
-
-def history_from_array(array: np.ndarray) -> AccountantHistory:
-    """Inverse of :func:`history_to_array`."""
-    return tuple((float(s), float(q), round(t)) for s, q, t in np.asarray(array).reshape(-1, 3))
-
-
 def _param_groups(model: Any, lr: float, head_lr: float | None) -> list[dict[str, Any]]:
     """The trained tensors in one group at ``lr``, or the head apart at ``head_lr``."""
     adapter: list[torch.nn.Parameter] = []

@@ -92,9 +92,7 @@ def run_server(
     if scenario.strategy == "lora":
         from fedrank.server.lora import run_lora_server  # PEFT + transformers: LoRA runs only
 
-        if resume_from is not None:
-            raise ConfigError("resume", "LoRA runs cannot be resumed yet; start the run again")
-        return run_lora_server(grid, scenario, on_round=on_round)
+        return run_lora_server(grid, scenario, on_round=on_round, resume_from=resume_from)
     started = time.perf_counter()
     results = ResultsWriter(scenario.results_dir, append=resume_from is not None)
     # Discovery starts every client's actor; a short round timeout (set to cut hung

@@ -36,8 +36,10 @@ from fedrank.lora_task import (
 from fedrank.models.export import export_adapter
 from fedrank.privacy.ledger import PrivacyLedger, Unit
 from fedrank.privacy.report import LEDGER_FILES, SETTINGS_FILE, privacy_summary
+from fedrank.server.checkpoint import CheckpointState
 from fedrank.server.loop import RoundCallback, run_rounds
 from fedrank.server.results import ResultsWriter
+from fedrank.server.resume import RunCheckpointer
 from fedrank.strategies.dp_client_level import ClientLevelDp
 from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
 from fedrank.strategies.lora import LoraAggregation
@@ -83,17 +85,27 @@ def fresh_ledger(directory: Path, unit: Unit, scenario: Scenario) -> PrivacyLedg
     if path.exists():
         log.warning("removing the earlier run's privacy ledger %s", path)
         path.unlink()
+    return reopened_ledger(directory, unit, scenario)
+
+
+def reopened_ledger(directory: Path, unit: Unit, scenario: Scenario) -> PrivacyLedger:
+    """The ledger for ``unit`` in ``directory`` with every release it holds (a resumed
+    run's: never deleted; the checkpointer checks it against the checkpoint)."""
     budget = scenario.dp_target_epsilon if unit == "record" else scenario.dp_client_target_epsilon
     return PrivacyLedger(
-        path,
+        directory / LEDGER_FILES[unit],
         budget_epsilon=budget or None,
         delta=scenario.dp_delta,
         accountant=scenario.dp_accountant,
     )
 
 
-def make_lora_strategy(scenario: Scenario, partitions: dict[int, int], directory: Path) -> Strategy:
-    """The scenario's LoRA strategy with its DP wrappers; ledgers start in ``directory``."""
+def make_lora_strategy(
+    scenario: Scenario, partitions: dict[int, int], directory: Path, *, resumed: bool = False
+) -> Strategy:
+    """The scenario's LoRA strategy with its DP wrappers; ledgers start in ``directory``
+    (empty, or as they are when the run is ``resumed``)."""
+    ledger = reopened_ledger if resumed else fresh_ledger
     strategy: Strategy = LoraAggregation(
         partitions=partitions,
         clients_per_round=scenario.clients_per_round,
@@ -105,18 +117,19 @@ def make_lora_strategy(scenario: Scenario, partitions: dict[int, int], directory
     if scenario.dp in ("client", "both"):
         strategy = ClientLevelDp(
             strategy,
-            ledger=fresh_ledger(directory, "client", scenario),
+            ledger=ledger(directory, "client", scenario),
             clip_norm=scenario.dp_client_clip_norm,
             noise_multiplier=client_noise_multiplier(scenario),
             expected_clients=scenario.clients_per_round,
             seed=scenario.seed,
             sampling=scenario.dp_client_sampling,
             total_clients=scenario.num_clients,
+            partitions=partitions,
         )
     if scenario.dp in ("sample", "both"):
         strategy = SampleLevelDpAudit(
             strategy,
-            ledger=fresh_ledger(directory, "record", scenario),
+            ledger=ledger(directory, "record", scenario),
             partitions=partitions,
             clip_norm=scenario.dp_clip_norm,
             noise_multiplier=scenario.dp_noise_multiplier or None,
@@ -125,11 +138,23 @@ def make_lora_strategy(scenario: Scenario, partitions: dict[int, int], directory
 
 
 def run_lora_server(
-    grid: Grid, scenario: Scenario, *, on_round: RoundCallback | None = None
+    grid: Grid,
+    scenario: Scenario,
+    *,
+    on_round: RoundCallback | None = None,
+    resume_from: CheckpointState | None = None,
 ) -> dict[str, Any]:
-    """Run the LoRA federation described by ``scenario``; return its summary."""
+    """Run the LoRA federation described by ``scenario``; return its summary.
+
+    Every round is checkpointed (:class:`fedrank.server.resume.RunCheckpointer`: the
+    global adapter, the round, RNG and strategy state, the ledgers' positions). With
+    ``resume_from`` the run continues after that checkpoint's round, its ledgers
+    reopened as they are; client sampling and noise are seeded by (seed, round) and
+    local training by (seed, round, partition), so the result is the uninterrupted
+    run's.
+    """
     started = time.perf_counter()
-    results = ResultsWriter(scenario.results_dir)
+    results = ResultsWriter(scenario.results_dir, append=resume_from is not None)
     directory = results.directory
     partitions = discover_partitions(
         grid, expected=scenario.num_clients, timeout=scenario.round_timeout
@@ -138,9 +163,15 @@ def run_lora_server(
     (directory / SETTINGS_FILE).write_text(
         json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    strategy = make_lora_strategy(scenario, partitions, directory)
+    strategy = make_lora_strategy(scenario, partitions, directory, resumed=resume_from is not None)
     strategy.summary()
-    latest = {"arrays": to_array_record(initial_adapter(scenario))}
+    checkpoints = RunCheckpointer(scenario, strategy)
+    arrays, start_round = checkpoints.start(
+        lambda: to_array_record(initial_adapter(scenario)),
+        results=results,
+        resume_from=resume_from,
+    )
+    latest = {"arrays": arrays}
 
     def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
         latest["arrays"] = arrays  # every released global adapter is evaluated
@@ -157,7 +188,10 @@ def run_lora_server(
             evaluate=evaluate,
             results=results,
             timeout=scenario.round_timeout,
+            start_round=start_round,
             on_round=on_round,
+            after_round=checkpoints.save,
+            partition_of={node: pid for pid, node in partitions.items()},
         )
     except PrivacyBudgetExhausted as err:
         stopped = f"privacy budget: {err}"
@@ -178,6 +212,7 @@ def run_lora_server(
         "skipped_rounds": sum(1 for r in rows if r.get("skipped")),
         "rejected_replies": sum(int(r.get("rejected", 0)) for r in rows),
         "seconds": time.perf_counter() - started,
+        "resumed_after_round": None if resume_from is None else resume_from.round,
         "model": {"base": scenario.model, "adapter": ADAPTER_DIR, **lora_spec_summary(scenario)},
         "privacy": _privacy_totals(directory) if scenario.dp != "none" else None,
     }

@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from fedrank.errors import ConfigError, InvalidUpdate
 from fedrank.privacy.ledger import PrivacyLedger, Release
 from fedrank.privacy.mechanisms import client_level_dp_aggregate, l2_norm
+from fedrank.strategies.sampling import in_partition_order, partition_order
 
 Sampling = Literal["fixed", "poisson"]
 
@@ -119,6 +120,10 @@ class ClientLevelDp(Strategy):
         N, required for ``"poisson"`` (q = m / N).
     arrayrecord_key : str
         Name of the ArrayRecord in replies.
+    partitions : Mapping[int, int] | None
+        Partition id -> node id. Updates are summed in partition order (node ids are
+        drawn anew by each simulation, so a resumed run sums in the same order as an
+        uninterrupted one); without it, in node id order.
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class ClientLevelDp(Strategy):
         sampling: Sampling = "fixed",
         total_clients: int | None = None,
         arrayrecord_key: str = "arrays",
+        partitions: Mapping[int, int] | None = None,
     ) -> None:
         if not (math.isfinite(clip_norm) and clip_norm > 0):
             raise ConfigError("clip_norm", f"must be a finite number > 0, got {clip_norm!r}")
@@ -163,6 +169,7 @@ class ClientLevelDp(Strategy):
         self.sampling: Sampling = sampling
         self.total_clients = total_clients
         self.arrayrecord_key = arrayrecord_key
+        self.partitions = dict(partitions or {})
         # Global arrays sent out per configured round: updates are taken against them.
         self._pending: dict[int, dict[str, npt.NDArray[np.floating]]] = {}
 
@@ -258,7 +265,8 @@ class ClientLevelDp(Strategy):
                 "to every node",
             )
         rng = np.random.default_rng([self.seed, server_round, _SAMPLING_STREAM])
-        nodes = sorted(grid.get_node_ids())
+        # One draw per node in partition order: the same partitions in every run.
+        nodes = partition_order(grid.get_node_ids(), self.partitions)
         draws = rng.random(len(nodes))
         chosen = [node for node, u in zip(nodes, draws, strict=True) if u < self.sample_rate]
         _log.info(
@@ -324,13 +332,13 @@ class ClientLevelDp(Strategy):
         replies: Iterable[Message],
         reference: Mapping[str, npt.NDArray[np.floating]],
     ) -> tuple[list[dict[str, npt.NDArray[np.float64]]], int, int]:
-        """Valid updates (sorted by sender), and counts of rejected and failed replies."""
+        """Valid updates (in partition order), and counts of rejected and failed replies."""
         updates: list[dict[str, npt.NDArray[np.float64]]] = []
         rejected = 0
         failed = 0
-        # Sorted by sender so the float sum, hence the result, does not depend on the
-        # order in which replies arrived.
-        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
+        # A fixed order so the float sum, hence the result, does not depend on the
+        # order in which replies arrived, nor on the node ids of this simulation.
+        for reply in in_partition_order(replies, self.partitions):
             if reply.has_error():
                 failed += 1
                 continue

@@ -11,20 +11,27 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.errors import InvalidUpdate, PrivacyBudgetExhausted
+from fedrank.privacy.accountant import history_to_array
 from fedrank.privacy.ledger import PrivacyLedger, Release
 from fedrank.protos import PrivacyReportData, decode_privacy_report
+from fedrank.strategies.records import to_array_record
+from fedrank.strategies.sampling import in_partition_order
 
 log = logging.getLogger(__name__)
 
 PRIVACY_RECORD = "privacy"
 REPORT_KEY = "report"
+HISTORY_RECORD = "privacy-history"
+"""ArrayRecord of a train message: the client's accountant history as the ledger holds it."""
+HISTORY_ARRAY = "history"
 # A client's epsilon and the ledger's come from the same accountant code and history;
 # only a lost reply (the client counted a round the server never saw) separates them.
 _AGREEMENT = 1e-9
@@ -112,6 +119,11 @@ class SampleLevelDpAudit(Strategy):
     recorded; a client that reports more (it trained in a round whose reply was lost)
     is believed, and the disagreement is counted (``dp-record-mismatch``).
 
+    Every train message carries the party's recorded history (:data:`HISTORY_RECORD`,
+    releases of earlier rounds). A client whose own accountant history was lost (a
+    killed simulation, resumed) starts from it instead of from zero; one whose own
+    history is longer keeps its own (:func:`fedrank.client.lora_app.starting_history`).
+
     Parameters
     ----------
     strategy : Strategy
@@ -138,6 +150,7 @@ class SampleLevelDpAudit(Strategy):
     ) -> None:
         self.strategy = strategy
         self.ledger = ledger
+        self.partitions = dict(partitions)
         self.party_by_node = {node: party_of(pid) for pid, node in partitions.items()}
         self.clip_norm = clip_norm
         self.noise_multiplier = noise_multiplier
@@ -157,11 +170,49 @@ class SampleLevelDpAudit(Strategy):
         )
         self.strategy.summary()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Epsilon per party as published (with the inner strategy's state, if any)."""
+        state: dict[str, Any] = {"epsilons": dict(sorted(self.epsilons.items()))}
+        inner = getattr(self.strategy, "state_dict", None)
+        if callable(inner):
+            state["inner"] = inner()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.epsilons = {str(p): float(e) for p, e in state["epsilons"].items()}
+        inner = getattr(self.strategy, "load_state_dict", None)
+        if "inner" in state and callable(inner):
+            inner(state["inner"])
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate to the inner strategy (with a copy of the config)."""
-        return self.strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
+        """The inner strategy's messages, each with its party's recorded history."""
+        messages = self.strategy.configure_train(
+            server_round, arrays, ConfigRecord(dict(config)), grid
+        )
+        return [self._with_history(server_round, m) for m in messages]
+
+    def _with_history(self, server_round: int, message: Message) -> Message:
+        party = self.party_by_node.get(message.metadata.dst_node_id)
+        if party is None:
+            return message
+        history = self.ledger.history(unit="record", party=party, before_round=server_round)
+        if not history:
+            return message
+        # A new RecordDict: the inner strategy's content is shared by every message.
+        content = RecordDict(
+            {
+                **message.content,
+                HISTORY_RECORD: to_array_record({HISTORY_ARRAY: history_to_array(history)}),
+            }
+        )
+        return Message(
+            content=content,
+            message_type=message.metadata.message_type,
+            dst_node_id=message.metadata.dst_node_id,
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -170,7 +221,8 @@ class SampleLevelDpAudit(Strategy):
         accepted: list[Message] = []
         rejected: Counter[str] = Counter()
         mismatch = 0
-        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
+        # Partition order: the ledger's lines come in the same order in every run.
+        for reply in in_partition_order(replies, self.partitions):
             if reply.has_error():
                 accepted.append(reply)  # the inner strategy counts failures
                 continue

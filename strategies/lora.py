@@ -29,7 +29,7 @@ from fedrank.strategies.records import (
     to_array_record,
     validated_replies,
 )
-from fedrank.strategies.sampling import train_messages
+from fedrank.strategies.sampling import in_partition_order, train_messages
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class LoraAggregation(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate the replies, aggregate the valid ones (sorted by sender)."""
+        """Validate the replies, aggregate the valid ones (in partition order)."""
         layout = self._layouts.pop(server_round, None)
         if layout is None:
             return None, None
@@ -175,7 +175,7 @@ class LoraAggregation(Strategy):
             loss = reply.content.metric_records["metrics"].get("train-loss")
             return update, reply_weight(reply), loss
 
-        ordered = sorted(replies, key=lambda m: m.metadata.src_node_id)
+        ordered = in_partition_order(replies, self.partitions)
         valid, rejected = validated_replies(server_round, ordered, decode)
         updates = [update for update, _, _ in valid]
         weights = [weight for _, weight, _ in valid]

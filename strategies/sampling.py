@@ -10,7 +10,7 @@ round): the same seed trains the same clients in the same rounds.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -87,3 +87,28 @@ def train_messages(
         Message(content=record, message_type=MessageType.TRAIN, dst_node_id=partitions[p])
         for p in chosen
     ]
+
+
+def partition_order(nodes: Iterable[int], partitions: Mapping[int, int] | None = None) -> list[int]:
+    """Node ids sorted by their partition id (by node id without ``partitions``).
+
+    Node ids are drawn anew by every simulation, partition ids are not: anything done
+    in this order (a float sum, a draw per node) is the same in a resumed run as in an
+    uninterrupted one. Nodes of no known partition come last, by node id.
+    """
+    partition_of = {node: pid for pid, node in (partitions or {}).items()}
+
+    def key(node: int) -> tuple[int, int]:
+        return (partition_of[node], 0) if node in partition_of else (len(partition_of), node)
+
+    return sorted(nodes, key=key)
+
+
+def in_partition_order(
+    replies: Iterable[Message], partitions: Mapping[int, int] | None = None
+) -> list[Message]:
+    """``replies`` sorted by their sender as :func:`partition_order` sorts nodes."""
+    by_node: dict[int, list[Message]] = {}
+    for reply in replies:
+        by_node.setdefault(reply.metadata.src_node_id, []).append(reply)
+    return [reply for node in partition_order(by_node, partitions) for reply in by_node[node]]

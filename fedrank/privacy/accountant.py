@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -58,6 +59,38 @@ class Composition(Protocol):
 
 
 HistoryEntry = Composition | tuple[float, float, int]
+
+
+def run_lengths(history: Sequence[HistoryEntry]) -> tuple[tuple[float, float, int], ...]:
+    """``history`` as an Opacus accountant keeps it: consecutive entries with the same
+    (sigma, q) merged into one (``RDPAccountant.step`` / ``PRVAccountant.step``).
+
+    Entries with no steps are dropped. A client's accountant restored from this holds
+    what it would hold after taking those steps itself.
+    """
+    merged: list[tuple[float, float, int]] = []
+    for entry in history:
+        if isinstance(entry, tuple):
+            sigma, q, steps = float(entry[0]), float(entry[1]), int(entry[2])
+        else:
+            sigma, q, steps = float(entry.noise_multiplier), float(entry.sample_rate), entry.steps
+        if steps == 0:
+            continue
+        if merged and merged[-1][:2] == (sigma, q):
+            merged[-1] = (sigma, q, merged[-1][2] + steps)
+        else:
+            merged.append((sigma, q, steps))
+    return tuple(merged)
+
+
+def history_to_array(history: Sequence[tuple[float, float, int]]) -> npt.NDArray[np.float64]:
+    """History as a ``(k, 3)`` float64 array (for a Flower ``ArrayRecord``); exact."""
+    return np.asarray(history, dtype=np.float64).reshape(-1, 3)
+
+
+def history_from_array(array: npt.ArrayLike) -> tuple[tuple[float, float, int], ...]:
+    """Inverse of :func:`history_to_array`."""
+    return tuple((float(s), float(q), round(t)) for s, q, t in np.asarray(array).reshape(-1, 3))
 
 
 def _check_delta(delta: float) -> None:

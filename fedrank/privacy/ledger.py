@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedrank.errors import CheckpointError, PrivacyBudgetExhausted
-from fedrank.privacy.accountant import ACCOUNTANTS, AccountantName, compute_epsilon
+from fedrank.privacy.accountant import ACCOUNTANTS, AccountantName, compute_epsilon, run_lengths
 
 Mechanism = Literal["dp-sgd", "client-gaussian"]
 Unit = Literal["record", "client"]
@@ -257,6 +257,17 @@ class PrivacyLedger:
             Epsilon of the composition of every matching release in the ledger.
         """
         return self._compute(self._history(unit, party))
+
+    def history(
+        self, *, unit: Unit, party: str, before_round: int
+    ) -> tuple[tuple[float, float, int], ...]:
+        """The party's releases of rounds before ``before_round`` as an accountant history.
+
+        What the party's own Opacus accountant holds after those rounds
+        (:func:`fedrank.privacy.accountant.run_lengths`): a client whose own history was
+        lost (its process was killed) is given this one back.
+        """
+        return run_lengths([r for r in self._history(unit, party) if r.round < before_round])
 
     def check(self, release: Release) -> float:
         """Epsilon that ``release``'s party would have spent after it; nothing is written.

@@ -12,13 +12,15 @@ from fedrank.client.lora_app import (
     lora_train,
     planned_steps,
     sample_noise_multiplier,
+    starting_history,
 )
 from fedrank.client.lora_trainer import steps_per_epoch
 from fedrank.config import Scenario
 from fedrank.lora_task import client_text, initial_adapter
 from fedrank.models.lora import _pristine_model
-from fedrank.privacy.accountant import compute_epsilon
+from fedrank.privacy.accountant import compute_epsilon, history_to_array
 from fedrank.protos import decode_privacy_report
+from fedrank.strategies.dp_sample_level import HISTORY_ARRAY, HISTORY_RECORD
 from fedrank.strategies.records import from_array_record, to_array_record
 
 SCENARIO = Scenario(
@@ -89,3 +91,37 @@ def test_the_noise_for_a_target_keeps_it_over_every_planned_round() -> None:
     )
 
     assert 7.9 <= spent <= 8.0
+
+
+def test_starting_history_takes_the_longer_of_the_own_and_the_recorded() -> None:
+    own = ((1.0, 0.25, 8),)
+    recorded = ((1.0, 0.25, 4),)
+
+    assert starting_history((), recorded) == recorded  # own state lost: the ledger's
+    assert starting_history(own, recorded) == own  # a reply the server never got
+    assert starting_history(recorded, recorded) == recorded
+
+
+def test_a_client_whose_state_was_lost_resumes_from_the_recorded_history() -> None:
+    # Arrange: round 1 on a node that keeps its state; its round-1 history is recorded.
+    kept = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+    first = lora_train(train_message(initial_adapter(SCENARIO)), kept, SCENARIO, 1, 1)
+    tensors = from_array_record(first.content.array_records["arrays"])
+    recorded = train_message(tensors)
+    recorded.content[HISTORY_RECORD] = to_array_record(
+        {HISTORY_ARRAY: history_to_array(load_history(kept))}
+    )
+    lost = Context(run_id=2, node_id=6, node_config={}, state=RecordDict(), run_config={})
+
+    # Act: round 2 on the same node, and on a new one that only has the server's record.
+    same = lora_train(train_message(tensors), kept, SCENARIO, 2, 1)
+    resumed = lora_train(recorded, lost, SCENARIO, 2, 1)
+
+    # Assert: the same epsilon, history and adapter, not a restart from zero.
+    reports = [decode_privacy_report(r.content["privacy"]["report"]) for r in (same, resumed)]  # type: ignore[arg-type]
+    assert reports[1].epsilon_spent == reports[0].epsilon_spent
+    assert load_history(lost) == load_history(kept)
+    expected = from_array_record(same.content.array_records["arrays"])
+    got = from_array_record(resumed.content.array_records["arrays"])
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value)

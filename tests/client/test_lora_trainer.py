@@ -10,8 +10,6 @@ from fedrank.client.lora_trainer import (
     DpSgdConfig,
     cumulative_epsilon,
     evaluate_lora,
-    history_from_array,
-    history_to_array,
     noise_multiplier_for_budget,
     steps_per_epoch,
     train_lora,
@@ -19,6 +17,7 @@ from fedrank.client.lora_trainer import (
 from fedrank.data.text import TokenizedText
 from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.models.lora import LoraSpec, adapter_tensors, build_lora_model
+from fedrank.privacy.accountant import history_from_array, history_to_array
 
 TINY = LoraSpec(base="tiny-bert", r=4, lora_alpha=8)
 

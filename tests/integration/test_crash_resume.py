@@ -1,4 +1,5 @@
-"""SIGKILL a whole ``fedrank simulate`` mid-run, resume it, get the uninterrupted result."""
+"""SIGKILL a whole ``fedrank simulate`` mid-run (FRL, DP-LoRA), resume it, get the
+uninterrupted result."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from typing import IO, Any
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from fedrank.config import Scenario
+from fedrank.privacy.report import LEDGER_FILES, privacy_summary
 from fedrank.server.checkpoint import list_checkpoints
+from fedrank.server.lora import ADAPTER_DIR
 from fedrank.simulations.inprocess import run_in_process
+from fedrank.simulations.run import simulate
 from tests.integration.processes import kill_session, session_members
 
 pytestmark = pytest.mark.integration
@@ -150,3 +155,101 @@ def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_r
     summary = json.loads((results / "summary.json").read_text())
     assert summary["resumed_after_round"] == newest_round - 1
     assert summary["final_accuracy"] == reference_rows[-1]["accuracy"]
+
+
+# Both DP levels: the server's client-level ledger, and each client's DP-SGD (whose
+# accountant history dies with the killed simulation and comes back from the ledger).
+# Three replies a round: their float sum must not depend on the simulation's node ids.
+LORA_SCENARIO = Scenario(
+    strategy="lora",
+    dataset="rotten-tomatoes",
+    model="tiny-bert",
+    num_clients=4,
+    clients_per_round=3,
+    rounds=4,
+    local_epochs=1,
+    partitioner="iid",
+    batch_size=8,
+    physical_batch_size=8,
+    lr=0.01,
+    max_length=16,
+    train_records=48,
+    test_records=32,
+    seed=5,
+    dp="both",
+    dp_noise_multiplier=1.0,
+    dp_clip_norm=1.0,
+    dp_client_noise_multiplier=1.0,
+    dp_client_clip_norm=10.0,
+)
+LORA_FLAGS = [
+    "--strategy", "lora", "--dataset", "rotten-tomatoes", "--model", "tiny-bert",
+    "--num-clients", "4", "--clients-per-round", "3", "--rounds", "4", "--local-epochs", "1",
+    "--partitioner", "iid", "--batch-size", "8", "--physical-batch-size", "8", "--lr", "0.01",
+    "--max-length", "16", "--train-records", "48", "--test-records", "32", "--seed", "5",
+    "--dp", "both", "--dp-noise-multiplier", "1.0", "--dp-clip-norm", "1.0",
+    "--dp-client-noise-multiplier", "1.0", "--dp-client-clip-norm", "10.0", "--quiet",
+]  # fmt: skip
+DP_METRICS = ("accuracy", "loss", "dp-epsilon", "dp-record-epsilon", "dp-record-mismatch")
+
+
+def epsilons(results: Path) -> dict[str, tuple[float, int]]:
+    """Largest epsilon and release count per privacy unit, read from the ledger files."""
+    summary = privacy_summary(results)
+    return {
+        unit: (float(summary[unit]["max_epsilon"]), int(summary[unit]["releases"]))
+        for unit in LEDGER_FILES
+    }
+
+
+def test_sigkill_then_resume_of_a_dp_lora_run_equals_an_uninterrupted_run(
+    launch: Launch, tmp_path: Path
+) -> None:
+    # Arrange: a DP-LoRA run is killed (with all of Ray) after round 2.
+    results, reference = tmp_path / "run", tmp_path / "reference"
+    with (tmp_path / "first.log").open("wb") as log:
+        first = launch([*LORA_FLAGS, "--results-dir", str(results)], log)
+        wait_for_checkpoint(results / "checkpoints", first, at_least=2)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    kill_session(first.pid)
+    assert session_members(first.pid) == []
+    assert not (results / "summary.json").exists(), "killed too late: the run had finished"
+    killed_at = max(r for r, _ in list_checkpoints(results / "checkpoints"))
+    before = epsilons(results)
+    # The flags are LORA_SCENARIO's (what the uninterrupted reference below runs).
+    written = json.loads((results / "scenario.json").read_text())
+    assert written == LORA_SCENARIO.replace(results_dir=str(results)).to_run_config()
+
+    # Act
+    with (tmp_path / "second.log").open("wb") as log:
+        second = launch(["--resume", str(results), "--quiet"], log)
+        status = second.wait(timeout=400)
+    output = (tmp_path / "second.log").read_text(errors="replace")
+    simulate(LORA_SCENARIO.replace(results_dir=str(reference)))  # the same run, uninterrupted
+
+    # Assert
+    assert status == 0, output
+    assert f"resuming {results} after round {killed_at}" in output
+    resumed = load_file(str(results / ADAPTER_DIR / "adapter_model.safetensors"))
+    expected = load_file(str(reference / ADAPTER_DIR / "adapter_model.safetensors"))
+    assert sorted(resumed) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(resumed[name], value)
+    after = epsilons(results)
+    for unit, (epsilon, releases) in before.items():
+        assert releases >= killed_at
+        assert after[unit][0] >= epsilon
+    assert after == epsilons(reference)
+    # Same releases, same noise: the round the kill interrupted is counted once.
+    for ledger in LEDGER_FILES.values():
+        assert (results / ledger).read_text() == (reference / ledger).read_text()
+    # Every client's reported epsilon agrees with the ledger's (mismatch 0) after the
+    # resume too: no client restarted its accountant from zero.
+    rows, reference_rows = rows_of(results), rows_of(reference)
+    assert [[r.get(k) for k in DP_METRICS] for r in rows] == [
+        [r.get(k) for k in DP_METRICS] for r in reference_rows
+    ]
+    assert all(r["dp-record-mismatch"] == 0 for r in rows[1:])
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["resumed_after_round"] == killed_at

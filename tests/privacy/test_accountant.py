@@ -6,12 +6,16 @@ import math
 
 import numpy as np
 import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 
 from fedrank.privacy.accountant import (
     RDP_ORDERS,
     compute_epsilon,
+    history_from_array,
+    history_to_array,
     noise_multiplier_for_epsilon,
+    run_lengths,
 )
 
 DELTA = 1e-5
@@ -187,3 +191,22 @@ def test_noise_multiplier_names_the_bad_argument(kwargs: dict[str, object], name
 
     with pytest.raises(ValueError, match=named):
         noise_multiplier_for_epsilon(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("accountant_class", [RDPAccountant, PRVAccountant])
+def test_run_lengths_is_the_history_opacus_keeps_after_the_same_steps(
+    accountant_class: type[RDPAccountant] | type[PRVAccountant],
+) -> None:
+    # Arrange: rounds of steps, with a change of sigma and of q in between.
+    rounds = [(1.0, 0.25, 4), (1.0, 0.25, 4), (1.5, 0.25, 2), (1.5, 0.5, 3), (1.5, 0.5, 0)]
+    accountant = accountant_class()
+    for sigma, q, steps in rounds:
+        for _ in range(steps):
+            accountant.step(noise_multiplier=sigma, sample_rate=q)
+
+    # Act
+    merged = run_lengths(rounds)
+
+    # Assert
+    assert merged == tuple(accountant.history)
+    assert history_from_array(history_to_array(merged)) == merged

@@ -247,3 +247,35 @@ def test_ledger_validation_names_the_argument(
 
     with pytest.raises(ValueError, match=named):
         PrivacyLedger(tmp_path / "l.jsonl", **args)  # type: ignore[arg-type]
+
+
+def test_history_is_the_partys_releases_before_a_round_merged_as_opacus_does(
+    tmp_path: Path,
+) -> None:
+    # Arrange: two clients' DP-SGD releases over three rounds, and a server release.
+    ledger = PrivacyLedger(tmp_path / "l.jsonl", budget_epsilon=None, delta=DELTA, accountant="rdp")
+    for round_ in (1, 2, 3):
+        for party in ("partition-0", "partition-1"):
+            ledger.record(
+                Release(
+                    round=round_,
+                    mechanism="dp-sgd",
+                    noise_multiplier=1.0,
+                    sample_rate=0.25,
+                    steps=4 if party == "partition-0" else 2,
+                    clip_norm=1.0,
+                    unit="record",
+                    party=party,
+                )
+            )
+    ledger.record(server_release(1))
+
+    # Act
+    before_three = ledger.history(unit="record", party="partition-0", before_round=3)
+    first = ledger.history(unit="record", party="partition-1", before_round=1)
+    server = ledger.history(unit="client", party="server", before_round=2)
+
+    # Assert
+    assert before_three == ((1.0, 0.25, 8),)
+    assert first == ()
+    assert server == ((1.0, 1.0, 1),)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,10 +13,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedrank.privacy.accountant import compute_epsilon
+from fedrank.privacy.accountant import compute_epsilon, history_from_array
 from fedrank.privacy.ledger import PrivacyLedger
 from fedrank.protos import PrivacyReportData, encode_privacy_report
-from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
+from fedrank.strategies.dp_sample_level import HISTORY_ARRAY, HISTORY_RECORD, SampleLevelDpAudit
 from fedrank.strategies.sampling import train_messages
 
 DELTA = 1e-5
@@ -183,3 +184,38 @@ def test_the_ledger_is_read_back_on_restart(tmp_path: Path) -> None:
 
     assert again.epsilons == audit.epsilons
     assert len(again.ledger.releases) == 2
+
+
+def test_each_train_message_carries_its_partys_recorded_history(tmp_path: Path) -> None:
+    # Arrange: round 1 recorded 4 steps for each party.
+    audit, _ = make(tmp_path)
+    audit.aggregate_train(1, replies_to(audit, 1, [report(4)] * 2))
+    arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+
+    # Act
+    first = list(audit.configure_train(1, arrays, ConfigRecord({}), None))  # type: ignore[arg-type]
+    second = list(audit.configure_train(2, arrays, ConfigRecord({}), None))  # type: ignore[arg-type]
+
+    # Assert: round 1 had no earlier release; round 2 gets round 1's, per party.
+    assert all(HISTORY_RECORD not in m.content.array_records for m in first)
+    assert sorted(m.metadata.dst_node_id for m in second) == sorted(PARTITIONS.values())
+    for message in second:
+        record = message.content.array_records[HISTORY_RECORD]
+        assert history_from_array(record[HISTORY_ARRAY].numpy()) == ((1.0, 0.25, 4),)
+        assert message.content.array_records["arrays"]["w"].numpy().tolist() == [0.0, 0.0]
+
+
+def test_state_dict_restores_the_published_epsilons(tmp_path: Path) -> None:
+    # Arrange: a client reports more than the ledger counts (a reply the server lost).
+    audit, _ = make(tmp_path / "a")
+    claimed = compute_epsilon(history=[(1.0, 0.25, 12)], delta=DELTA, accountant="rdp")
+    audit.aggregate_train(1, replies_to(audit, 1, [report(4, epsilon_spent=claimed)] * 2))
+    state = json.loads(json.dumps(audit.state_dict()))  # what a checkpoint holds
+    restarted, _ = make(tmp_path / "b")
+
+    # Act
+    restarted.load_state_dict(state)
+
+    # Assert
+    assert restarted.epsilons == audit.epsilons
+    assert max(restarted.epsilons.values()) == claimed
