@@ -22,6 +22,7 @@ Dataset = Literal["mnist5k", "digits", "rotten-tomatoes"]
 ModelName = Literal["mlp", "cnn", "minilm", "tiny-bert"]
 Partitioner = Literal["iid", "dirichlet", "pathological"]
 LoraAggregation = Literal["fedit", "ffa", "svd"]
+LoraPooling = Literal["mean", "cls"]
 DpMode = Literal["none", "sample", "client", "both"]
 DpAccountant = Literal["rdp", "prv"]
 ClientSampling = Literal["fixed", "poisson"]
@@ -118,6 +119,7 @@ class Scenario:
     lora_dropout: float = 0.0
     lora_targets: str = "query,value"  # comma-separated nn.Linear names
     lora_head_lr: float = 0.0  # learning rate of the new classification head; 0: lr
+    lora_pooling: LoraPooling = "mean"  # head on the masked mean of token states, or "cls" pooler
     max_length: int = 64  # tokens per snippet
     train_records: int = 0  # a seeded subset of the training split; 0: all of it
     test_records: int = 0  # the first N of the fixed held-out test split; 0: all of it
@@ -419,6 +421,7 @@ def _check_lora(s: Scenario) -> None:
         raise ConfigError("model", f"strategy 'lora' needs one of {list(_TEXT_MODELS)}")
     for name, kind in (
         ("lora_aggregation", LoraAggregation),
+        ("lora_pooling", LoraPooling),
         ("dp_accountant", DpAccountant),
         ("dp_client_sampling", ClientSampling),
     ):

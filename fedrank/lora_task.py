@@ -42,6 +42,7 @@ def lora_spec(scenario: Scenario) -> LoraSpec:
         target_modules=tuple(t.strip() for t in scenario.lora_targets.split(",")),
         mode="ffa" if scenario.lora_aggregation == "ffa" else "lora",
         init_seed=scenario.seed,
+        pooling=scenario.lora_pooling,
     )
 
 

@@ -228,6 +228,7 @@ def lora_spec_summary(scenario: Scenario) -> dict[str, Any]:
         "lora_alpha": spec.lora_alpha,
         "target_modules": list(spec.target_modules),
         "mode": spec.mode,
+        "pooling": spec.pooling,
         "aggregation": scenario.lora_aggregation,
         "init_seed": spec.init_seed,
     }

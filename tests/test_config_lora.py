@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from fedrank.config import Scenario
@@ -28,6 +30,7 @@ def test_a_lora_scenario_gets_the_lora_learning_rate_and_no_dp() -> None:
         ({"lora-alpha": 0}, "lora-alpha"),
         ({"lora-dropout": 1.0}, "lora-dropout"),
         ({"lora-head-lr": -1.0}, "lora-head-lr"),
+        ({"lora-pooling": "max"}, "lora-pooling"),
         ({"lora-targets": "query,,value"}, "lora-targets"),
         ({"max-length": 1}, "max-length"),
         ({"max-length": 200}, "max-length"),  # tiny-bert has 128 positions
@@ -101,3 +104,19 @@ def test_the_packaged_lora_scenarios_load(name: str) -> None:
 
     assert (s.strategy, s.dataset, s.model) == ("lora", "rotten-tomatoes", "minilm")
     assert s.dp == ("sample" if name.startswith("dp-") else "none")
+
+
+def test_the_dp_scenario_and_its_non_private_twin_differ_only_in_dp() -> None:
+    # The privacy-utility table compares these two rows: only DP may differ.
+    private = Scenario.from_toml(scenario_path("dp-lora-sentiment"))
+    plain = Scenario.from_toml(scenario_path("lora-sentiment"))
+
+    differ = {
+        f.name
+        for f in dataclasses.fields(Scenario)
+        if getattr(private, f.name) != getattr(plain, f.name)
+    }
+
+    assert differ
+    assert all(n.startswith("dp") or n == "results_dir" for n in differ)
+    assert private.lora_pooling == plain.lora_pooling == "mean"

@@ -54,8 +54,11 @@ from transformers import (
     BertForSequenceClassification,
 )
 
+from fedrank.models.pooling import MeanPoolBertForSequenceClassification as MeanPoolBert
+
 BaseName = Literal["minilm", "tiny-bert"]
 LoraMode = Literal["lora", "ffa"]
+Pooling = Literal["cls", "mean"]
 
 LORA_A_SUFFIX = ".lora_A"
 LORA_B_SUFFIX = ".lora_B"
@@ -91,6 +94,11 @@ class LoraSpec:
         Classes of the head.
     init_seed : int
         Seed of the adapter's and the head's initial values (shared by all parties).
+    pooling : {"cls", "mean"}
+        What the head reads: ``"cls"``, BERT's ``[CLS]`` pooler
+        (``BertForSequenceClassification``); ``"mean"``, the attention-masked mean of
+        the last hidden states, as the sentence model was trained
+        (:class:`fedrank.models.pooling.MeanPoolBertForSequenceClassification`).
     """
 
     base: BaseName = "minilm"
@@ -102,6 +110,7 @@ class LoraSpec:
     train_head: bool = True
     num_labels: int = 2
     init_seed: int = 0
+    pooling: Pooling = "cls"
 
     def __post_init__(self) -> None:
         if self.base not in ("minilm", "tiny-bert"):
@@ -120,6 +129,8 @@ class LoraSpec:
             )
         if self.mode not in ("lora", "ffa"):
             raise ConfigError("mode", f"must be 'lora' or 'ffa', got {self.mode!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise ConfigError("pooling", f"must be 'cls' or 'mean', got {self.pooling!r}")
         if self.num_labels < 2:
             raise ConfigError("num_labels", f"must be at least 2, got {self.num_labels}")
 
@@ -160,21 +171,25 @@ def load_base_model(spec: LoraSpec) -> Any:
     Parameters
     ----------
     spec : LoraSpec
-        Only ``base``, ``num_labels`` and ``init_seed`` matter here.
+        Only ``base``, ``num_labels``, ``pooling`` and ``init_seed`` matter here.
 
     Returns
     -------
-    transformers.BertForSequenceClassification
+    transformers.BertForSequenceClassification or MeanPoolBertForSequenceClassification
+        The first for ``pooling="cls"``, the second for ``"mean"``.
     """
+    cls_head = spec.pooling == "cls"
     if spec.base == "minilm":
-        model = AutoModelForSequenceClassification.from_pretrained(
+        loader = AutoModelForSequenceClassification if cls_head else MeanPoolBert
+        model = loader.from_pretrained(
             minilm_path(), num_labels=spec.num_labels, dtype=torch.float32, local_files_only=True
         )
     else:
         # Random weights drawn from the spec's seed without touching the global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
-            model = BertForSequenceClassification(tiny_bert_config(spec.num_labels))
+            config = tiny_bert_config(spec.num_labels)
+            model = BertForSequenceClassification(config) if cls_head else MeanPoolBert(config)
     model.eval()
     return model
 

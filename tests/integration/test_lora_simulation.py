@@ -15,6 +15,7 @@ from fedrank.client.lora_trainer import steps_per_epoch
 from fedrank.config import Scenario
 from fedrank.lora_task import client_text, heldout_text, lora_spec
 from fedrank.models.evaluation import evaluate_lora
+from fedrank.models.export import load_exported_adapter
 from fedrank.models.lora import adapter_tensors, load_base_model
 from fedrank.privacy.accountant import RDP_ORDERS, compute_epsilon
 from fedrank.simulations.run import simulate
@@ -119,6 +120,14 @@ def test_the_exported_folder_loads_with_peft_and_reproduces_the_accuracy(
 
     assert accuracy == summary["final_accuracy"]
     assert loss == pytest.approx(summary["final_loss"], rel=1e-5)
+    # The folder names its base (mean pooling here, the default) and loads on it alone.
+    assert s.lora_pooling == "mean"
+    assert evaluate_lora(
+        load_exported_adapter(Path(s.results_dir) / "adapter"), heldout_text(s)
+    ) == (
+        accuracy,
+        loss,
+    )
     b = [v for k, v in adapter_tensors(model).items() if k.endswith(".lora_B")]
     assert len(b) == 4
     assert all(abs(v).max() > 0 for v in b)  # B starts at zero

@@ -29,6 +29,7 @@ TINY = LoraSpec(base="tiny-bert", r=4, lora_alpha=8)
         ("lora_dropout", {"lora_dropout": 1.0}),
         ("target_modules", {"target_modules": ()}),
         ("mode", {"mode": "dora"}),
+        ("pooling", {"pooling": "max"}),
         ("num_labels", {"num_labels": 1}),
     ],
 )
