@@ -103,6 +103,14 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 
+def _check_shapes(rankings: npt.NDArray[np.integer], reference: npt.NDArray[np.integer]) -> None:
+    if rankings.ndim != 2 or reference.ndim != 1 or rankings.shape[1] != reference.shape[0]:
+        raise ValueError(
+            f"rankings, reference: expected shapes (m, n) and (n,), "
+            f"got {rankings.shape} and {reference.shape}"
+        )
+
+
 def spearman_to_reference(
     rankings: npt.NDArray[np.integer], reference: npt.NDArray[np.integer]
 ) -> FloatArray:
@@ -121,11 +129,7 @@ def spearman_to_reference(
         ``float64`` of shape ``(m,)``: ``1 - 6 sum (r - g)^2 / (n (n^2 - 1))``, in
         ``[-1, 1]``; ``1.0`` for ``n == 1``.
     """
-    if rankings.ndim != 2 or reference.ndim != 1 or rankings.shape[1] != reference.shape[0]:
-        raise ValueError(
-            f"rankings, reference: expected shapes (m, n) and (n,), "
-            f"got {rankings.shape} and {reference.shape}"
-        )
+    _check_shapes(rankings, reference)
     n = reference.shape[0]
     if n < 2:
         return np.ones(rankings.shape[0], dtype=np.float64)
@@ -163,11 +167,7 @@ def direction_agreement(
     numpy.ndarray
         ``float64`` of shape ``(m,)``, in ``[-1, 1]``.
     """
-    if rankings.ndim != 2 or reference.ndim != 1 or rankings.shape[1] != reference.shape[0]:
-        raise ValueError(
-            f"rankings, reference: expected shapes (m, n) and (n,), "
-            f"got {rankings.shape} and {reference.shape}"
-        )
+    _check_shapes(rankings, reference)
     m = rankings.shape[0]
     if m == 1:
         return np.ones(1, dtype=np.float64)
@@ -298,21 +298,14 @@ def filtered_vote(
     names = list(reference)
     if any(sorted(u) != sorted(names) for u in updates):
         raise ValueError(f"updates: every update must have the reference's layers {names}")
-    agreement = {
-        name: spearman_to_reference(np.stack([u[name] for u in updates]), reference[name])
-        for name in names
-    }
+    stacked = {name: np.stack([u[name] for u in updates]) for name in names}
+    agreement = {name: spearman_to_reference(stacked[name], reference[name]) for name in names}
     rho = np.stack([agreement[name] for name in names])
     candidates = np.flatnonzero((rho > MIN_AGREEMENT).all(axis=0))
     if candidates.shape[0] == 0:  # nothing plausible: judge them all by the same rule
         candidates = np.arange(len(updates))
     direction = np.stack(
-        [
-            direction_agreement(
-                np.stack([updates[i][name] for i in candidates.tolist()]), reference[name]
-            )
-            for name in names
-        ]
+        [direction_agreement(stacked[name][candidates], reference[name]) for name in names]
     )
     aligned = (direction > MIN_AGREEMENT).all(axis=0)
     if aligned.any():
