@@ -10,7 +10,7 @@ round): the same seed trains the same clients in the same rounds.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -89,6 +89,15 @@ def train_messages(
     ]
 
 
+def _partition_key(partitions: Mapping[int, int] | None) -> Callable[[int], tuple[int, int]]:
+    partition_of = {node: pid for pid, node in (partitions or {}).items()}
+
+    def key(node: int) -> tuple[int, int]:
+        return (partition_of[node], 0) if node in partition_of else (len(partition_of), node)
+
+    return key
+
+
 def partition_order(nodes: Iterable[int], partitions: Mapping[int, int] | None = None) -> list[int]:
     """Node ids sorted by their partition id (by node id without ``partitions``).
 
@@ -96,19 +105,13 @@ def partition_order(nodes: Iterable[int], partitions: Mapping[int, int] | None =
     in this order (a float sum, a draw per node) is the same in a resumed run as in an
     uninterrupted one. Nodes of no known partition come last, by node id.
     """
-    partition_of = {node: pid for pid, node in (partitions or {}).items()}
-
-    def key(node: int) -> tuple[int, int]:
-        return (partition_of[node], 0) if node in partition_of else (len(partition_of), node)
-
-    return sorted(nodes, key=key)
+    return sorted(nodes, key=_partition_key(partitions))
 
 
 def in_partition_order(
     replies: Iterable[Message], partitions: Mapping[int, int] | None = None
 ) -> list[Message]:
-    """``replies`` sorted by their sender as :func:`partition_order` sorts nodes."""
-    by_node: dict[int, list[Message]] = {}
-    for reply in replies:
-        by_node.setdefault(reply.metadata.src_node_id, []).append(reply)
-    return [reply for node in partition_order(by_node, partitions) for reply in by_node[node]]
+    """``replies`` sorted by their sender as :func:`partition_order` sorts nodes
+    (a sender's replies in the order they came)."""
+    key = _partition_key(partitions)
+    return sorted(replies, key=lambda reply: key(reply.metadata.src_node_id))
