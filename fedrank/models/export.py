@@ -92,8 +92,9 @@ def load_exported_adapter(folder: str | Path) -> Any:
     """
     path = Path(folder)
     meta_file = path / BASE_FILE
-    meta: dict[str, Any] = {"base": "minilm", "pooling": "cls"}
-    if meta_file.is_file():
+    if not meta_file.is_file():
+        spec = LoraSpec(base="minilm", pooling="cls")
+    else:
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
             spec = LoraSpec(
@@ -104,6 +105,4 @@ def load_exported_adapter(folder: str | Path) -> Any:
             )
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError("folder", f"{meta_file}: not a valid base: {err}") from err
-    else:
-        spec = LoraSpec(base=meta["base"], pooling=meta["pooling"])
     return PeftModel.from_pretrained(load_base_model(spec), str(path)).eval()
