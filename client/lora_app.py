@@ -26,6 +26,7 @@ from fedrank.client.lora_trainer import (
     steps_per_epoch,
     train_lora,
 )
+from fedrank.client.poisoning import is_poisoned, poisoned_text
 from fedrank.config import Scenario
 from fedrank.lora_task import client_text, lora_spec, round_seed
 from fedrank.models.lora import build_lora_model, set_adapter_tensors
@@ -128,9 +129,12 @@ def lora_train(
 ) -> Message:
     """Train the global adapter on this client's records for one round and reply."""
     global_tensors = from_array_record(msg.content.array_records["arrays"])
-    model = build_lora_model(lora_spec(scenario))
+    spec = lora_spec(scenario)
+    model = build_lora_model(spec)
     set_adapter_tensors(model, global_tensors)
     data = client_text(scenario, partition_id)
+    if is_poisoned(scenario, partition_id):
+        data = poisoned_text(scenario, partition_id, data, num_classes=spec.num_labels)
     result = train_lora(
         model,
         data,

@@ -19,6 +19,7 @@ from fedrank.errors import ConfigError
 
 Strategy = Literal["frl", "fedavg", "lora"]
 Dataset = Literal["mnist5k", "digits", "rotten-tomatoes"]
+NUM_CLASSES: dict[str, int] = {"mnist5k": 10, "digits": 10, "rotten-tomatoes": 2}
 ModelName = Literal["mlp", "cnn", "minilm", "tiny-bert"]
 Partitioner = Literal["iid", "dirichlet", "pathological"]
 LoraAggregation = Literal["fedit", "ffa", "svd"]
@@ -50,8 +51,9 @@ UPDATE_ATTACKS: frozenset[str] = frozenset(
 AGGREGATORS: dict[str, tuple[str, ...]] = {
     "frl": ("borda", "filtered", "trimmed", "median"),
     "fedavg": ("mean", "trimmed", "median", "krum", "multikrum"),
-    # LoRA runs aggregate by `lora-aggregation`; robust rules are not wired for them yet.
-    "lora": ("mean",),
+    # LoRA: "mean" is the `lora-aggregation` average; the others are Flower's rules
+    # applied to the validated adapters (fedrank.strategies.lora_robust).
+    "lora": ("mean", "trimmed", "median", "krum", "multikrum"),
 }
 
 RunConfigValue = bool | int | float | str
@@ -281,8 +283,10 @@ def _check_robustness(scenario: Scenario) -> None:
     attack = scenario.attack
     if attack in RANKING_ATTACKS and scenario.strategy != "frl":
         raise ConfigError("attack", f"{attack!r} attacks rankings: it needs strategy frl")
-    if attack in UPDATE_ATTACKS and scenario.strategy != "fedavg":
-        raise ConfigError("attack", f"{attack!r} attacks float updates: it needs strategy fedavg")
+    if attack in UPDATE_ATTACKS and scenario.strategy not in ("fedavg", "lora"):
+        raise ConfigError(
+            "attack", f"{attack!r} attacks float updates: it needs strategy fedavg or lora"
+        )
     f = scenario.malicious_fraction
     if not (_finite(f) and 0.0 <= f < 1.0):
         raise ConfigError("malicious-fraction", f"must lie in [0, 1), got {f}")
@@ -317,6 +321,14 @@ def _check_robustness(scenario: Scenario) -> None:
     b = scenario.attack_boundary_fraction
     if not (_finite(b) and 0.0 < b <= 1.0):
         raise ConfigError("attack-boundary-fraction", f"must lie in (0, 1], got {b}")
+    classes = NUM_CLASSES.get(scenario.dataset, 0)
+    targeted = scenario.attack == "label_flip" and scenario.attack_flip_rule == "targeted"
+    for name in ("attack_source_class", "attack_target_class") if targeted and classes else ():
+        if getattr(scenario, name) >= classes:
+            raise ConfigError(
+                _dashed(name),
+                f"{scenario.dataset} has classes 0..{classes - 1}, got {getattr(scenario, name)}",
+            )
     if scenario.attack_flip_rule == "targeted" and (
         scenario.attack_source_class == scenario.attack_target_class
     ):
@@ -467,6 +479,18 @@ def _check_lora(s: Scenario) -> None:
         raise ConfigError(
             "dp-client-target-epsilon",
             f"dp {s.dp!r} needs it or dp-client-noise-multiplier (both are 0)",
+        )
+    if client and s.aggregation != "mean":
+        # ClientLevelDp clips and averages the updates itself (its sensitivity bound is
+        # that of the mean); a robust rule behind it would never run.
+        raise ConfigError(
+            "aggregator", f"{s.aggregation!r} cannot run under client-level DP; use 'mean'"
+        )
+    if s.aggregation in ("median", "trimmed") and s.lora_aggregation == "svd":
+        raise ConfigError(
+            "aggregator",
+            f"{s.aggregation!r} acts on the factors A and B; it cannot feed lora-aggregation "
+            "'svd' (use fedit or ffa, or krum/multikrum)",
         )
     if client and s.lora_aggregation == "svd":
         # Client-level DP averages the clipped updates itself; an SVD of the clients'

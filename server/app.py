@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -30,15 +29,13 @@ from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.robust_fedavg import seeded_fedavg
 from fedrank.strategies.sampling import discover_partitions
 from fedrank.strategies.votes import rank_vote
+from fedrank.strategies.wrapping import StrategyWrapper
 from fedrank.task import initial_state, is_dense, load_state, model_for, test_data
 from fedrank.training import evaluate
 
 log = logging.getLogger(__name__)
 
 DISCOVERY_TIMEOUT = 120.0  # seconds; replies come as soon as the actors are up
-
-# Wraps the run's strategy once the partitions are known (a simulated adversary).
-StrategyWrapper = Callable[[Strategy, Mapping[int, int]], Strategy]
 
 
 def make_strategy(scenario: Scenario, partitions: dict[int, int], *, run_id: int) -> Strategy:
@@ -92,7 +89,9 @@ def run_server(
     if scenario.strategy == "lora":
         from fedrank.server.lora import run_lora_server  # PEFT + transformers: LoRA runs only
 
-        return run_lora_server(grid, scenario, on_round=on_round, resume_from=resume_from)
+        return run_lora_server(
+            grid, scenario, on_round=on_round, resume_from=resume_from, wrap_strategy=wrap_strategy
+        )
     started = time.perf_counter()
     results = ResultsWriter(scenario.results_dir, append=resume_from is not None)
     # Discovery starts every client's actor; a short round timeout (set to cut hung

@@ -45,6 +45,7 @@ from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
 from fedrank.strategies.lora import LoraAggregation
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import discover_partitions
+from fedrank.strategies.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ def make_lora_strategy(
         mode=scenario.lora_aggregation,
         rank=scenario.lora_rank,
         min_replies=scenario.min_replies,
+        robust=scenario.aggregation,
+        trim_fraction=scenario.trim_fraction,
     )
     if scenario.dp in ("client", "both"):
         strategy = ClientLevelDp(
@@ -143,6 +146,7 @@ def run_lora_server(
     *,
     on_round: RoundCallback | None = None,
     resume_from: CheckpointState | None = None,
+    wrap_strategy: StrategyWrapper | None = None,
 ) -> dict[str, Any]:
     """Run the LoRA federation described by ``scenario``; return its summary.
 
@@ -151,7 +155,9 @@ def run_lora_server(
     ``resume_from`` the run continues after that checkpoint's round, its ledgers
     reopened as they are; client sampling and noise are seeded by (seed, round) and
     local training by (seed, round, partition), so the result is the uninterrupted
-    run's.
+    run's. ``wrap_strategy`` (simulations only) wraps the whole strategy, DP wrappers
+    included, e.g. in the adversary that controls the malicious partitions' replies:
+    attackers are clients, so their replies are what the DP wrappers receive.
     """
     started = time.perf_counter()
     results = ResultsWriter(scenario.results_dir, append=resume_from is not None)
@@ -164,6 +170,8 @@ def run_lora_server(
         json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     strategy = make_lora_strategy(scenario, partitions, directory, resumed=resume_from is not None)
+    if wrap_strategy is not None:
+        strategy = wrap_strategy(strategy, partitions)
     strategy.summary()
     checkpoints = RunCheckpointer(scenario, strategy)
     arrays, start_round = checkpoints.start(

@@ -28,17 +28,17 @@ from flwr.serverapp.strategy import Strategy
 from fedrank.client.collusion import Crafter, State, crafter, malicious_partitions
 from fedrank.config import Scenario
 from fedrank.errors import InvalidUpdate
-from fedrank.server.app import StrategyWrapper
 from fedrank.strategies.frl import FrlVote
 from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.strategies.wrapping import StrategyWrapper, WrappingStrategy
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Adversary", "attack_components"]
 
 
-class Adversary(Strategy):
+class Adversary(WrappingStrategy):
     """Colluding attackers in control of some partitions, around a real strategy.
 
     Threat model after Shejwalkar & Houmansadr (NDSS 2021, "Manipulating the
@@ -68,7 +68,7 @@ class Adversary(Strategy):
         malicious: frozenset[int],
         craft: Crafter,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.malicious_nodes = {node: pid for pid, node in partitions.items() if pid in malicious}
         self.craft = craft
         self.wire: RankingWire | None = inner.wire if isinstance(inner, FrlVote) else None
@@ -77,14 +77,14 @@ class Adversary(Strategy):
     def summary(self) -> None:
         """Log the adversary, then the real strategy's settings."""
         log.info("Adversary controls %d partitions", len(self.malicious_nodes))
-        self.inner.summary()
+        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The real strategy's messages; the adversary notes the global state sent."""
         self._reference = from_array_record(arrays)
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -112,21 +112,9 @@ class Adversary(Strategy):
             replies = list(replies)
             for (index, _, _), arrays in zip(honest, crafted, strict=True):
                 replies[index] = self._write(server_round, replies[index], arrays)
-        new_arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        new_arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         metrics = MetricRecord({**(metrics or {}), "malicious": len(honest)})
         return new_arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """The real strategy's evaluation messages."""
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """The real strategy's evaluation aggregate."""
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     def _read(self, server_round: int, reply: Message) -> State | None:
         """A reply's update, or None if it has none to read (an error, a bad payload)."""

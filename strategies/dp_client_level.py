@@ -24,6 +24,7 @@ from fedrank.errors import ConfigError, InvalidUpdate
 from fedrank.privacy.ledger import PrivacyLedger, Release
 from fedrank.privacy.mechanisms import client_level_dp_aggregate, l2_norm
 from fedrank.strategies.sampling import in_partition_order, partition_order
+from fedrank.strategies.wrapping import WrappingStrategy
 
 Sampling = Literal["fixed", "poisson"]
 
@@ -58,7 +59,7 @@ def _reply_update(
     return update
 
 
-class ClientLevelDp(Strategy):
+class ClientLevelDp(WrappingStrategy):
     """Client-level DP-FedAvg wrapped around a Flower strategy.
 
     McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models",
@@ -160,7 +161,7 @@ class ClientLevelDp(Strategy):
                 f"Poisson sampling needs total_clients >= expected_clients "
                 f"({expected_clients}), got {total_clients!r}",
             )
-        self.strategy = strategy
+        super().__init__(strategy)
         self.ledger = ledger
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
@@ -382,17 +383,3 @@ class ClientLevelDp(Strategy):
         return ArrayRecord(
             {name: Array(value) for name, value in values.items()}
         ), digest.hexdigest()
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the inner strategy (with a copy of the config)."""
-        return self.strategy.configure_evaluate(
-            server_round, arrays, ConfigRecord(dict(config)), grid
-        )
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate to the inner strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -24,6 +24,7 @@ from fedrank.privacy.ledger import PrivacyLedger, Release
 from fedrank.protos import PrivacyReportData, decode_privacy_report
 from fedrank.strategies.records import to_array_record
 from fedrank.strategies.sampling import in_partition_order
+from fedrank.strategies.wrapping import WrappingStrategy
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _count(metrics: Mapping[str, MetricRecordValues], key: str) -> int:
     return int(value) if isinstance(value, int | float) else 0
 
 
-class SampleLevelDpAudit(Strategy):
+class SampleLevelDpAudit(WrappingStrategy):
     """Wraps a strategy: only updates with a valid DP-SGD report reach it.
 
     DP-SGD (Abadi et al. 2016, arXiv 1607.00133) runs on the clients; each reply
@@ -148,7 +149,7 @@ class SampleLevelDpAudit(Strategy):
         clip_norm: float,
         noise_multiplier: float | None,
     ) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.ledger = ledger
         self.partitions = dict(partitions)
         self.party_by_node = {node: party_of(pid) for pid, node in partitions.items()}
@@ -172,18 +173,12 @@ class SampleLevelDpAudit(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         """Epsilon per party as published (with the inner strategy's state, if any)."""
-        state: dict[str, Any] = {"epsilons": dict(sorted(self.epsilons.items()))}
-        inner = getattr(self.strategy, "state_dict", None)
-        if callable(inner):
-            state["inner"] = inner()
-        return state
+        return {"epsilons": dict(sorted(self.epsilons.items())), **super().state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.epsilons = {str(p): float(e) for p, e in state["epsilons"].items()}
-        inner = getattr(self.strategy, "load_state_dict", None)
-        if "inner" in state and callable(inner):
-            inner(state["inner"])
+        super().load_state_dict(state)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -268,17 +263,3 @@ class SampleLevelDpAudit(Strategy):
         metrics["dp-record-epsilon"] = max(self.epsilons.values(), default=0.0)
         metrics["dp-record-mismatch"] = mismatch
         return arrays, MetricRecord(metrics)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the inner strategy."""
-        return self.strategy.configure_evaluate(
-            server_round, arrays, ConfigRecord(dict(config)), grid
-        )
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate to the inner strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -23,6 +23,12 @@ from fedrank.strategies.lora_aggregation import (
     ffa_average,
     svd_recompress_updates,
 )
+from fedrank.strategies.lora_robust import (
+    COORDINATE_RULES,
+    ROBUST_RULES,
+    coordinate_wise,
+    krum_choice,
+)
 from fedrank.strategies.records import (
     from_array_record,
     rejection_metrics,
@@ -100,7 +106,8 @@ class LoraAggregation(Strategy):
     (FFA-LoRA, Sun et al., ICLR 2024, arXiv 2403.12313); ``"svd"`` re-compresses the
     weighted sum of the products B A to rank ``rank`` by truncated SVD (exact when
     that sum has rank <= ``rank``). The head and every other tensor are averaged.
-    Weights are the clients' example counts.
+    Weights are the clients' example counts. ``robust`` replaces the average by one
+    of Flower's robust rules (:mod:`fedrank.strategies.lora_robust`).
 
     Parameters
     ----------
@@ -114,6 +121,14 @@ class LoraAggregation(Strategy):
         Target rank of ``"svd"``.
     min_replies : int
         Fewer valid replies skip the round (the global adapter is kept).
+    robust : {"mean", "median", "trimmed", "krum", "multikrum"}
+        ``mean``: the ``mode`` average itself. ``median`` / ``trimmed``: coordinate-wise
+        over the factors (not with ``"svd"``). ``krum`` / ``multikrum``: Flower's
+        selection, then the ``mode`` average of the selected adapters.
+    trim_fraction : float
+        ``trimmed``: the cut at each end; Krum: ``f = floor(trim_fraction * clients_per_round)``
+        malicious replies tolerated (Multi-Krum keeps ``clients_per_round - f``), as
+        :func:`~fedrank.strategies.robust_fedavg.seeded_fedavg` does.
     """
 
     def __init__(
@@ -125,22 +140,35 @@ class LoraAggregation(Strategy):
         mode: Aggregation,
         rank: int,
         min_replies: int = 1,
+        robust: str = "mean",
+        trim_fraction: float = 0.2,
     ) -> None:
         if mode not in ("fedit", "ffa", "svd"):
             raise ValueError(f"mode must be 'fedit', 'ffa' or 'svd', got {mode!r}")
+        if robust not in ("mean", *ROBUST_RULES):
+            raise ValueError(
+                f"robust must be 'mean' or one of {list(ROBUST_RULES)}, got {robust!r}"
+            )
+        if robust in COORDINATE_RULES and mode == "svd":
+            raise ValueError(f"robust {robust!r} acts on the factors; it cannot feed 'svd'")
+        if not 0.0 <= trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction must lie in [0, 0.5), got {trim_fraction}")
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.mode: Aggregation = mode
         self.rank = rank
         self.min_replies = min_replies
+        self.robust = robust
+        self.trim_fraction = trim_fraction
         self._layouts: dict[int, Layout] = {}
 
     def summary(self) -> None:
         """Log the settings."""
         log.info(
-            "LoraAggregation: %s, %d of %d clients per round, min %d replies",
+            "LoraAggregation: %s (%s), %d of %d clients per round, min %d replies",
             self.mode,
+            self.robust,
             self.clients_per_round,
             len(self.partitions),
             self.min_replies,
@@ -194,8 +222,32 @@ class LoraAggregation(Strategy):
                 self.min_replies,
             )
             return None, metrics
-        merged = aggregate_adapters(updates, weights, mode=self.mode, rank=self.rank)
+        merged, dropped = self._aggregate(updates, weights)
+        if self.robust in ("krum", "multikrum"):
+            metrics["filtered"] = dropped
         return to_array_record({name: merged[name] for name in layout}), metrics
+
+    def _aggregate(
+        self, updates: list[dict[str, np.ndarray]], weights: list[float]
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """The round's adapter, and how many valid replies the robust rule left out."""
+        if self.robust in COORDINATE_RULES:
+            return coordinate_wise(updates, rule=self.robust, beta=self.trim_fraction), 0
+        if self.robust in ("krum", "multikrum"):
+            byzantine = math.floor(self.trim_fraction * self.clients_per_round + 1e-9)
+            selected = 1 if self.robust == "krum" else self.clients_per_round - byzantine
+            chosen = krum_choice(
+                updates,
+                weights,
+                num_malicious=byzantine,
+                num_selected=max(1, min(selected, len(updates))),
+            )
+            dropped = len(updates) - len(chosen)
+            updates = [updates[i] for i in chosen]
+            weights = [weights[i] for i in chosen]
+        else:
+            dropped = 0
+        return aggregate_adapters(updates, weights, mode=self.mode, rank=self.rank), dropped
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -52,6 +52,15 @@ def test_a_lora_scenario_gets_the_lora_learning_rate_and_no_dp() -> None:
             {"dp": "client", "dp-client-target-epsilon": 8.0, "lora-aggregation": "svd"},
             "lora-aggregation",
         ),
+        # Client-level DP averages the clipped updates itself: a robust rule would not run.
+        ({"dp": "client", "dp-client-target-epsilon": 8.0, "aggregator": "median"}, "aggregator"),
+        ({"aggregator": "trimmed", "lora-aggregation": "svd"}, "aggregator"),
+        ({"aggregator": "filtered"}, "aggregator"),  # a ranking vote
+        ({"attack": "reverse_ranking", "malicious-fraction": 0.2}, "attack"),
+        (
+            {"attack": "label_flip", "malicious-fraction": 0.5, "attack-flip-rule": "targeted"},
+            "attack-target-class",  # the default 1 -> 7 does not exist in a 2-class corpus
+        ),
         # A DP setting its mode ignores would silently not protect anything.
         ({"dp-target-epsilon": 8.0}, "dp-target-epsilon"),
         (
@@ -120,3 +129,24 @@ def test_the_dp_scenario_and_its_non_private_twin_differ_only_in_dp() -> None:
     assert differ
     assert all(n.startswith("dp") or n == "results_dir" for n in differ)
     assert private.lora_pooling == plain.lora_pooling == "mean"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"aggregator": "median"},
+        {"aggregator": "krum", "num-clients": 5, "clients-per-round": 5},
+        {"aggregator": "multikrum", "lora-aggregation": "svd", "num-clients": 5,
+         "clients-per-round": 5},
+        {"aggregator": "trimmed", "lora-aggregation": "ffa"},
+        {"attack": "sign_flip", "malicious-fraction": 0.5},
+        {"attack": "alie", "malicious-fraction": 0.5, "aggregator": "median", "dp": "sample",
+         "dp-target-epsilon": 8.0},
+        {"attack": "label_flip", "malicious-fraction": 0.5, "attack-flip-rule": "targeted",
+         "attack-source-class": 1, "attack-target-class": 0},
+    ],
+)  # fmt: skip
+def test_robust_rules_and_update_attacks_are_accepted_for_lora(values: dict[str, object]) -> None:
+    s = Scenario.from_mapping(LORA | values)
+
+    assert s.aggregation == values.get("aggregator", "mean")

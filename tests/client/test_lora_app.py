@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrank.client.collusion import malicious_partitions
 from fedrank.client.lora_app import (
     load_history,
     lora_train,
@@ -15,6 +17,7 @@ from fedrank.client.lora_app import (
     starting_history,
 )
 from fedrank.client.lora_trainer import steps_per_epoch
+from fedrank.client.poisoning import poisoned_text
 from fedrank.config import Scenario
 from fedrank.lora_task import client_text, initial_adapter
 from fedrank.models.lora import _pristine_model
@@ -125,3 +128,28 @@ def test_a_client_whose_state_was_lost_resumes_from_the_recorded_history() -> No
     got = from_array_record(resumed.content.array_records["arrays"])
     for name, value in expected.items():
         np.testing.assert_array_equal(got[name], value)
+
+
+def test_a_label_flipping_lora_client_trains_on_its_records_with_labels_reversed() -> None:
+    scenario = SCENARIO.replace(
+        dp="none", dp_target_epsilon=0.0, attack="label_flip", malicious_fraction=0.5
+    )
+    (malicious,) = malicious_partitions(scenario)
+    benign = 1 - malicious
+    own = client_text(scenario, malicious)
+
+    flipped = poisoned_text(scenario, malicious, own, num_classes=2)
+
+    assert torch.equal(flipped.labels, 1 - own.labels)
+    assert torch.equal(flipped.input_ids, own.input_ids)
+    honest = scenario.replace(attack="none", malicious_fraction=0.0)
+
+    def trained(s: Scenario, pid: int) -> dict[str, np.ndarray]:
+        context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+        reply = lora_train(train_message(initial_adapter(s)), context, s, 1, pid)
+        return from_array_record(reply.content.array_records["arrays"])
+
+    poisoned, clean = trained(scenario, malicious), trained(honest, malicious)
+    assert any(not np.array_equal(poisoned[n], clean[n]) for n in clean)
+    for name, value in trained(honest, benign).items():
+        np.testing.assert_array_equal(trained(scenario, benign)[name], value)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrank.strategies.lora import LoraAggregation
@@ -166,3 +167,102 @@ def test_too_few_valid_replies_skip_the_round() -> None:
 def test_ffa_mode_refuses_an_a_factor() -> None:
     with pytest.raises(ValueError, match="FFA-LoRA"):
         run_round(make("ffa"), [client_update(s) for s in range(3)], [1, 1, 1])
+
+
+# ---------------------------------------------------------------- robust rules (Flower's)
+
+SEVEN = {pid: 20 + pid for pid in range(7)}
+
+
+def robust_round(
+    robust: str,
+    updates: Sequence[dict[str, np.ndarray]],
+    counts: Sequence[float],
+    trim_fraction: float = 0.2,
+) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
+    """One round of a 7-client LoraAggregation with ``robust``; also the replies it got."""
+    strategy = LoraAggregation(
+        partitions=SEVEN,
+        clients_per_round=7,
+        seed=0,
+        mode="fedit",
+        rank=2,
+        robust=robust,
+        trim_fraction=trim_fraction,
+    )
+    messages = sorted(
+        strategy.configure_train(1, record(GLOBAL), ConfigRecord({}), None),  # type: ignore[arg-type]  # no grid needed
+        key=lambda m: m.metadata.dst_node_id,
+    )
+    replies = [reply(m, u, c) for m, u, c in zip(messages, updates, counts, strict=True)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    # Flower's strategies pop arrays out of what they aggregate: hand them fresh copies.
+    fresh = [reply(m, u, c) for m, u, c in zip(messages, updates, counts, strict=True)]
+    return arrays, metrics, fresh
+
+
+def attacked_updates() -> list[dict[str, np.ndarray]]:
+    """Five benign adapters and two attackers' (a -20x scaled update, a huge one)."""
+    benign = [client_update(s) for s in range(5)]
+    scaled = {k: (g - 20.0 * (benign[0][k] - g)).astype(g.dtype) for k, g in GLOBAL.items()}
+    huge = {k: (g + 1e3).astype(g.dtype) for k, g in GLOBAL.items()}
+    return [benign[0], scaled, benign[1], benign[2], huge, benign[3], benign[4]]
+
+
+@pytest.mark.parametrize(
+    ("robust", "flower"),
+    [
+        ("median", lambda: FedMedian()),
+        ("trimmed", lambda: FedTrimmedAvg(beta=0.2)),
+        ("multikrum", lambda: MultiKrum(num_malicious_nodes=1, num_nodes_to_select=6)),
+        ("krum", lambda: Krum(num_malicious_nodes=1)),
+    ],
+)
+def test_a_robust_lora_round_equals_flowers_own_strategy_on_the_same_replies(
+    robust: str, flower: Callable[[FedAvg], FedAvg]
+) -> None:
+    counts = [10, 20, 30, 40, 50, 60, 70]
+    arrays, _, fresh = robust_round(robust, attacked_updates(), counts)
+
+    expected, _ = flower().aggregate_train(1, fresh)  # type: ignore[call-arg]
+
+    assert arrays is not None
+    assert expected is not None
+    assert list(arrays.keys()) == list(GLOBAL)
+    for name in GLOBAL:
+        np.testing.assert_allclose(arrays[name].numpy(), expected[name].numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("robust", ["median", "trimmed", "krum", "multikrum"])
+def test_robust_rules_stay_near_the_benign_mean_where_the_plain_average_does_not(
+    robust: str,
+) -> None:
+    updates = attacked_updates()
+    benign = [updates[i] for i in (0, 2, 3, 5, 6)]
+    target = fedit_average(benign, [1.0] * 5)
+    counts = [1.0] * 7
+
+    # Two attackers of seven: f = floor(0.3 * 7) = 2, and the trimmed mean cuts 2 at each end.
+    arrays, metrics, _ = robust_round(robust, updates, counts, trim_fraction=0.3)
+    plain, _, _ = robust_round("mean", updates, counts)
+
+    assert arrays is not None
+    assert plain is not None
+    assert metrics is not None
+    for name in GLOBAL:
+        spread = max(float(np.abs(u[name] - target[name]).max()) for u in benign)
+        assert float(np.abs(arrays[name].numpy() - target[name]).max()) <= spread
+        assert float(np.abs(plain[name].numpy() - target[name]).max()) > 10 * spread
+    if robust in ("krum", "multikrum"):  # Multi-Krum keeps m - f = 5 of 7
+        assert metrics["filtered"] == (6 if robust == "krum" else 2)
+
+
+def test_coordinate_rules_cannot_feed_svd_and_unknown_rules_are_refused() -> None:
+    with pytest.raises(ValueError, match="svd"):
+        LoraAggregation(
+            partitions=SEVEN, clients_per_round=7, seed=0, mode="svd", rank=2, robust="median"
+        )
+    with pytest.raises(ValueError, match="robust"):
+        LoraAggregation(
+            partitions=SEVEN, clients_per_round=7, seed=0, mode="fedit", rank=2, robust="mode"
+        )
