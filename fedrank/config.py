@@ -100,7 +100,7 @@ class Scenario:
     # Robustness (docs/robustness.md): the aggregation rule, and the attack simulated.
     aggregator: Aggregator = "auto"  # auto: borda (frl) or mean (fedavg)
     trim_fraction: float = 0.2  # trimmed Borda / FedTrimmedAvg cut; Krum's f share
-    filter_mads: float = 3.0  # filtered vote: drop replies this many MADs below the median
+    filter_mads: float = 5.0  # filtered vote: drop replies this many MADs below the median
     attack: Attack = "none"
     malicious_fraction: float = 0.0
     attack_seed: int = 0

@@ -39,11 +39,22 @@ median cosine of its displacement with the other replies' displacements
 (:func:`direction_agreement`). Benign replies score 0.1-0.6 (the shared
 direction), the amplified reversal below 0, and a cluster of identical colluders
 cannot vote itself into the centre, since each colluder's median is taken over the
-others, mostly benign. Replies not positively aligned in every layer are set aside
-before the agreement threshold is set. The direction has no robust threshold of its
-own: one cost a fifth of the benign replies on MNIST-5k (its spread is wide), and
-what it would add is small, since a reply that agrees at all can only slow
-learning by its orthogonal part, not reverse it.
+others, mostly benign. A reply is set aside before the agreement threshold is set
+when, in some layer, its direction is at most 0 *and* more than ``mads`` robust
+standard deviations below the round's median direction. Both conditions, because
+either alone costs benign replies (measured on MNIST-5k, CNN): in the small
+convolution layers (288 and 18k edges) a benign reply's median cosine straddles 0
+by noise alone, and the spread of directions is wide, so a threshold alone also
+cuts benign replies that point the right way. A reply that agrees at all can only
+slow learning by its orthogonal part, not reverse it.
+
+The threshold ``mads`` is 5 by default (``filter-mads``), not Hampel's usual 3:
+agreements across ten benign replies are heavy-tailed (clients with few or skewed
+examples), and with four layers tested at 3 MADs (direction test not gated) a
+CNN run without attackers dropped 132 of its 400 benign replies and ended 1.5 points
+below plain Borda (seed 1; 1.0 and 1.2 for seeds 0 and 2); at 5, gated, the same run
+dropped 38 and ended 1.0 above it. What it gives an adaptive attacker is a little
+more room: the threshold it can sit at moves from ``median - 3 s`` to ``median - 5 s``.
 
 Where the idea comes from: FLTrust (Cao et al., NDSS 2021, arXiv 2012.13995) scores
 each update by its agreement with a server-side reference update, which needs a
@@ -276,8 +287,9 @@ def filtered_vote(
 
     Replies with ``rho <= MIN_AGREEMENT`` in some layer are dropped first (unless
     all are), then those of the rest whose :func:`direction_agreement` is at most
-    ``MIN_AGREEMENT`` in some layer (unless all are); the threshold is then set on
-    the agreements of the others (:func:`keep_agreeing`).
+    ``MIN_AGREEMENT`` and more than ``mads`` robust standard deviations below the
+    median in some layer (unless all are); the threshold is then set on the
+    agreements of the others (:func:`keep_agreeing`).
 
     Parameters
     ----------
@@ -307,9 +319,12 @@ def filtered_vote(
     direction = np.stack(
         [direction_agreement(stacked[name][candidates], reference[name]) for name in names]
     )
-    aligned = (direction > MIN_AGREEMENT).all(axis=0)
-    if aligned.any():
-        candidates = candidates[aligned]
+    direction_z = np.stack([agreement_z_scores(layer) for layer in direction])
+    # Against the round, not just below zero: in a small layer a benign reply's median
+    # cosine straddles 0 by noise alone.
+    misaligned = ((direction <= MIN_AGREEMENT) & (direction_z < -mads)).any(axis=0)
+    if not misaligned.all():
+        candidates = candidates[~misaligned]
     z = np.stack([agreement_z_scores(rho[layer, candidates]) for layer in range(len(names))])
     kept = np.zeros(len(updates), dtype=np.bool_)
     kept[candidates[keep_agreeing(z, mads=mads)]] = True

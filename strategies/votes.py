@@ -33,7 +33,7 @@ def _per_layer(
     return {name: vote(np.stack([u[name] for u in updates])) for name in updates[0]}
 
 
-def rank_vote(name: str, *, trim_fraction: float = 0.2, filter_mads: float = 3.0) -> RankVote:
+def rank_vote(name: str, *, trim_fraction: float = 0.2, filter_mads: float = 5.0) -> RankVote:
     """The vote called ``name`` (one of :data:`RANK_VOTES`) with its parameter.
 
     Parameters

@@ -16,7 +16,7 @@ from fedrank.strategies.filtered_vote import (
     keep_agreeing,
     spearman_to_reference,
 )
-from fedrank.strategies.ranking import vote_layers
+from fedrank.strategies.ranking import ranks_from_order, vote_layers
 
 IntArray = npt.NDArray[np.int64]
 
@@ -240,3 +240,23 @@ def test_when_no_reply_agrees_at_all_the_best_half_is_voted() -> None:
     replies = [{"l": 49 - reference} for _ in range(4)]
     outcome = filtered_vote(replies, {"l": reference}, mads=3.0)
     assert outcome.kept.sum() >= 2
+
+
+def test_replies_pointing_below_zero_by_noise_alone_are_kept() -> None:
+    # Ten benign-like replies: the reference's scores plus independent noise, no shared
+    # direction, so their median cosines scatter around a small positive value and some
+    # fall just below 0 without being outliers. The old rule (any direction <= 0 out)
+    # dropped them; the gated one keeps every reply.
+    n = 300
+    reference = np.arange(n)
+    rng = np.random.default_rng(3)
+    updates = [
+        ranks_from_order(np.argsort(reference + 20.0 * rng.normal(size=n), kind="stable"))
+        for _ in range(10)
+    ]
+    direction = direction_agreement(np.stack(updates), reference)
+    assert int((direction <= 0.0).sum()) >= 3
+
+    outcome = filtered_vote([{"l": u} for u in updates], {"l": reference}, mads=5.0)
+
+    assert bool(outcome.kept.all())
