@@ -23,15 +23,21 @@ from fedrank.simulations.run import simulate
 pytestmark = pytest.mark.integration
 
 
+# Five clients, all sampled every round: 20% is one attacker in every round.
+TINY: dict[str, Any] = {
+    "strategy": "lora",
+    "dataset": "rotten-tomatoes",
+    "model": "tiny-bert",
+    "num_clients": 5,
+    "clients_per_round": 5,
+}
+
+
 def run(tmp: Path, **changes: Any) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """The final global adapter and the metrics rows of one tiny LoRA federation."""
     name = "-".join(f"{k}={v}" for k, v in sorted(changes.items())) or "clean"
     scenario = Scenario(
-        strategy="lora",
-        dataset="rotten-tomatoes",
-        model="tiny-bert",
-        num_clients=5,
-        clients_per_round=5,
+        **TINY,
         rounds=2,
         local_epochs=1,
         partitioner="iid",
@@ -81,15 +87,7 @@ def test_label_flipping_lora_clients_train_on_reversed_labels_in_a_real_run(
     tmp_path: Path,
 ) -> None:
     flip = {"attack": "label_flip", "malicious_fraction": 0.4}
-    scenario = Scenario(
-        strategy="lora",
-        dataset="rotten-tomatoes",
-        model="tiny-bert",
-        num_clients=5,
-        clients_per_round=5,
-        **flip,
-    )
-    assert len(malicious_partitions(scenario)) == 2
+    assert len(malicious_partitions(Scenario(**TINY, **flip))) == 2
 
     clean, _ = run(tmp_path)
     poisoned, rows = run(tmp_path, **flip)
