@@ -98,7 +98,7 @@ class Scenario:
     # service during a run ("host:port"; empty: not served). k8s/ uses 0.0.0.0:9095.
     status_address: str = ""
     # Robustness (docs/robustness.md): the aggregation rule, and the attack simulated.
-    aggregator: Aggregator = "auto"  # auto: borda (frl) or mean (fedavg)
+    aggregator: Aggregator = "auto"  # auto: borda (frl) or mean (fedavg, lora)
     trim_fraction: float = 0.2  # trimmed Borda / FedTrimmedAvg cut; Krum's f share
     filter_mads: float = 5.0  # filtered vote: drop replies this many MADs below the median
     attack: Attack = "none"
