@@ -167,15 +167,19 @@ def run_grid(
 ) -> list[dict[str, Any]]:
     """Run every cell not yet in ``out_dir/robustness.csv``; return all rows.
 
-    ``runner(scenario) -> (summary, per-round rows)`` runs one simulation.
+    ``runner(scenario) -> (summary, per-round rows)`` runs one simulation. Every
+    pending cell's scenario is built (and so validated) before the first run: a cell
+    that cannot run (a LoRA pair beside an image scenario, say) fails the grid at once.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "robustness.csv"
     done = {row_key(row) for row in read_rows(csv_path)}
-    for cell in cells:
-        if cell.key in done:
-            continue
-        scenario = cell_scenario(base, cell, out_dir / "runs")
+    pending = [
+        (cell, cell_scenario(base, cell, out_dir / "runs"))
+        for cell in cells
+        if cell.key not in done
+    ]
+    for cell, scenario in pending:
         summary, rounds = runner(scenario)
         row = {
             "strategy": cell.strategy,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fedrank.cli import main
+from fedrank.config import Scenario
 from fedrank.errors import ConfigError
 from fedrank.simulations.robustness import (
     grid_cells,
     parse_aggregators,
     read_rows,
+    run_grid,
     table_markdown,
 )
 
@@ -56,6 +59,20 @@ def test_table_shows_each_attack_against_the_fraction_with_the_loss_at_20_percen
 
     assert "| frl:borda | reverse_ranking | 92.0 | 82.0 | +10.0 |" in table
     assert "| frl:filtered | reverse_ranking | 91.5 | 91.0 | +0.5 |" in table
+
+
+def test_a_cell_that_cannot_run_fails_the_grid_before_any_run(tmp_path: Path) -> None:
+    cells = grid_cells(parse_aggregators("frl:borda,lora:median"), ["sign_flip"], [0.0, 0.2], [0])
+    ran: list[Scenario] = []
+
+    def record(scenario: Scenario) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        ran.append(scenario)
+        return {}, []
+
+    with pytest.raises(ConfigError, match="dataset"):
+        run_grid(Scenario(dataset="digits"), cells, tmp_path, runner=record)
+
+    assert ran == []
 
 
 @pytest.mark.integration
