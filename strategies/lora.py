@@ -35,6 +35,7 @@ from fedrank.strategies.records import (
     to_array_record,
     validated_replies,
 )
+from fedrank.strategies.robust_vote import trim_count
 from fedrank.strategies.sampling import in_partition_order, train_messages
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class LoraAggregation(Strategy):
         if self.robust in COORDINATE_RULES:
             return coordinate_wise(updates, rule=self.robust, beta=self.trim_fraction), 0
         if self.robust in ("krum", "multikrum"):
-            byzantine = math.floor(self.trim_fraction * self.clients_per_round + 1e-9)
+            byzantine = trim_count(self.clients_per_round, trim_fraction=self.trim_fraction)
             selected = 1 if self.robust == "krum" else self.clients_per_round - byzantine
             chosen = krum_choice(
                 updates,

@@ -15,12 +15,12 @@ so every aggregator trains the same clients in the same rounds as FRL.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from fedrank.strategies.fedavg import SeededFedAvg
+from fedrank.strategies.robust_vote import trim_count
 
 __all__ = [
     "SeededFedMedian",
@@ -138,7 +138,7 @@ def seeded_fedavg(
     replies (Multi-Krum averages the ``m - f`` best); ``median`` has no parameter.
     """
     p, m, common = partitions, clients_per_round, {"seed": seed, "min_replies": min_replies}
-    byzantine = math.floor(trim_fraction * m + 1e-9)
+    byzantine = trim_count(m, trim_fraction=trim_fraction)
     if aggregation == "mean":
         return SeededFedAvg(partitions=p, clients_per_round=m, **common)
     if aggregation == "median":
