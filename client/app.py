@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 from fedrank.client.site_data import site_examples
 from fedrank.config import Scenario
 from fedrank.data.digits import ImageSplit
+from fedrank.data.text import TokenizedText
 from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import PARTITION_KEY
@@ -72,8 +73,21 @@ def train(msg: Message, context: Context) -> Message:
     return train_reply(msg, context, update=local_update)
 
 
-def train_reply(msg: Message, context: Context, *, update: LocalUpdate) -> Message:
-    """The train handler around any local update (the benign one, or a poisoned one)."""
+class LocalRecords(Protocol):
+    """(scenario, partition id) -> a LoRA client's tokenised training records."""
+
+    def __call__(self, scenario: Scenario, partition_id: int) -> TokenizedText: ...
+
+
+def train_reply(
+    msg: Message,
+    context: Context,
+    *,
+    update: LocalUpdate,
+    records: LocalRecords | None = None,
+) -> Message:
+    """The train handler around any local update (the benign one, or a poisoned one);
+    a LoRA client trains on ``records`` (default: its partition's)."""
     config = dict(msg.content.config_records["config"])
     server_round = cast(int, config.pop("server-round"))
     scenario = Scenario.from_mapping(config, source="the server's config")
@@ -82,7 +96,7 @@ def train_reply(msg: Message, context: Context, *, update: LocalUpdate) -> Messa
     if scenario.strategy == "lora":
         from fedrank.client.lora_app import lora_train  # torch + PEFT: only for LoRA runs
 
-        return lora_train(msg, context, scenario, server_round, pid)
+        return lora_train(msg, context, scenario, server_round, pid, records=records)
 
     data = site_examples(context.node_config, scenario)  # None: partition pid
     if is_dense(scenario):

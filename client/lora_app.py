@@ -20,13 +20,13 @@ import functools
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 
+from fedrank.client.app import LocalRecords
 from fedrank.client.lora_trainer import (
     AccountantHistory,
     DpSgdConfig,
     steps_per_epoch,
     train_lora,
 )
-from fedrank.client.poisoning import is_poisoned, poisoned_text
 from fedrank.config import Scenario
 from fedrank.lora_task import client_text, lora_spec, round_seed
 from fedrank.models.lora import build_lora_model, set_adapter_tensors
@@ -125,16 +125,20 @@ def save_history(context: Context, history: AccountantHistory) -> None:
 
 
 def lora_train(
-    msg: Message, context: Context, scenario: Scenario, server_round: int, partition_id: int
+    msg: Message,
+    context: Context,
+    scenario: Scenario,
+    server_round: int,
+    partition_id: int,
+    *,
+    records: LocalRecords | None = None,
 ) -> Message:
-    """Train the global adapter on this client's records for one round and reply."""
+    """Train the global adapter on this client's records for one round and reply
+    (``records``: where they come from, by default the partition's)."""
     global_tensors = from_array_record(msg.content.array_records["arrays"])
-    spec = lora_spec(scenario)
-    model = build_lora_model(spec)
+    model = build_lora_model(lora_spec(scenario))
     set_adapter_tensors(model, global_tensors)
-    data = client_text(scenario, partition_id)
-    if is_poisoned(scenario, partition_id):
-        data = poisoned_text(scenario, partition_id, data, num_classes=spec.num_labels)
+    data = (records or client_text)(scenario, partition_id)
     result = train_lora(
         model,
         data,

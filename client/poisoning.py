@@ -6,8 +6,8 @@ scenario's attacker controls (:func:`~fedrank.client.collusion.malicious_partiti
 trains on its own examples with labels flipped by
 :func:`~fedrank.client.attacks.flip_labels` and then replies honestly. Knows: only
 its own data. Benign partitions run the benign local update unchanged. LoRA clients
-(text) flip their records' labels the same way (:func:`poisoned_text`, called by
-:func:`fedrank.client.lora_app.lora_train`).
+(text) flip their records' labels the same way (:func:`poisoned_records`, handed to
+:func:`fedrank.client.lora_app.lora_train` by this app's train handler).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from fedrank.client.app import query, train_reply
 from fedrank.client.attacks import flip_labels
 from fedrank.client.collusion import attack_spec, malicious_partitions
-from fedrank.config import Scenario
+from fedrank.config import NUM_CLASSES, Scenario
 from fedrank.data.digits import ImageSplit, load_dataset
 from fedrank.data.text import TokenizedText
 from fedrank.task import client_data, local_update
@@ -76,6 +76,18 @@ def poisoned_text(
     return TokenizedText(data.input_ids, data.attention_mask, torch.from_numpy(labels))
 
 
+def poisoned_records(scenario: Scenario, partition_id: int) -> TokenizedText:
+    """A LoRA client's records: flipped labels if the partition is malicious."""
+    from fedrank.lora_task import client_text  # PEFT + transformers: LoRA runs only
+
+    data = client_text(scenario, partition_id)
+    if is_poisoned(scenario, partition_id):
+        data = poisoned_text(
+            scenario, partition_id, data, num_classes=NUM_CLASSES[scenario.dataset]
+        )
+    return data
+
+
 def poisoned_update(
     scenario: Scenario,
     state: dict[str, np.ndarray],
@@ -93,4 +105,4 @@ def poisoned_update(
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train (on flipped labels if malicious) and reply like the benign client."""
-    return train_reply(msg, context, update=poisoned_update)
+    return train_reply(msg, context, update=poisoned_update, records=poisoned_records)

@@ -17,7 +17,7 @@ from fedrank.client.lora_app import (
     starting_history,
 )
 from fedrank.client.lora_trainer import steps_per_epoch
-from fedrank.client.poisoning import poisoned_text
+from fedrank.client.poisoning import poisoned_records, poisoned_text
 from fedrank.config import Scenario
 from fedrank.lora_task import client_text, initial_adapter
 from fedrank.models.lora import _pristine_model
@@ -145,8 +145,10 @@ def test_a_label_flipping_lora_client_trains_on_its_records_with_labels_reversed
     honest = scenario.replace(attack="none", malicious_fraction=0.0)
 
     def trained(s: Scenario, pid: int) -> dict[str, np.ndarray]:
+        # As the poisoning ClientApp trains: on poisoned_records.
         context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
-        reply = lora_train(train_message(initial_adapter(s)), context, s, 1, pid)
+        message = train_message(initial_adapter(s))
+        reply = lora_train(message, context, s, 1, pid, records=poisoned_records)
         return from_array_record(reply.content.array_records["arrays"])
 
     poisoned, clean = trained(scenario, malicious), trained(honest, malicious)
