@@ -16,7 +16,7 @@ estimate (bisection). Two targets:
 - the reverse of the benign estimate (FRL's attack, arXiv 2110.04350, Sec. 5): along
   the line the ranking turns into ``g`` minus an amplified copy of the benign update,
   the ranking analogue of a scaled sign flip;
-- the mask-boundary attack (:func:`fedrank.client.attacks.mask_boundary_attack`):
+- the mask-boundary attack (:func:`fedrank.simulations.attacks.attacks.mask_boundary_attack`):
   edges around the top-k boundary pushed towards the wrong side.
 
 The vote also sets aside a reply whose displacement ``r - g`` points against the

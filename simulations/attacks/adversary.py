@@ -5,7 +5,7 @@ them, which is exactly what colluders sharing information can do in reality (a s
 channel between them). :class:`Adversary` wraps the real strategy: each round it
 lets every sampled client, malicious ones included, train honestly; it then
 replaces the replies of the malicious partitions with the crafted ones
-(:mod:`fedrank.client.collusion`) and hands all replies to the real strategy, whose
+(:mod:`fedrank.simulations.attacks.collusion`) and hands all replies to the real strategy, whose
 wire validation still applies. The benign code paths do not know it exists.
 
 :func:`attack_components` picks, for a scenario, the ClientApp (the label-flipping
@@ -25,12 +25,12 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedrank.client.collusion import Crafter, State, crafter, malicious_partitions
 from fedrank.config import Scenario
 from fedrank.errors import InvalidUpdate
-from fedrank.strategies.frl import FrlVote
-from fedrank.strategies.ranking_wire import RankingWire
-from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.protos import keys
+from fedrank.protos.codecs import Codec, Reply
+from fedrank.protos.records import from_array_record
+from fedrank.simulations.attacks.collusion import Crafter, State, crafter, malicious_partitions
 from fedrank.strategies.wrapping import StrategyWrapper, WrappingStrategy
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Adversary(WrappingStrategy):
     """Colluding attackers in control of some partitions, around a real strategy.
 
     Threat model after Shejwalkar & Houmansadr (NDSS 2021, "Manipulating the
-    Byzantine"); attacks in :mod:`fedrank.client.attacks`.
+    Byzantine"); attacks in :mod:`fedrank.simulations.attacks.attacks`.
 
     Parameters
     ----------
@@ -55,9 +55,9 @@ class Adversary(WrappingStrategy):
     craft : Crafter
         ``(round, [(partition, honest reply)], benign replies, global state) -> replies``.
 
-    Replies are read and written the way the inner strategy expects them: bit-packed
-    rankings through the inner ``FrlVote``'s wire (the colluders encode what they
-    craft like any client), dense weights in an ``arrays`` record.
+    codec : Codec
+        The run's codec: the colluders read their honest replies and encode what they
+        craft with it, like any client.
     """
 
     def __init__(
@@ -67,11 +67,12 @@ class Adversary(WrappingStrategy):
         partitions: Mapping[int, int],
         malicious: frozenset[int],
         craft: Crafter,
+        codec: Codec,
     ) -> None:
         super().__init__(inner)
         self.malicious_nodes = {node: pid for pid, node in partitions.items() if pid in malicious}
         self.craft = craft
-        self.wire: RankingWire | None = inner.wire if isinstance(inner, FrlVote) else None
+        self.codec = codec
         self._reference: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
@@ -120,21 +121,15 @@ class Adversary(WrappingStrategy):
         """A reply's update, or None if it has none to read (an error, a bad payload)."""
         if reply.has_error():
             return None
-        if self.wire is not None:
-            try:
-                return self.wire.decode(server_round, reply.content)
-            except InvalidUpdate:
-                return None
-        if "arrays" not in reply.content.array_records:
+        try:
+            return self.codec.decode_reply(server_round, reply).state
+        except InvalidUpdate:
             return None
-        return from_array_record(reply.content.array_records["arrays"])
 
     def _write(self, server_round: int, reply: Message, state: Mapping[str, np.ndarray]) -> Message:
         """A copy of ``reply`` carrying ``state`` instead (its other records kept)."""
-        if self.wire is not None:
-            payload = self.wire.encode(server_round, state)
-        else:
-            payload = RecordDict({"arrays": to_array_record(state)})
+        payload = self.codec.encode_reply(server_round, Reply(state=dict(state), num_examples=1))
+        payload.pop(keys.METRICS)
         records = {key: record for key, record in reply.content.items() if key not in payload}
         content = RecordDict({**payload, **records})
         return make_message(metadata=copy.copy(reply.metadata), content=content)
@@ -142,8 +137,8 @@ class Adversary(WrappingStrategy):
 
 def attack_components(scenario: Scenario) -> tuple[ClientApp, StrategyWrapper | None]:
     """The ClientApp and strategy wrapper that simulate the scenario's attack."""
-    if scenario.attack == "label_flip":
-        from fedrank.client.poisoning import app as poisoning_app
+    if scenario.attack.kind == "label_flip":
+        from fedrank.simulations.attacks.poisoning import app as poisoning_app
 
         return poisoning_app, None
     from fedrank.client.app import app as client_app
@@ -154,7 +149,9 @@ def attack_components(scenario: Scenario) -> tuple[ClientApp, StrategyWrapper | 
         return client_app, None
     chosen: Crafter = craft
 
-    def wrap(strategy: Strategy, partitions: Mapping[int, int]) -> Strategy:
-        return Adversary(strategy, partitions=partitions, malicious=malicious, craft=chosen)
+    def wrap(strategy: Strategy, partitions: Mapping[int, int], codec: Codec) -> Strategy:
+        return Adversary(
+            strategy, partitions=partitions, malicious=malicious, craft=chosen, codec=codec
+        )
 
     return client_app, wrap

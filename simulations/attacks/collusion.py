@@ -12,7 +12,7 @@ together. They know
 - the scenario: the aggregator and its parameters, ``k``, the number of clients.
 
 They do not know which clients the server will sample in later rounds, nor the
-server's held-out data. Label flipping (:mod:`fedrank.client.poisoning`) is the
+server's held-out data. Label flipping (:mod:`fedrank.simulations.attacks.poisoning`) is the
 exception: it poisons the data, where the data is, and sends an honest reply.
 """
 
@@ -24,9 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fedrank.client.adaptive_attacks import DIRECTION_MARGIN, estimated_threshold, evade_filters
-from fedrank.client.attacks import (
-    AttackSpec,
+from fedrank.config import RANKING_ATTACKS, UPDATE_ATTACKS, AttackConfig, Scenario
+from fedrank.simulations.attacks.adaptive import (
+    DIRECTION_MARGIN,
+    estimated_threshold,
+    evade_filters,
+)
+from fedrank.simulations.attacks.attacks import (
     alie_attack,
     estimate_benign_ranking,
     gaussian_noise_attack,
@@ -39,7 +43,6 @@ from fedrank.client.attacks import (
     scaling_attack,
     sign_flip_attack,
 )
-from fedrank.config import RANKING_ATTACKS, UPDATE_ATTACKS, Scenario
 from fedrank.strategies.filtered_vote import spearman_to_reference
 
 State = Mapping[str, np.ndarray]
@@ -50,7 +53,6 @@ Crafter = Callable[
 
 __all__ = [
     "Crafter",
-    "attack_spec",
     "craft_rankings",
     "craft_updates",
     "crafter",
@@ -58,38 +60,19 @@ __all__ = [
 ]
 
 
-def attack_spec(scenario: Scenario) -> AttackSpec | None:
-    """The scenario's attack as an :class:`AttackSpec` (``None``: no attack)."""
-    if scenario.attack == "none":
-        return None
-    return AttackSpec(
-        kind=scenario.attack,
-        fraction=scenario.malicious_fraction,
-        seed=scenario.attack_seed,
-        scale=scenario.attack_scale,
-        noise_std=scenario.attack_noise_std,
-        z_max=scenario.attack_z_max or None,
-        direction=scenario.attack_direction,
-        boundary_fraction=scenario.attack_boundary_fraction,
-        flip_rule=scenario.attack_flip_rule,
-        source_class=scenario.attack_source_class,
-        target_class=scenario.attack_target_class,
-        knowledge=scenario.attack_knowledge,
-    )
-
-
 def malicious_partitions(scenario: Scenario) -> frozenset[int]:
     """The partition ids the scenario's attacker controls (empty without an attack)."""
-    spec = attack_spec(scenario)
-    return frozenset() if spec is None else malicious_clients(spec, scenario.num_clients)
+    if not scenario.attack.enabled:
+        return frozenset()
+    return malicious_clients(scenario.attack, scenario.run.num_clients)
 
 
-def _rng(spec: AttackSpec, server_round: int, partition: int) -> np.random.Generator:
+def _rng(spec: AttackConfig, server_round: int, partition: int) -> np.random.Generator:
     return np.random.default_rng([spec.seed, server_round, partition])
 
 
 def craft_rankings(
-    spec: AttackSpec,
+    spec: AttackConfig,
     *,
     server_round: int,
     colluders: Sequence[tuple[int, State]],
@@ -141,7 +124,7 @@ def craft_rankings(
 
 
 def craft_updates(
-    spec: AttackSpec,
+    spec: AttackConfig,
     *,
     server_round: int,
     colluders: Sequence[tuple[int, State]],
@@ -151,7 +134,7 @@ def craft_updates(
 ) -> list[dict[str, np.ndarray]]:
     """Weights for every colluder (same order as ``colluders``).
 
-    The attacks of :mod:`fedrank.client.attacks` act on *updates*, ``w - g`` with
+    The attacks of :mod:`fedrank.simulations.attacks.attacks` act on *updates*, ``w - g`` with
     ``g`` the global weights sent this round; the reply is ``g`` plus the crafted
     update. Sign flip, scaling and noise change each colluder's own update; ALIE,
     min-max and min-sum send one update computed from the ``known`` ones.
@@ -186,7 +169,10 @@ def craft_updates(
         # Baruch et al.'s z needs f < n/2 + 1; a round with more colluders uses the largest f.
         f = min(len(colluders), math.floor(replies_in_round / 2 + 1) - 1)
         crafted = alie_attack(
-            known_updates, num_clients=replies_in_round, num_malicious=max(f, 1), z_max=spec.z_max
+            known_updates,
+            num_clients=replies_in_round,
+            num_malicious=max(f, 1),
+            z_max=spec.z_max or None,
         )
     elif spec.kind == "min_max":
         crafted = min_max_attack(known_updates, direction=spec.direction)
@@ -197,10 +183,9 @@ def craft_updates(
 
 def crafter(scenario: Scenario) -> Crafter | None:
     """The scenario's reply-crafting attacker (``None``: no attack crafts replies)."""
-    spec = attack_spec(scenario)
-    if spec is None or spec.kind not in RANKING_ATTACKS | UPDATE_ATTACKS:
+    chosen = scenario.attack
+    if chosen.kind not in RANKING_ATTACKS | UPDATE_ATTACKS:
         return None
-    chosen: AttackSpec = spec
 
     def craft(
         server_round: int,
@@ -216,8 +201,8 @@ def crafter(scenario: Scenario) -> Crafter | None:
                 colluders=colluders,
                 known=known,
                 reference=reference,
-                k=scenario.k,
-                filter_mads=scenario.filter_mads,
+                k=scenario.frl.k,
+                filter_mads=scenario.aggregation.filter_mads,
             )
         return craft_updates(
             chosen,

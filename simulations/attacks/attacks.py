@@ -7,21 +7,20 @@ given as ``dict[str, np.ndarray]``; they are computed in float64 and cast back t
 each layer's dtype. Data poisoning: :func:`flip_labels`.
 
 Colluders share information: each docstring says what the attacker is assumed to
-know. Which clients are malicious is fixed by :func:`malicious_clients`.
+know. Which clients are malicious is fixed by :func:`malicious_clients`. The attack's
+settings are the scenario's :class:`~fedrank.config.AttackConfig`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from statistics import NormalDist
-from typing import get_args
 
 import numpy as np
 import numpy.typing as npt
 
-from fedrank.config import AttackDirection, AttackKind, FlipRule, Knowledge
+from fedrank.config import AttackConfig, AttackDirection, FlipRule
 from fedrank.errors import ConfigError
 from fedrank.strategies.robust_vote import trimmed_borda_vote
 
@@ -31,84 +30,7 @@ FloatArray = npt.NDArray[np.float64]
 Update = Mapping[str, npt.NDArray[np.floating]]
 
 
-@dataclass(frozen=True)
-class AttackSpec:
-    """Which attack, on how many clients, with its parameters.
-
-    Attack papers: FRL reverse ranking (arXiv 2110.04350, Sec. 5); "a little is
-    enough" (arXiv 1902.06156); min-max / min-sum (Shejwalkar & Houmansadr, NDSS
-    2021, "Manipulating the Byzantine").
-
-    Parameters
-    ----------
-    kind : AttackKind
-        The behaviour of every malicious client.
-    fraction : float
-        Share of the clients that are malicious, in ``[0, 1)``.
-    seed : int
-        Seeds the choice of malicious clients (and the attacks' own draws).
-    scale : float
-        Factor of the ``scaling`` attack (``-5.0``: five times the reversed update).
-    noise_std : float
-        Standard deviation of the ``gaussian_noise`` attack.
-    z_max : float or None
-        ``alie`` deviation in standard deviations; ``None``: Baruch et al.'s value
-        from the number of clients (:func:`alie_z_max`).
-    direction : {"inverse_std", "inverse_unit", "inverse_sign"}
-        Perturbation of ``min_max`` / ``min_sum``.
-    boundary_fraction : float
-        ``mask_boundary``: share of the layer moved on each side of the boundary.
-    flip_rule, source_class, target_class
-        ``label_flip`` rule (:func:`flip_labels`); the classes for ``"targeted"``.
-    knowledge : {"colluders", "all"}
-        Benign updates the update attacks see: the colluders' own benign training
-        (realistic) or every benign client's update (the omniscient worst case).
-    """
-
-    kind: AttackKind
-    fraction: float
-    seed: int = 0
-    scale: float = -5.0
-    noise_std: float = 1.0
-    z_max: float | None = None
-    direction: Direction = "inverse_std"
-    boundary_fraction: float = 0.05
-    flip_rule: FlipRule = "reverse"
-    source_class: int | None = None
-    target_class: int | None = None
-    knowledge: Knowledge = "colluders"
-
-    def __post_init__(self) -> None:
-        for name, alias in [
-            ("kind", AttackKind), ("direction", Direction),
-            ("flip_rule", FlipRule), ("knowledge", Knowledge),
-        ]:  # fmt: skip
-            if getattr(self, name) not in get_args(alias):
-                raise ConfigError(f"attack.{name}", f"must be one of {get_args(alias)}")
-        if not 0.0 <= self.fraction < 1.0:
-            raise ConfigError("attack.fraction", f"must lie in [0, 1), got {self.fraction}")
-        if self.seed < 0:
-            raise ConfigError("attack.seed", f"must be >= 0, got {self.seed}")
-        if not math.isfinite(self.scale) or self.scale == 0.0:
-            raise ConfigError("attack.scale", f"must be finite and non-zero, got {self.scale}")
-        if not (math.isfinite(self.noise_std) and self.noise_std > 0.0):
-            raise ConfigError("attack.noise_std", f"must be finite and > 0, got {self.noise_std}")
-        if self.z_max is not None and not math.isfinite(self.z_max):
-            raise ConfigError("attack.z_max", f"must be finite or unset, got {self.z_max}")
-        if not 0.0 < self.boundary_fraction <= 1.0:
-            raise ConfigError(
-                "attack.boundary_fraction", f"must lie in (0, 1], got {self.boundary_fraction}"
-            )
-        targeted = self.kind == "label_flip" and self.flip_rule == "targeted"
-        for name in ("source_class", "target_class"):
-            value = getattr(self, name)
-            if targeted and (value is None or value < 0):
-                raise ConfigError(f"attack.{name}", "a targeted label flip needs a class >= 0")
-        if targeted and self.source_class == self.target_class:
-            raise ConfigError("attack.target_class", "must differ from source_class")
-
-
-def malicious_clients(spec: AttackSpec, num_clients: int) -> frozenset[int]:
+def malicious_clients(spec: AttackConfig, num_clients: int) -> frozenset[int]:
     """The partition ids of the malicious clients: ``floor(fraction * num_clients)``
     ids drawn without replacement by a Generator seeded with ``spec.seed``."""
     if num_clients < 1:

@@ -1,32 +1,26 @@
-"""The LoRA ClientApp handler: one round of training, accountant kept in the node's state."""
+"""The text LoRA task: one round of training, accountant kept in the node's state."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedrank.client.collusion import malicious_partitions
-from fedrank.client.lora_app import (
-    load_history,
-    lora_train,
-    planned_steps,
-    sample_noise_multiplier,
-    starting_history,
-)
-from fedrank.client.lora_trainer import steps_per_epoch
-from fedrank.client.poisoning import poisoned_records, poisoned_text
 from fedrank.config import Scenario
-from fedrank.lora_task import client_text, initial_adapter
 from fedrank.models.lora import _pristine_model
-from fedrank.privacy.accountant import compute_epsilon, history_to_array
-from fedrank.protos import decode_privacy_report
-from fedrank.strategies.dp_sample_level import HISTORY_ARRAY, HISTORY_RECORD
-from fedrank.strategies.records import from_array_record, to_array_record
+from fedrank.privacy.accountant import compute_epsilon, history_from_array, history_to_array
+from fedrank.privacy.plan import planned_steps, sample_noise_multiplier, steps_per_epoch
+from fedrank.protos import keys
+from fedrank.protos.codecs import Reply
+from fedrank.protos.records import to_array_record
+from fedrank.simulations.attacks.collusion import malicious_partitions
+from fedrank.simulations.attacks.poisoning import poisoned
+from fedrank.tasks import load_task
+from fedrank.tasks.text_lora import ACCOUNTANT_KEY, TextLoraTask, starting_history
 
-SCENARIO = Scenario(
+SCENARIO = Scenario.of(
     strategy="lora",
     dataset="rotten-tomatoes",
     model="tiny-bert",
@@ -53,25 +47,54 @@ def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
 
 
-def train_message(tensors: dict[str, np.ndarray]) -> Message:
-    content = RecordDict({"arrays": to_array_record(tensors), "config": ConfigRecord({})})
-    message = Message(content=content, message_type=MessageType.TRAIN, dst_node_id=5)
-    return message
+def task(scenario: Scenario = SCENARIO) -> TextLoraTask:
+    found = load_task(scenario)
+    assert isinstance(found, TextLoraTask)
+    return found
+
+
+def lora_train(
+    tensors: dict[str, np.ndarray],
+    node_state: RecordDict,
+    scenario: Scenario,
+    server_round: int,
+    partition_id: int,
+    *,
+    message: RecordDict | None = None,
+    poison: bool = False,
+) -> Reply:
+    t = task(scenario)
+    data = t.partition_data(partition_id)
+    if poison:
+        data = poisoned(t, partition_id, data)
+    return t.train(
+        tensors,
+        data,
+        server_round=server_round,
+        partition_id=partition_id,
+        message=message or RecordDict(),
+        node_state=node_state,
+    )
+
+
+def load_history(state: RecordDict) -> tuple[tuple[float, float, int], ...]:
+    return history_from_array(state.array_records[ACCOUNTANT_KEY][keys.HISTORY].numpy())
 
 
 def test_the_accountant_outlives_the_round_in_the_nodes_state() -> None:
-    context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
-    tensors = initial_adapter(SCENARIO)
-    n = len(client_text(SCENARIO, 1))
+    state = RecordDict()
+    tensors = task().initial_state()
+    n = len(task().partition_data(1))
     sigma = sample_noise_multiplier(SCENARIO, n)
     q = 1 / steps_per_epoch(num_examples=n, batch_size=8)
 
     loads_before = _pristine_model.cache_info().misses
     reports = []
     for server_round in (1, 2):
-        reply = lora_train(train_message(tensors), context, SCENARIO, server_round, 1)
-        reports.append(decode_privacy_report(reply.content["privacy"]["report"]))  # type: ignore[arg-type]
-        tensors = from_array_record(reply.content.array_records["arrays"])
+        reply = lora_train(tensors, state, SCENARIO, server_round, 1)
+        assert reply.privacy is not None
+        reports.append(reply.privacy)
+        tensors = reply.state
 
     per_round = steps_per_epoch(num_examples=n, batch_size=8)
     assert [r.steps for r in reports] == [per_round, per_round]
@@ -79,13 +102,13 @@ def test_the_accountant_outlives_the_round_in_the_nodes_state() -> None:
         history=[(sigma, q, 2 * per_round)], delta=1e-5, accountant="rdp"
     )
     assert reports[1].epsilon_spent > reports[0].epsilon_spent
-    assert load_history(context) == ((sigma, q, 2 * per_round),)
+    assert load_history(state) == ((sigma, q, 2 * per_round),)
     # The base model, loaded for the initial adapter, was not loaded again for a round.
     assert _pristine_model.cache_info().misses == loads_before
 
 
 def test_the_noise_for_a_target_keeps_it_over_every_planned_round() -> None:
-    n = len(client_text(SCENARIO, 0))
+    n = len(task().partition_data(0))
     sigma = sample_noise_multiplier(SCENARIO, n)
     q = 1 / steps_per_epoch(num_examples=n, batch_size=8)
 
@@ -107,27 +130,29 @@ def test_starting_history_takes_the_longer_of_the_own_and_the_recorded() -> None
 
 def test_a_client_whose_state_was_lost_resumes_from_the_recorded_history() -> None:
     # Arrange: round 1 on a node that keeps its state; its round-1 history is recorded.
-    kept = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
-    first = lora_train(train_message(initial_adapter(SCENARIO)), kept, SCENARIO, 1, 1)
-    tensors = from_array_record(first.content.array_records["arrays"])
-    recorded = train_message(tensors)
-    recorded.content[HISTORY_RECORD] = to_array_record(
-        {HISTORY_ARRAY: history_to_array(load_history(kept))}
+    kept = RecordDict()
+    first = lora_train(task().initial_state(), kept, SCENARIO, 1, 1)
+    tensors = first.state
+    recorded = RecordDict(
+        {
+            keys.PRIVACY_HISTORY: to_array_record(
+                {keys.HISTORY: history_to_array(load_history(kept))}
+            )
+        }
     )
-    lost = Context(run_id=2, node_id=6, node_config={}, state=RecordDict(), run_config={})
+    lost = RecordDict()
 
     # Act: round 2 on the same node, and on a new one that only has the server's record.
-    same = lora_train(train_message(tensors), kept, SCENARIO, 2, 1)
-    resumed = lora_train(recorded, lost, SCENARIO, 2, 1)
+    same = lora_train(tensors, kept, SCENARIO, 2, 1)
+    resumed = lora_train(tensors, lost, SCENARIO, 2, 1, message=recorded)
 
     # Assert: the same epsilon, history and adapter, not a restart from zero.
-    reports = [decode_privacy_report(r.content["privacy"]["report"]) for r in (same, resumed)]  # type: ignore[arg-type]
-    assert reports[1].epsilon_spent == reports[0].epsilon_spent
+    assert same.privacy is not None
+    assert resumed.privacy is not None
+    assert resumed.privacy.epsilon_spent == same.privacy.epsilon_spent
     assert load_history(lost) == load_history(kept)
-    expected = from_array_record(same.content.array_records["arrays"])
-    got = from_array_record(resumed.content.array_records["arrays"])
-    for name, value in expected.items():
-        np.testing.assert_array_equal(got[name], value)
+    for name, value in same.state.items():
+        np.testing.assert_array_equal(resumed.state[name], value)
 
 
 def test_a_label_flipping_lora_client_trains_on_its_records_with_labels_reversed() -> None:
@@ -136,22 +161,20 @@ def test_a_label_flipping_lora_client_trains_on_its_records_with_labels_reversed
     )
     (malicious,) = malicious_partitions(scenario)
     benign = 1 - malicious
-    own = client_text(scenario, malicious)
+    own = task(scenario).partition_data(malicious)
 
-    flipped = poisoned_text(scenario, malicious, own, num_classes=2)
+    flipped = poisoned(task(scenario), malicious, own)
 
     assert torch.equal(flipped.labels, 1 - own.labels)
     assert torch.equal(flipped.input_ids, own.input_ids)
+    assert poisoned(task(scenario), benign, own) is own
     honest = scenario.replace(attack="none", malicious_fraction=0.0)
 
     def trained(s: Scenario, pid: int) -> dict[str, np.ndarray]:
-        # As the poisoning ClientApp trains: on poisoned_records.
-        context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
-        message = train_message(initial_adapter(s))
-        reply = lora_train(message, context, s, 1, pid, records=poisoned_records)
-        return from_array_record(reply.content.array_records["arrays"])
+        # As the poisoning ClientApp trains: on its hook's examples.
+        return lora_train(task(s).initial_state(), RecordDict(), s, 1, pid, poison=True).state
 
-    poisoned, clean = trained(scenario, malicious), trained(honest, malicious)
-    assert any(not np.array_equal(poisoned[n], clean[n]) for n in clean)
+    poisoned_state, clean = trained(scenario, malicious), trained(honest, malicious)
+    assert any(not np.array_equal(poisoned_state[n], clean[n]) for n in clean)
     for name, value in trained(honest, benign).items():
         np.testing.assert_array_equal(trained(scenario, benign)[name], value)

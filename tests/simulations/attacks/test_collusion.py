@@ -3,20 +3,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedrank.client.attacks import (
-    AttackSpec,
+from fedrank.config import AttackConfig as AttackSpec
+from fedrank.config import Scenario
+from fedrank.simulations.attacks.attacks import (
     estimate_benign_ranking,
     malicious_clients,
     mask_boundary_attack,
 )
-from fedrank.client.collusion import (
-    attack_spec,
+from fedrank.simulations.attacks.collusion import (
     craft_rankings,
     craft_updates,
     crafter,
     malicious_partitions,
 )
-from fedrank.config import Scenario
 from fedrank.strategies.filtered_vote import spearman_to_reference
 
 N = 40
@@ -28,19 +27,18 @@ def _rankings(seed: int, count: int) -> list[dict[str, np.ndarray]]:
 
 
 def test_scenario_attack_becomes_its_spec_and_partition_set() -> None:
-    scenario = Scenario(attack="reverse_ranking", malicious_fraction=0.2, attack_seed=3)
-    spec = attack_spec(scenario)
-    assert spec is not None
-    assert (spec.kind, spec.fraction, spec.seed, spec.z_max) == ("reverse_ranking", 0.2, 3, None)
+    scenario = Scenario.of(attack="reverse_ranking", malicious_fraction=0.2, attack_seed=3)
+    spec = scenario.attack
+    assert (spec.kind, spec.fraction, spec.seed, spec.z_max) == ("reverse_ranking", 0.2, 3, 0.0)
     assert malicious_partitions(scenario) == malicious_clients(spec, 50)
     assert len(malicious_partitions(scenario)) == 10
-    assert malicious_partitions(Scenario()) == frozenset()
-    assert crafter(Scenario(attack="label_flip", malicious_fraction=0.2)) is None
+    assert malicious_partitions(Scenario.of()) == frozenset()
+    assert crafter(Scenario.of(attack="label_flip", malicious_fraction=0.2)) is None
 
 
 @pytest.mark.parametrize("knowledge", ["colluders", "all"])
 def test_reversal_reverses_the_estimate_from_what_the_attacker_knows(knowledge: str) -> None:
-    scenario = Scenario(
+    scenario = Scenario.of(
         attack="reverse_ranking", malicious_fraction=0.2, attack_knowledge=knowledge
     )
     craft = crafter(scenario)

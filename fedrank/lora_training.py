@@ -15,7 +15,6 @@ the epsilon reported is cumulative over every round the client took part in
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,11 +98,6 @@ class LoraTrainResult(NamedTuple):
     max_grad_norm, epsilon (cumulative), delta, accountant."""
     accountant_state: AccountantHistory
     """The client's accountant history after this round (unchanged without DP)."""
-
-
-def steps_per_epoch(*, num_examples: int, batch_size: int) -> int:
-    """Logical steps in one epoch: Opacus samples with rate ``1 / ceil(n / batch_size)``."""
-    return math.ceil(num_examples / batch_size)
 
 
 def cumulative_epsilon(

@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrank.client.adaptive_attacks import (
+from fedrank.simulations.attacks.adaptive import (
     DIRECTION_MARGIN,
     estimated_threshold,
     evade_agreement_filter,
     evade_filters,
 )
-from fedrank.client.attacks import reverse_ranking_attack
+from fedrank.simulations.attacks.attacks import reverse_ranking_attack
 from fedrank.strategies.filtered_vote import (
     direction_agreement,
     filtered_vote,

@@ -16,19 +16,17 @@ from types import MappingProxyType
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from fedrank.config import Scenario
 from fedrank.errors import InvalidUpdate
-from fedrank.protos import (
+from fedrank.protos import keys
+from fedrank.protos.serde import decode_ranking_update, encode_ranking_update, ranking_size_limit
+from fedrank.protos.updates import (
     RankingExpectation,
     UpdateHeader,
-    decode_ranking_update,
-    encode_ranking_update,
     model_fingerprint,
-    ranking_size_limit,
 )
 
-UPDATE_RECORD = "update"
-RANKING_KEY = "ranking"
+UPDATE_RECORD = keys.UPDATE
+RANKING_KEY = keys.RANKING
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,21 +57,12 @@ class RankingWire:
     def for_model(
         cls, *, run_id: object, layer_sizes: Mapping[str, int], **model: str | int | float
     ) -> RankingWire:
-        """The wire of a run whose frozen network is defined by ``model`` (see ``Scenario``)."""
+        """The wire of a run whose frozen network ``model`` defines (architecture, seed, k)."""
         sizes = dict(layer_sizes)
         return cls(
             run_id=str(run_id),
             layer_sizes=sizes,
             fingerprint=model_fingerprint(**model, layer_sizes=sizes),
-        )
-
-    @classmethod
-    def for_scenario(cls, scenario: Scenario, *, run_id: object) -> RankingWire:
-        """The wire of an FRL run of ``scenario`` (what server and clients both build)."""
-        from fedrank.task import layer_sizes  # builds the model: only when a wire is made
-
-        return cls.for_model(
-            run_id=run_id, layer_sizes=layer_sizes(scenario), **scenario.model_fingerprint_parts()
         )
 
     def encode(self, server_round: int, rankings: Mapping[str, np.ndarray]) -> RecordDict:

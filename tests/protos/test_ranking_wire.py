@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 from fedrank.config import Scenario
 from fedrank.errors import InvalidUpdate
 from fedrank.protos import bits_for
-from fedrank.strategies.ranking_wire import RankingWire
-from fedrank.strategies.records import content_bytes
+from fedrank.protos.codecs import RankingCodec
+from fedrank.protos.ranking_wire import RankingWire
+from fedrank.protos.records import content_bytes
+from fedrank.tasks import load_task
 
 SIZES = {"fc1": 300, "fc2": 17}
 
@@ -63,9 +65,13 @@ def test_a_missing_or_mistyped_payload_is_malformed(content: RecordDict) -> None
 
 
 def test_the_scenario_wire_matches_the_model_layers() -> None:
-    scenario = Scenario(dataset="digits", model="mlp", num_clients=2, clients_per_round=1)
-    wire = RankingWire.for_scenario(scenario, run_id=1)
+    scenario = Scenario.of(dataset="digits", model="mlp", num_clients=2, clients_per_round=1)
+    wire = scenario_wire(scenario)
     assert dict(wire.layer_sizes) == {"fc1": 64 * 256, "fc2": 256 * 128, "fc3": 128 * 10}
-    assert (
-        wire.fingerprint != RankingWire.for_scenario(scenario.replace(k=0.3), run_id=1).fingerprint
-    )
+    assert wire.fingerprint != scenario_wire(scenario.replace(k=0.3)).fingerprint
+
+
+def scenario_wire(scenario: Scenario) -> RankingWire:
+    codec = load_task(scenario).codec(1)
+    assert isinstance(codec, RankingCodec)
+    return codec.wire

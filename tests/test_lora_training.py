@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from fedrank.client.lora_trainer import (
+from fedrank.data.text import TokenizedText
+from fedrank.errors import ConfigError, PrivacyBudgetExhausted
+from fedrank.lora_training import (
     DpSgdConfig,
     cumulative_epsilon,
     evaluate_lora,
     noise_multiplier_for_budget,
-    steps_per_epoch,
     train_lora,
 )
-from fedrank.data.text import TokenizedText
-from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.models.lora import LoraSpec, adapter_tensors, build_lora_model
 from fedrank.privacy.accountant import history_from_array, history_to_array
+from fedrank.privacy.plan import steps_per_epoch
 
 TINY = LoraSpec(base="tiny-bert", r=4, lora_alpha=8)
 
