@@ -61,6 +61,7 @@ __all__ = [
     "history_to_array",
     "noise_multiplier_for_epsilon",
     "prv_fallback_reason",
+    "prv_grid_points",
     "run_lengths",
 ]
 
@@ -218,6 +219,21 @@ def prv_fallback_reason(
     if not grouped or any(sigma == 0 for sigma, _, _ in grouped):
         return None
     return _prv_reason(grouped, delta)
+
+
+def prv_grid_points(
+    *, history: Sequence[HistoryEntry], delta: float, bounds: AccountantBounds = ABSOLUTE_BOUNDS
+) -> float:
+    """Grid points times distinct mechanisms of the PRV discretisation of ``history``.
+
+    The quantity :data:`PRV_MAX_POINTS` caps (memory grows with it, about 165 bytes a
+    point); 0 for an empty history. Raises as :func:`compute_epsilon`.
+    """
+    delta = check_delta(delta, bounds)
+    grouped = grouped_history(history, bounds)
+    if not grouped or any(sigma == 0 for sigma, _, _ in grouped):
+        return 0.0
+    return _prv_domain(grouped, delta)[2] * len(grouped)
 
 
 def _prv_epsilon(grouped: Grouped, delta: float) -> float:
