@@ -31,9 +31,10 @@ MALFORMED = "privacy_malformed"
 """Reason code of an accountant input that is not (noise_multiplier, sample_rate, steps)."""
 
 # Why these absolute values (each keeps one accountant call bounded; see the benchmark):
-# - sigma: below 0.01 one step is epsilon > 1,000 at any q (no run can want it) and
-#   smaller values divide by zero inside Opacus; above 100 Opacus' fractional-order
-#   series runs longer with sigma and epsilon is ~0 anyway. 0 stays allowed: no noise,
+# - sigma: from 1e-12 ("negligible noise", as tests of DP code paths use; epsilon is
+#   astronomically large but finite, and a budget refuses it). Below ~1e-154 sigma^2
+#   underflows and Opacus divides by zero. Above 100 Opacus' fractional-order series
+#   runs longer with sigma while epsilon is ~0 anyway. 0 stays allowed: no noise,
 #   epsilon infinite.
 # - q: below 1e-9 nothing is sampled from any real dataset; 0 stays allowed (no data
 #   touched, costs nothing).
@@ -43,7 +44,7 @@ MALFORMED = "privacy_malformed"
 #   floating point cannot resolve it.
 # - distinct (sigma, q) pairs per history: 8. Each costs one RDP curve, computed once per
 #   process: up to ~1 s at q near 1/2 (measured; a run with fixed sigma and q has one).
-ABSOLUTE_MIN_NOISE_MULTIPLIER = 0.01
+ABSOLUTE_MIN_NOISE_MULTIPLIER = 1e-12
 ABSOLUTE_MAX_NOISE_MULTIPLIER = 100.0
 ABSOLUTE_MIN_SAMPLE_RATE = 1e-9
 ABSOLUTE_MAX_STEPS = 10**7

@@ -74,7 +74,7 @@ def test_zero_noise_and_zero_rate_stay_allowed() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"min_noise_multiplier": 1e-3}, "min_noise_multiplier"),
+        ({"min_noise_multiplier": 1e-13}, "min_noise_multiplier"),
         ({"max_noise_multiplier": 1e3}, "max_noise_multiplier"),
         ({"min_noise_multiplier": 2.0, "max_noise_multiplier": 1.0}, "min_noise_multiplier"),
         ({"max_sample_rate": 1.5}, "max_sample_rate"),
