@@ -2,9 +2,10 @@
 
 Pure functions over ``opacus.accountants.analysis`` (RDP: Mironov 2017, arXiv
 1702.07476, with the conversion of Balle et al. 2020, arXiv 1905.09982; PRV: Gopi et al.
-2021, arXiv 2106.02848). The math is Opacus'; what is ours is the bounding: every input
-is checked against :class:`fedrank.privacy.bounds.AccountantBounds` first, RDP curves are
-cached per (sigma, q), and a PRV discretisation larger than :data:`PRV_MAX_POINTS` (or
+2021, arXiv 2106.02848), through :mod:`fedrank.privacy.analysis`. The math is Opacus';
+what is ours is the bounding: every input is checked against
+:class:`fedrank.privacy.bounds.AccountantBounds` first, RDP curves are cached per
+(sigma, q), and a PRV discretisation larger than :data:`PRV_MAX_POINTS` (or
 over more than :data:`PRV_MAX_MECHANISMS` distinct mechanisms) is not built: the RDP
 bound of the same history is used instead, with a ``RuntimeWarning``
 (:func:`prv_fallback_reason` says when and why). Both bounds are valid; the numbers
@@ -18,7 +19,6 @@ plain Gaussian mechanism (no amplification by sampling).
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -26,17 +26,18 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants.analysis.prv import (
-    Domain,
-    PoissonSubsampledGaussianPRV,
-    TruncatedPrivacyRandomVariable,
-    compose_heterogeneous,
-    discretize,
-)
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.rdp import RDPAccountant
 
 from fedrank.errors import ConfigError
+from fedrank.privacy.analysis import (
+    PRV_EPS_ERROR,
+    PRV_MAX_MECHANISMS,
+    PRV_MAX_POINTS,
+    RDP_ORDERS,
+    prv_domain,
+    prv_epsilon,
+    prv_reason,
+    rdp_epsilon,
+)
 from fedrank.privacy.bounds import (
     ABSOLUTE_BOUNDS,
     AccountantBounds,
@@ -67,35 +68,6 @@ __all__ = [
 
 AccountantName = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[AccountantName, ...] = ("rdp", "prv")
-
-# Opacus' default orders plus larger ones: with few compositions at q = 1 (client-level
-# DP over a handful of rounds) the best order lies above 63. A larger set of orders can
-# only lower the minimum over orders, and each order gives a valid bound.
-RDP_ORDERS: tuple[float, ...] = (
-    *(1 + x / 10.0 for x in range(1, 100)),
-    *(float(a) for a in range(12, 64)),
-    64.0,
-    80.0,
-    96.0,
-    128.0,
-    192.0,
-    256.0,
-    512.0,
-)
-# The orders Opacus' PRV accountant sizes its domain with (RDPAccountant's defaults),
-# a subset of RDP_ORDERS: their positions in our cached curves.
-_OPACUS_ALPHAS: tuple[float, ...] = tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
-_OPACUS_INDEX = np.array([RDP_ORDERS.index(a) for a in _OPACUS_ALPHAS])
-
-# PRV discretisation error in epsilon; the result is the upper end of the error band.
-PRV_EPS_ERROR = 0.01
-# Largest PRV discretisation built: grid points times distinct mechanisms (each holds
-# its own grid until composed). About 165 bytes a point were measured: ~350 MB at most.
-PRV_MAX_POINTS = 2**21
-# Most distinct mechanisms composed by PRV (each needs a numerical integration).
-PRV_MAX_MECHANISMS = 8
-
-Grouped = list[tuple[float, float, int]]
 
 
 def run_lengths(history: Sequence[HistoryEntry]) -> tuple[tuple[float, float, int], ...]:
@@ -136,76 +108,6 @@ def _check_accountant(accountant: str) -> None:
         raise ConfigError("accountant", f"must be one of {ACCOUNTANTS}, got {accountant!r}")
 
 
-@functools.lru_cache(maxsize=4096)
-def _rdp_curve(sigma: float, q: float) -> npt.NDArray[np.float64]:
-    """RDP of one step of the sampled Gaussian at every order of :data:`RDP_ORDERS`.
-
-    The costly part of any accounting (up to ~0.5 s for q near 1/2): computed once per
-    mechanism and process. The returned array is read-only.
-    """
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        curve = np.asarray(
-            compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(RDP_ORDERS)),
-            dtype=np.float64,
-        )
-    curve.setflags(write=False)
-    return curve
-
-
-def _rdp_total(
-    grouped: Grouped, index: npt.NDArray[np.intp] | None = None
-) -> npt.NDArray[np.float64]:
-    # Summed as RDPAccountant sums (sum() over entries, each curve times its steps), so
-    # the floats are the same.
-    curves = [
-        (_rdp_curve(s, q) if index is None else _rdp_curve(s, q)[index]) * steps
-        for s, q, steps in grouped
-    ]
-    total: npt.NDArray[np.float64] = sum(curves)  # type: ignore[assignment]
-    return total
-
-
-def _rdp_epsilon(grouped: Grouped, delta: float, orders: Sequence[float] = RDP_ORDERS) -> float:
-    index = None if orders is RDP_ORDERS else _OPACUS_INDEX
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"), warnings.catch_warnings():
-        # The best order at the edge of the set means a looser bound, not a wrong one.
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        eps, _ = get_privacy_spent(orders=list(orders), rdp=_rdp_total(grouped, index), delta=delta)
-    return float(eps)
-
-
-def _prv_domain(grouped: Grouped, delta: float) -> tuple[float, float, float]:
-    """Half-width L, mesh size and (estimated) points of Opacus' PRV domain.
-
-    The same numbers as ``compute_safe_domain_size`` and ``PRVAccountant._get_domain``
-    (Gopi et al. 2021, Remark 5.6), from cached RDP curves at Opacus' default orders.
-    """
-    delta_error = delta / 1000
-    total = sum(steps for _, _, steps in grouped)
-    half_width = _rdp_epsilon(grouped, delta_error / 4, _OPACUS_ALPHAS)
-    for sigma, q, _ in grouped:
-        single = _rdp_epsilon([(sigma, q, 1)], delta_error / (8 * total), _OPACUS_ALPHAS)
-        half_width = max(half_width, single)
-    half_width = max(half_width, PRV_EPS_ERROR) + 3
-    mesh = PRV_EPS_ERROR / math.sqrt(total * math.log(12 / delta_error) / 2)
-    points = math.ceil(2 * half_width / mesh) + 2.0 if math.isfinite(half_width) else math.inf
-    return half_width, mesh, points
-
-
-def _prv_reason(grouped: Grouped, delta: float) -> str | None:
-    if len(grouped) > PRV_MAX_MECHANISMS:
-        return f"{len(grouped)} distinct mechanisms, PRV composes at most {PRV_MAX_MECHANISMS}"
-    _, _, points = _prv_domain(grouped, delta)
-    if points * len(grouped) > PRV_MAX_POINTS:
-        return (
-            f"the PRV grid would hold {points * len(grouped):.3g} points, at most {PRV_MAX_POINTS}"
-        )
-    # Opacus refuses deltas its floating point cannot resolve on this grid.
-    if np.finfo(np.longdouble).eps * points > delta - delta / 1000:
-        return f"delta {delta:g} is too small for a PRV grid of {points:.0f} points"
-    return None
-
-
 def prv_fallback_reason(
     *, history: Sequence[HistoryEntry], delta: float, bounds: AccountantBounds = ABSOLUTE_BOUNDS
 ) -> str | None:
@@ -218,7 +120,7 @@ def prv_fallback_reason(
     grouped = grouped_history(history, bounds)
     if not grouped or any(sigma == 0 for sigma, _, _ in grouped):
         return None
-    return _prv_reason(grouped, delta)
+    return prv_reason(grouped, delta)
 
 
 def prv_grid_points(
@@ -226,38 +128,14 @@ def prv_grid_points(
 ) -> float:
     """Grid points times distinct mechanisms of the PRV discretisation of ``history``.
 
-    The quantity :data:`PRV_MAX_POINTS` caps (memory grows with it, about 165 bytes a
-    point); 0 for an empty history. Raises as :func:`compute_epsilon`.
+    The quantity :data:`PRV_MAX_POINTS` caps (peak memory grows with it: +144 MB at
+    the cap, measured); 0 for an empty history. Raises as :func:`compute_epsilon`.
     """
     delta = check_delta(delta, bounds)
     grouped = grouped_history(history, bounds)
     if not grouped or any(sigma == 0 for sigma, _, _ in grouped):
         return 0.0
-    return _prv_domain(grouped, delta)[2] * len(grouped)
-
-
-def _prv_epsilon(grouped: Grouped, delta: float) -> float:
-    # PRVAccountant._get_dprv and get_epsilon, with the domain computed once (above).
-    delta_error = delta / 1000
-    half_width, mesh, _ = _prv_domain(grouped, delta)
-    domain = Domain.create_aligned(-half_width, half_width, mesh)
-    # log(1 - q) is -inf at q = 1; Opacus masks those points with np.where, but numpy
-    # still warns while evaluating both branches.
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        dprvs = [
-            discretize(
-                TruncatedPrivacyRandomVariable(
-                    PoissonSubsampledGaussianPRV(q, sigma), domain.t_min, domain.t_max
-                ),
-                domain,
-            )
-            for sigma, q, _ in grouped
-        ]
-        composed = compose_heterogeneous(
-            dprvs=dprvs, num_self_compositions=[steps for _, _, steps in grouped]
-        )
-        _, _, eps_upper = composed.compute_epsilon(delta, delta_error, PRV_EPS_ERROR)
-    return float(eps_upper)
+    return prv_domain(grouped, delta)[2] * len(grouped)
 
 
 def compute_epsilon(
@@ -306,10 +184,10 @@ def compute_epsilon(
         return math.inf
     eps = math.nan
     if accountant == "prv":
-        reason = _prv_reason(grouped, delta)
+        reason = prv_reason(grouped, delta)
         if reason is None:
             try:
-                eps = _prv_epsilon(grouped, delta)
+                eps = prv_epsilon(grouped, delta)
             except (ValueError, ArithmeticError, RuntimeError) as err:
                 reason = f"the PRV computation failed ({err})"
         if reason is not None:
@@ -321,7 +199,7 @@ def compute_epsilon(
                 stacklevel=2,
             )
     if math.isnan(eps):
-        eps = _rdp_epsilon(grouped, delta)
+        eps = rdp_epsilon(grouped, delta)
     # When in doubt, count: a NaN bound is no bound.
     return eps if math.isfinite(eps) and eps >= 0 else math.inf
 

@@ -72,7 +72,8 @@ class Composition(Protocol):
 HistoryEntry = Composition | tuple[float, float, int]
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """A real number (Python or numpy), not a bool."""
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
         value, bool | np.bool_
     )
@@ -127,7 +128,7 @@ class AccountantBounds:
         for name, low, high in ranges:
             lo, hi = getattr(self, f"min_{name}"), getattr(self, f"max_{name}")
             for which, value in ((f"min_{name}", lo), (f"max_{name}", hi)):
-                if not (_is_number(value) and low <= value <= high):
+                if not (is_number(value) and low <= value <= high):
                     raise ConfigError(which, f"must lie in [{low:g}, {high:g}], got {value!r}")
             if lo > hi:
                 raise ConfigError(f"min_{name}", f"{lo!r} is above max_{name} = {hi!r}")
@@ -203,7 +204,7 @@ def scenario_bounds(
 
 def check_delta(delta: float, bounds: AccountantBounds = ABSOLUTE_BOUNDS) -> float:
     """``delta`` as a float, or ``ConfigError("delta", ...)`` outside the bounds."""
-    if not (_is_number(delta) and bounds.min_delta <= delta <= bounds.max_delta):
+    if not (is_number(delta) and bounds.min_delta <= delta <= bounds.max_delta):
         raise ConfigError(
             "delta", f"must lie in [{bounds.min_delta:g}, {bounds.max_delta:g}], got {delta!r}"
         )
@@ -241,7 +242,7 @@ def check_entry(
     """
     sigma, q, steps = _entry_fields(index, entry)
     name = f"history[{index}]"
-    if not (_is_number(sigma) and _is_number(q)):
+    if not (is_number(sigma) and is_number(q)):
         raise InvalidUpdate(MALFORMED, f"{name}: noise_multiplier and sample_rate must be numbers")
     if not _is_int(steps):
         raise InvalidUpdate(MALFORMED, f"{name}.steps must be an integer, got {steps!r}")
@@ -312,6 +313,6 @@ def grouped_history(
 
 def check_finite_positive(field: str, value: float) -> float:
     """``value`` as a float if finite and > 0, else ``ConfigError(field, ...)``."""
-    if not (_is_number(value) and math.isfinite(value) and value > 0):
+    if not (is_number(value) and math.isfinite(value) and value > 0):
         raise ConfigError(field, f"must be a finite number > 0, got {value!r}")
     return float(value)
