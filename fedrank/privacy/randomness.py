@@ -56,6 +56,7 @@ _TWO_POW_53 = float(1 << 53)
 # header (initial seed, left, seeded, next) of its CPU generator state.
 _MT_WORDS = 624
 _MT_HEADER = 24
+_CPU_STATE_BYTES = 5056  # torch 2.x CPUGeneratorImplState; checked before writing into it
 
 
 @dataclass(frozen=True)
@@ -391,6 +392,11 @@ class RandomSource:
             return generator
         generator.manual_seed(0)
         state = bytearray(generator.get_state().numpy().tobytes())
+        if len(state) != _CPU_STATE_BYTES:
+            raise RuntimeError(
+                f"torch's CPU generator state is {len(state)} bytes, expected "
+                f"{_CPU_STATE_BYTES}: its layout changed, the MT19937 words cannot be set"
+            )
         words = np.frombuffer(self.random_bytes(4 * _MT_WORDS), dtype="<u4")
         if not words.any():  # MT19937 cannot run from an all-zero state
             words = words.copy()
