@@ -238,7 +238,9 @@ class LocalFederation:
             A SuperLink or SuperNode exited during the run, or ``timeout`` passed.
         """
         name = f"flwr-run-{sum(n.startswith('flwr-run') for n in self.group.started)}"
-        proc = self.group.start(name, self.run_command(app, run_config), env=self.cli_env())
+        # Unbuffered, so that its lines reach ``echo`` as they are written.
+        env = {**self.cli_env(), "PYTHONUNBUFFERED": "1"}
+        proc = self.group.start(name, self.run_command(app, run_config), env=env)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.group.log_path(name).open("rb") as out:
             while True:

@@ -33,6 +33,10 @@ def _say(message: str) -> None:
     print(f"fedrank: {message}", flush=True)
 
 
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
 def add_federation_commands(sub: Any) -> None:
     """Add ``federation up`` and ``federation wait-registered`` to ``fedrank`` (``sub``)."""
     fed = sub.add_parser("federation", help="a local federation; waiting for registration")
@@ -148,7 +152,7 @@ def _up(args: argparse.Namespace) -> int:
                 _say("Ctrl-C stops every process started here")
                 fed.wait()  # returns only by raising
             _say(f"submitting: {shlex.join(fed.run_command(args.run, args.run_config))}")
-            code = fed.submit(args.run, args.run_config, timeout=args.run_timeout, echo=print)
+            code = fed.submit(args.run, args.run_config, timeout=args.run_timeout, echo=_echo)
             _say(f"flwr run ended with status {code}")
             return code
     except KeyboardInterrupt as stop:
