@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 
 from fedrank.errors import FedrankError
 
