@@ -120,11 +120,20 @@ def parse_data_paths(items: Sequence[str]) -> dict[int, Path]:
     return paths
 
 
-def with_num_clients(run_config: str, sites: int) -> str:
-    """``run_config`` with ``num-clients=SITES`` added when it does not set it."""
-    if re.search(r"(^|\s)num-clients\s*=", run_config):
-        return run_config
-    return f"num-clients={sites} {run_config}".strip()
+def with_sites(run_config: str, sites: int) -> str:
+    """``run_config`` with ``num-clients`` and ``clients-per-round`` = ``sites`` where unset.
+
+    The server waits for ``num-clients`` SuperNodes; the app's defaults (10 and 5)
+    would not fit a federation of ``sites`` SuperNodes.
+    """
+    from flwr.common.config import parse_config_args
+
+    try:  # Flower's own reading of --run-config, so quoted values cannot mislead
+        given = parse_config_args([run_config]) if run_config.strip() else {}
+    except (ValueError, TypeError) as err:
+        raise ConfigError("run-config", f"{run_config!r} is not KEY=VALUE pairs: {err}") from err
+    added = [f"{key}={sites}" for key in ("num-clients", "clients-per-round") if key not in given]
+    return " ".join([*added, run_config]).strip()
 
 
 def _credentials(directory: Path, sites: int, say: Say) -> Path:
@@ -193,7 +202,7 @@ class LocalFederation:
 
     def run_command(self, app: str = ".", run_config: str = "") -> list[str]:
         """The ``flwr run`` command line that submits ``app`` here (``--stream``)."""
-        config = with_num_clients(run_config, self.plan.sites)
+        config = with_sites(run_config, self.plan.sites)
         return [
             flower_executable("flwr"),
             "run",

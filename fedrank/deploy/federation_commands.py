@@ -84,7 +84,7 @@ def add_federation_commands(sub: Any) -> None:
     up.add_argument(
         "--run-config",
         default="",
-        help="the run's --run-config (num-clients is added when missing)",
+        help="the run's --run-config; num-clients and clients-per-round default to --sites",
     )
     up.add_argument(
         "--run-timeout",

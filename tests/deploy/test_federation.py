@@ -19,7 +19,7 @@ from fedrank.deploy.federation import (
     FederationPlan,
     LocalFederation,
     parse_data_paths,
-    with_num_clients,
+    with_sites,
 )
 from fedrank.deploy.launch import environment_bin, flower_env
 from fedrank.deploy.processes import ProcessGroup
@@ -148,15 +148,18 @@ def test_a_bad_plan_names_its_field(tmp_path, changes, field):
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ("", "num-clients=3"),
-        ("rounds=2", "num-clients=3 rounds=2"),
-        ("rounds=2 num-clients=5", "rounds=2 num-clients=5"),
-        ("num-clients = 5", "num-clients = 5"),
-        ('results-dir="num-clients=9"', 'num-clients=3 results-dir="num-clients=9"'),
+        ("", "num-clients=3 clients-per-round=3"),
+        ("rounds=2", "num-clients=3 clients-per-round=3 rounds=2"),
+        ("rounds=2 num-clients=5", "clients-per-round=3 rounds=2 num-clients=5"),
+        ("num-clients=5 clients-per-round=1", "num-clients=5 clients-per-round=1"),
+        (
+            'results-dir="x num-clients=9"',
+            'num-clients=3 clients-per-round=3 results-dir="x num-clients=9"',
+        ),
     ],
 )
-def test_num_clients_is_added_only_when_missing(given, expected):
-    assert with_num_clients(given, 3) == expected
+def test_site_counts_are_added_only_when_missing(given, expected):
+    assert with_sites(given, 3) == expected
 
 
 def test_the_printed_run_command_uses_this_environments_flwr(tmp_path):
@@ -168,7 +171,7 @@ def test_the_printed_run_command_uses_this_environments_flwr(tmp_path):
     assert argv[0] == str(environment_bin() / "flwr")
     assert argv[1:] == [
         *("run", ".", "fedrank-local"),
-        *("--run-config", "num-clients=2 rounds=1", "--stream"),
+        *("--run-config", "num-clients=2 clients-per-round=2 rounds=1", "--stream"),
     ]
     assert shlex.split(shlex.join(argv)) == argv
     assert fed.cli_env()["FLWR_HOME"] == str(tmp_path / "flwr")
