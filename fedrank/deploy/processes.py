@@ -216,8 +216,10 @@ class ProcessGroup:
                 with contextlib.suppress(psutil.Error):
                     key = (child.pid, child.create_time())
                     what = f"{name}: {' '.join(Path(a).name for a in child.cmdline()[:2])}"
+                    # Overwritten on every scan: a child seen between fork and exec
+                    # still shows its parent's command line.
                     with self._lock:
-                        self._seen.setdefault(key, what)
+                        self._seen[key] = what
 
     def _watch(self) -> None:
         while not self._stop.wait(self._poll):
