@@ -20,18 +20,17 @@ Layout of the folder (``--dir``)::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
-import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from fedrank.deploy import certs
+from fedrank.deploy.federation_plan import FederationPlan, with_sites
 from fedrank.deploy.launch import (
     SuperLinkLaunch,
     SuperNodeLaunch,
@@ -40,100 +39,17 @@ from fedrank.deploy.launch import (
 )
 from fedrank.deploy.processes import ProcessGroup, free_ports, wait_until
 from fedrank.deploy.registration import ONLINE, REGISTERED, node_public_key, wait_for_nodes
-from fedrank.errors import ConfigError, FedrankError
+from fedrank.errors import FedrankError
 
 log = logging.getLogger(__name__)
 
-CONNECTION = "fedrank-local"
 HOST = "127.0.0.1"
-_CONNECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 Say = Callable[[str], None]
 
 
 class FederationError(FedrankError):
     """A process of the local federation failed; the message names it and shows its log."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FederationPlan:
-    """What ``fedrank federation up`` starts.
-
-    Attributes
-    ----------
-    directory : Path
-        Folder for certificates, logs and Flower's state (created if missing).
-    sites : int
-        Number of SuperNodes; site ``i`` has ``partition-id = i``.
-    data_paths : Mapping[int, Path]
-        Site number -> that site's own data file (its ``data-path``).
-    port : int
-        The SuperLink's API port; 0 picks a free one.
-    timeout : float
-        Seconds each start-up step may take (SuperLink up, keys registered,
-        sites online).
-    connection : str
-        Name of the ``flwr`` CLI connection written to ``flwr/config.toml``.
-    """
-
-    directory: Path
-    sites: int = 2
-    data_paths: Mapping[int, Path] = dataclasses.field(default_factory=dict)
-    port: int = 0
-    timeout: float = 60.0
-    connection: str = CONNECTION
-
-    def __post_init__(self) -> None:
-        if isinstance(self.sites, bool) or not isinstance(self.sites, int) or self.sites < 1:
-            raise ConfigError("sites", f"must be an integer >= 1, got {self.sites!r}")
-        if isinstance(self.port, bool) or not isinstance(self.port, int):
-            raise ConfigError("port", f"must be an integer, got {self.port!r}")
-        if not 0 <= self.port < 65536:
-            raise ConfigError("port", f"must be 0 (any free port) or 1..65535, got {self.port}")
-        if not self.timeout > 0:
-            raise ConfigError("timeout", f"must be > 0 seconds, got {self.timeout!r}")
-        if not _CONNECTION_NAME.match(self.connection):
-            raise ConfigError(
-                "connection", f"letters, digits, - and _ only, got {self.connection!r}"
-            )
-        for site, path in self.data_paths.items():
-            if not 0 <= site < self.sites:
-                raise ConfigError(
-                    "data-path", f"site {site} does not exist (sites are 0..{self.sites - 1})"
-                )
-            if not Path(path).is_file():
-                raise ConfigError("data-path", f"site {site}: no such file: {path}")
-
-
-def parse_data_paths(items: Sequence[str]) -> dict[int, Path]:
-    """``["0=/data/a.npz", ...]`` -> ``{0: Path("/data/a.npz")}`` (absolute paths)."""
-    paths: dict[int, Path] = {}
-    for item in items:
-        site, sep, path = item.partition("=")
-        if not sep or not site.strip().isdigit() or not path:
-            raise ConfigError(
-                "data-path", f"expected SITE=PATH (e.g. 0=/data/site-0.npz), got {item!r}"
-            )
-        if int(site) in paths:
-            raise ConfigError("data-path", f"site {int(site)} given twice")
-        paths[int(site)] = Path(path).expanduser().resolve()
-    return paths
-
-
-def with_sites(run_config: str, sites: int) -> str:
-    """``run_config`` with ``num-clients`` and ``clients-per-round`` = ``sites`` where unset.
-
-    The server waits for ``num-clients`` SuperNodes; the app's defaults (10 and 5)
-    would not fit a federation of ``sites`` SuperNodes.
-    """
-    from flwr.common.config import parse_config_args
-
-    try:  # Flower's own reading of --run-config, so quoted values cannot mislead
-        given = parse_config_args([run_config]) if run_config.strip() else {}
-    except (ValueError, TypeError) as err:
-        raise ConfigError("run-config", f"{run_config!r} is not KEY=VALUE pairs: {err}") from err
-    added = [f"{key}={sites}" for key in ("num-clients", "clients-per-round") if key not in given]
-    return " ".join([*added, run_config]).strip()
 
 
 def _credentials(directory: Path, sites: int, say: Say) -> Path:
@@ -239,7 +155,7 @@ class LocalFederation:
     ) -> int:
         """Run ``flwr run`` against this federation until it ends; return its exit status.
 
-        Its output goes to ``logs/flwr-run.log`` and, line by line, to ``echo``.
+        Its output goes to ``logs/flwr-run-N.log`` and, line by line, to ``echo``.
 
         Raises
         ------
@@ -251,12 +167,17 @@ class LocalFederation:
         env = {**self.cli_env(), "PYTHONUNBUFFERED": "1"}
         proc = self.group.start(name, self.run_command(app, run_config), env=env)
         deadline = None if timeout is None else time.monotonic() + timeout
+        pending = b""
         with self.group.log_path(name).open("rb") as out:
             while True:
                 code = proc.poll()
-                for line in out.read().decode(errors="replace").splitlines():
+                pending += out.read()
+                *lines, pending = pending.split(b"\n")
+                if code is not None and pending:  # the last line, unterminated
+                    lines, pending = [*lines, pending], b""
+                for line in lines:
                     if echo is not None:
-                        echo(line)
+                        echo(line.decode(errors="replace"))
                 if code is not None:
                     return code
                 self.check_alive()

@@ -20,12 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fedrank.deploy.federation import (
-    CONNECTION,
-    FederationPlan,
-    local_federation,
-    parse_data_paths,
-)
+from fedrank.deploy.federation import local_federation
+from fedrank.deploy.federation_plan import CONNECTION, FederationPlan, parse_data_paths
 from fedrank.deploy.registration import wait_until_registered
 
 

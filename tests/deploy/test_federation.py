@@ -15,12 +15,8 @@ from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from fedrank.cli import build_parser, main
 from fedrank.deploy import certs
-from fedrank.deploy.federation import (
-    FederationPlan,
-    LocalFederation,
-    parse_data_paths,
-    with_sites,
-)
+from fedrank.deploy.federation import LocalFederation
+from fedrank.deploy.federation_plan import FederationPlan, parse_data_paths, with_sites
 from fedrank.deploy.launch import environment_bin, flower_env
 from fedrank.deploy.processes import ProcessGroup
 from fedrank.deploy.registration import node_public_key
