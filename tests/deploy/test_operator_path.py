@@ -68,7 +68,7 @@ def test_federation_up_with_a_run_that_fails_stops_everything(processes: Process
     assert code not in (0, None), log
     assert f"flwr run ended with status {code}" in log
     assert "site-0 online after" in log
-    assert sum("flower-supernode" in what for what in seen.values()) == 1
+    assert any("flower-supernode" in what for what in seen.values())
     assert any("flower-superexec" in what for what in seen.values())
     assert still_running(list(seen)) == []
     assert not (tmp_path / "fed" / "federation.json").exists()

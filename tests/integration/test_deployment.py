@@ -82,22 +82,21 @@ class Deployment:
     after_run: str
     intruder_returncode: int | None
     intruder_log: str
-    waited: dict[str, subprocess.CompletedProcess[str]]
+    waited: dict[str, tuple[int, str]]
     federation_returncode: int
     federation_log: str
     seen: dict[tuple[int, float], str]
+    daemons: dict[str, int]
 
 
 def _wait_registered(
-    fed: dict[str, str], key: Path, timeout: float
-) -> subprocess.CompletedProcess[str]:
-    """``fedrank federation wait-registered`` (a site's init container) for ``key``."""
+    processes: Processes, name: str, fed: dict[str, str], key: Path, timeout: float
+) -> subprocess.Popen[bytes]:
+    """Start ``fedrank federation wait-registered`` (a site's init container) for ``key``."""
     argv = [str(VENV_BIN / "fedrank"), "federation", "wait-registered"]
     argv += ["--superlink", fed["address"], "--ca", fed["ca_cert"], "--node-key", str(key)]
     argv += ["--timeout", str(timeout), "--interval", "0.5"]
-    return subprocess.run(
-        argv, env=env_without_venv(), capture_output=True, text=True, timeout=120, check=False
-    )
+    return processes.start(name, argv, env=env_without_venv())
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +123,9 @@ def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -
     assert federation.poll() is None, processes.log("federation")
     fed = json.loads((fed_dir / "federation.json").read_text())
 
-    # An intruder whose key nobody registered claims partition 0.
+    # An intruder whose key nobody registered claims partition 0, while the init
+    # container's check runs for a registered key and for the intruder's.
     write_site_files(tmp / "intruder", site="intruder")
-    waited = {
-        "registered": _wait_registered(fed, fed_dir / "certs/sites/site-0/auth.key", 30),
-        "intruder": _wait_registered(fed, tmp / "intruder" / "auth.key", 2),
-    }
     intruder = SuperNodeLaunch.from_credentials(
         ca_cert=Path(fed["ca_cert"]),
         credentials=tmp / "intruder",
@@ -140,7 +136,15 @@ def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -
     intruder_proc = processes.start(
         "intruder", intruder.argv(), env=base_env(FLWR_HOME=str(tmp / "home-intruder"))
     )
-    wait_for(lambda: intruder_proc.poll() is not None, timeout=60, what="the intruder to exit")
+    waiting = {
+        "wait-registered": _wait_registered(
+            processes, "wait-registered", fed, fed_dir / "certs/sites/site-0/auth.key", 60
+        ),
+        "wait-intruder": _wait_registered(
+            processes, "wait-intruder", fed, tmp / "intruder" / "auth.key", 2
+        ),
+    }
+    waited = {name: (proc.wait(timeout=120), processes.log(name)) for name, proc in waiting.items()}
 
     # Act: the run, submitted as `federation up` told the operator.
     run = processes.start(
@@ -164,6 +168,7 @@ def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -
         after_run = "answered"
     except FedrankError as err:
         after_run = str(err)
+    wait_for(lambda: intruder_proc.poll() is not None, timeout=60, what="the intruder to exit")
 
     # The operator's Ctrl-C (here SIGTERM): everything federation up started must end.
     seen = processes.descendants()
@@ -181,6 +186,7 @@ def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -
         federation_returncode=federation.returncode,
         federation_log=processes.log("federation"),
         seen=seen,
+        daemons=fed["pids"],
     )
 
 
@@ -222,12 +228,13 @@ def test_status_and_health_are_served_while_the_run_is_active(deployment: Deploy
 
 
 def test_wait_registered_tells_a_registered_key_from_an_unknown_one(deployment: Deployment):
-    registered, intruder = deployment.waited["registered"], deployment.waited["intruder"]
+    (registered, registered_log) = deployment.waited["wait-registered"]
+    (intruder, intruder_log) = deployment.waited["wait-intruder"]
 
-    assert registered.returncode == 0, registered.stdout + registered.stderr
-    assert "registered (online)" in registered.stdout
-    assert intruder.returncode == 2
-    assert "not registered" in intruder.stderr
+    assert registered == 0, registered_log
+    assert "fedrank: registered (online)" in registered_log
+    assert intruder == 2, intruder_log
+    assert "not registered" in intruder_log
 
 
 def test_federation_up_stops_every_process_it_started(deployment: Deployment) -> None:
@@ -235,6 +242,7 @@ def test_federation_up_stops_every_process_it_started(deployment: Deployment) ->
 
     assert deployment.federation_returncode == 0, deployment.federation_log
     assert "stopped on request (SIGTERM)" in deployment.federation_log
+    assert set(deployment.daemons) == {"superlink", *(f"site-{i}" for i in range(SITES))}
+    assert set(deployment.daemons.values()) <= {pid for pid, _ in federation_children}
     assert any("flower-superexec" in what for what in federation_children.values())
-    assert sum("flower-supernode" in what for what in federation_children.values()) == SITES
     assert still_running(list(federation_children)) == []
