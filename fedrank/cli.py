@@ -237,9 +237,29 @@ def _add_experiments(sub: Any) -> None:
     rob.set_defaults(func=_robustness)
 
 
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    """``fedrank --version``: fedrank's version, with Flower's and Python's beside it."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from fedrank import __version__
+
+    try:
+        flower = version("flwr")
+    except PackageNotFoundError:  # fedrank imported from a checkout without Flower installed
+        flower = "not installed"
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"fedrank {__version__} (Flower {flower}, Python {platform.python_version()})",
+        help="print fedrank's version and exit",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedrank`` command."""
     parser = argparse.ArgumentParser(prog="fedrank", description=__doc__.split("\n\n")[0])
+    _add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a federation on Ray (this machine or a cluster)")
     sim.add_argument("--scenario", help="packaged scenario name or TOML path (default: built-in)")

@@ -77,8 +77,7 @@ def read_metrics(record: MetricRecord) -> dict[str, float]:
     ):
         raise InvalidUpdate(
             "bad_num_examples",
-            f"{keys.NUM_EXAMPLES} must lie in (0, {MAX_EXAMPLES}], "
-            f"got {count!r}",
+            f"{keys.NUM_EXAMPLES} must lie in (0, {MAX_EXAMPLES}], got {count!r}",
         )
     out: dict[str, float] = {}
     for key, value in record.items():

@@ -9,6 +9,7 @@ app around a scenario object, which ``fedrank simulate`` uses. Both run
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -18,10 +19,18 @@ from fedrank.errors import ConfigError
 from fedrank.server.checkpoint import CheckpointState
 from fedrank.server.loop import RoundCallback
 from fedrank.server.run import run_federation
-from fedrank.server.status import serve_status
+from fedrank.server.status import StatusBoard, serve_status
 from fedrank.strategies.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
+
+
+def serve_output_status(scenario: Scenario) -> AbstractContextManager[StatusBoard]:
+    """The run's status service (``status-address``), lingering ``status-linger`` after it."""
+    output = scenario.output
+    return serve_status(
+        output.status_address, total_rounds=scenario.run.rounds, linger=output.status_linger
+    )
 
 
 def make_server_app(
@@ -59,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     scenario = Scenario.from_mapping(dict(context.run_config), source="run config")
     if scenario.attack.enabled:
         raise ConfigError("attack", "attacks are simulated by `fedrank simulate`, not `flwr run`")
-    with serve_status(scenario.output.status_address, total_rounds=scenario.run.rounds) as status:
+    with serve_output_status(scenario) as status:
         summary = run_federation(grid, scenario, on_round=status.chain(None))
     log.warning(
         "fedrank: final accuracy %.2f%% after %d rounds; results in %s",

@@ -1,9 +1,11 @@
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from fedrank.cli import _scenario_from_args, build_parser
 from fedrank.config import FIELDS, Scenario
+from fedrank.config.app_config import app_config_toml
 from fedrank.errors import ConfigError
 from fedrank.simulations.run import list_scenarios, scenario_path
 from fedrank.tasks.registry import STRATEGIES
@@ -166,3 +168,11 @@ def test_attack_fields_round_trip_through_run_config() -> None:
         attack="adaptive_reverse", malicious_fraction=0.2, attack_seed=4, aggregator="filtered"
     )
     assert Scenario.from_mapping(s.to_run_config()) == s
+
+
+def test_the_flower_app_config_lists_every_key_and_is_current() -> None:
+    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert app_config_toml() in text  # else: python scripts/gen_app_config.py
+    table = tomllib.loads(text)["tool"]["flwr"]["app"]["config"]
+    assert list(table) == list(FIELDS)
+    Scenario.from_mapping(table)  # a runnable scenario

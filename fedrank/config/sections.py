@@ -131,6 +131,9 @@ class OutputConfig:
     status_address: str = setting(
         "", "host:port where the coordinator serves health and status (empty: off)"
     )
+    status_linger: float = setting(
+        30.0, "seconds the status keeps answering finished/failed after the run", low=0.0
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
