@@ -246,6 +246,12 @@ class ImageTask:
         self.load_state(model, state)
         return evaluate(model, self.dataset.test)
 
+    def load_model(self, state: State) -> nn.Module:
+        """A fresh network holding ``state`` (FRL: the seed's weights under the voted mask)."""
+        model = self.build_model()
+        self.load_state(model, state)
+        return model.eval()
+
     def export(self, state: State, directory: Path, facts: Mapping[str, Any]) -> dict[str, Any]:
         """FRL: the top-k mask of the global ranking (``mask.safetensors``); with the seed,
         k and architecture it is the whole model. FedAvg: the weights are the state."""

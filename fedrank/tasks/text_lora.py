@@ -313,6 +313,12 @@ class TextLoraTask:
         accuracy, loss = evaluate_lora(self._working, self.heldout())
         return loss, accuracy
 
+    def load_model(self, state: State) -> Any:
+        """The base classifier with the global adapter (a PEFT model, eval mode)."""
+        model = build_lora_model(self.spec)
+        set_adapter_tensors(model, state)
+        return model.eval()
+
     def export(self, state: State, directory: Path, facts: Mapping[str, Any]) -> dict[str, Any]:
         """The global adapter as a PEFT folder (``adapter/``); its settings for the summary."""
         export_adapter(self.spec, state, directory / ADAPTER_DIR)
