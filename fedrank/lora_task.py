@@ -35,7 +35,7 @@ _TEST_ORDER_SEED = 20240601
 def lora_spec(scenario: Scenario) -> LoraSpec:
     """The adapter every party builds: FFA-LoRA freezes A when aggregation is ``ffa``."""
     return LoraSpec(
-        base=scenario.model,  # type: ignore[arg-type]  # checked by Scenario for strategy lora
+        base=scenario.model,
         r=scenario.lora_rank,
         lora_alpha=scenario.lora_alpha,
         lora_dropout=scenario.lora_dropout,

@@ -30,10 +30,12 @@ from fedrank.lora_task import (
     client_noise_multiplier,
     client_sample_rate,
     evaluate_adapter,
+    heldout_text,
     initial_adapter,
     lora_spec,
 )
 from fedrank.models.export import export_adapter
+from fedrank.models.model_card import DpGuarantee, ModelCard
 from fedrank.privacy.ledger import PrivacyLedger, Unit
 from fedrank.privacy.report import LEDGER_FILES, SETTINGS_FILE, privacy_summary
 from fedrank.server.checkpoint import CheckpointState
@@ -205,8 +207,14 @@ def run_lora_server(
         stopped = f"privacy budget: {err}"
         log.warning("fedrank: the run stops here. %s", err)
     final = from_array_record(latest["arrays"])
-    export_adapter(lora_spec(scenario), final, directory / ADAPTER_DIR)
     rows = results.read_rounds()
+    export_adapter(
+        lora_spec(scenario),
+        final,
+        directory / ADAPTER_DIR,
+        card=model_card(scenario, rows, directory, stopped),
+        max_length=scenario.max_length,
+    )
     results.plot_accuracy(
         rows, title=f"lora {scenario.model} on {scenario.dataset}, dp {scenario.dp}"
     )
@@ -234,12 +242,50 @@ def lora_spec_summary(scenario: Scenario) -> dict[str, Any]:
     return {
         "r": spec.r,
         "lora_alpha": spec.lora_alpha,
-        "target_modules": list(spec.target_modules),
+        "target_modules": None if spec.target_modules is None else list(spec.target_modules),
         "mode": spec.mode,
         "pooling": spec.pooling,
         "aggregation": scenario.lora_aggregation,
         "init_seed": spec.init_seed,
     }
+
+
+def model_card(
+    scenario: Scenario, rows: list[dict[str, Any]], directory: Path, stopped: str | None
+) -> ModelCard:
+    """The facts of this run for the exported adapter's model card."""
+    privacy = []
+    if scenario.dp != "none":
+        summary = privacy_summary(directory)
+        for unit in ("record", "client"):
+            if unit in summary and summary[unit]["releases"]:
+                sigmas = [
+                    s for p in summary[unit]["parties"].values() for s in p["noise_multipliers"]
+                ]
+                privacy.append(
+                    DpGuarantee(
+                        unit,
+                        epsilon=summary[unit]["max_epsilon"],
+                        delta=scenario.dp_delta,
+                        clip_norm=scenario.dp_clip_norm
+                        if unit == "record"
+                        else scenario.dp_client_clip_norm,
+                        noise_multiplier=min(sigmas),
+                        accountant=scenario.dp_accountant,
+                    )
+                )
+    return ModelCard(
+        data=f"{scenario.dataset} ({scenario.train_records or 'all'} training records, "
+        f"{scenario.partitioner} partition)",
+        rounds=int(rows[-1]["round"]),
+        clients=scenario.num_clients,
+        clients_per_round=scenario.clients_per_round,
+        aggregation=scenario.lora_aggregation,
+        accuracy=float(rows[-1]["accuracy"]),
+        test_records=len(heldout_text(scenario)),
+        privacy=tuple(privacy),
+        notes=f"The run stopped early: {stopped}." if stopped else "",
+    )
 
 
 def _privacy_totals(directory: Path) -> dict[str, Any]:

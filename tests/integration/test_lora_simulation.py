@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from opacus.accountants import RDPAccountant
-from peft import PeftModel
 
 from fedrank.cli import main
 from fedrank.client.lora_trainer import steps_per_epoch
@@ -17,6 +16,7 @@ from fedrank.lora_task import client_text, heldout_text, lora_spec
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.export import load_exported_adapter
 from fedrank.models.lora import adapter_tensors, load_base_model
+from fedrank.models.pooling import load_pooled_adapter
 from fedrank.privacy.accountant import RDP_ORDERS, compute_epsilon
 from fedrank.simulations.run import simulate
 
@@ -115,7 +115,7 @@ def test_the_exported_folder_loads_with_peft_and_reproduces_the_accuracy(
     s, summary, _ = run
     spec = lora_spec(s)
 
-    model = PeftModel.from_pretrained(load_base_model(spec), str(Path(s.results_dir) / "adapter"))
+    model = load_pooled_adapter(load_base_model(spec), Path(s.results_dir) / "adapter")
     accuracy, loss = evaluate_lora(model, heldout_text(s))
 
     assert accuracy == summary["final_accuracy"]
