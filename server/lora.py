@@ -284,7 +284,7 @@ def model_card(
         accuracy=float(rows[-1]["accuracy"]),
         test_records=len(heldout_text(scenario)),
         privacy=tuple(privacy),
-        notes=f"The run stopped early: {stopped}." if stopped else "",
+        notes=f"The run stopped early: {stopped.rstrip('.')}." if stopped else "",
     )
 
 

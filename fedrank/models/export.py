@@ -127,6 +127,7 @@ def export_adapter(
         max_length=max_length,
         pad_token_id=_added_pad_token(spec, base),
         replaces_saved_head=_replaces_saved_head(spec),
+        plain_loadable=ref.location is not None,
     )
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

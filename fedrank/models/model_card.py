@@ -144,6 +144,8 @@ class ModelFacts:
     max_length: int
     pad_token_id: int | None
     replaces_saved_head: bool
+    plain_loadable: bool = True
+    """False for fedrank's random test base (``tiny-bert``), which exists nowhere else."""
 
 
 def loading_snippet(facts: ModelFacts) -> str:
@@ -285,7 +287,15 @@ def render_card(facts: ModelFacts, card: ModelCard) -> str:
         + f"\n## Evaluation\n\nAccuracy: {accuracy}.\n\n"
         + _privacy_section(card)
         + (f"\n## Notes\n\n{card.notes}\n" if card.notes else "")
-        + "\n## How to load\n\nWith `transformers` and `peft` only:\n\n```python\n"
+        + "\n## How to load\n\n"
+        + (
+            "With `transformers` and `peft` only:\n\n"
+            if facts.plain_loadable
+            else f"`{facts.base}` is fedrank's random test base, saved nowhere: only "
+            "`fedrank.models.export.load_exported_adapter` rebuilds this model. With a "
+            "real base, `transformers` and `peft` alone load it so:\n\n"
+        )
+        + "```python\n"
         + loading_snippet(facts)
         + "```\n"
         + trap

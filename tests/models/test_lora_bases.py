@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
@@ -20,7 +21,7 @@ from transformers import (
     ViTConfig,
 )
 
-from fedrank.client.lora_trainer import train_lora
+from fedrank.client.lora_trainer import DpSgdConfig, train_lora
 from fedrank.data.text import TokenizedText, load_rotten_tomatoes, tokenize
 from fedrank.errors import ConfigError
 from fedrank.models.bases import MINILM_HUB_ID, MINILM_REVISION, load_tokenizer, resolve_base
@@ -92,6 +93,24 @@ def test_a_gpt2_base_pads_with_its_end_token_and_reads_the_last_real_token(
     assert model.get_base_model().config.pad_token_id == tokenizer.pad_token_id
     assert bool((data.attention_mask == 0).any())  # the batch is padded
     torch.testing.assert_close(batch, torch.cat(alone), rtol=0, atol=1e-5)
+
+
+def test_one_dp_step_on_gpt2_lora_equals_the_plain_step(tiny_gpt2_folder: Path) -> None:
+    # Opacus must find per-example gradients of the LoRA matrices on GPT-2's Conv1D
+    # attention (the model of opacus#820) and of its head. Rate-1 sampling, no clipping,
+    # no noise: the private step is the plain one.
+    spec = LoraSpec(base=str(tiny_gpt2_folder), r=4)
+    data = records(spec.base, n=24)
+    plain, private = build_lora_model(spec), build_lora_model(spec)
+    dp = DpSgdConfig(noise_multiplier=1e-12, max_grad_norm=1e3)
+
+    expected = train_lora(plain, data, epochs=1, lr=0.5, batch_size=24, seed=0, optimizer="sgd")
+    got = train_lora(private, data, epochs=1, lr=0.5, batch_size=24, seed=0, optimizer="sgd", dp=dp)
+
+    assert got.privacy is not None
+    assert set(got.tensors) == set(expected.tensors)
+    for name, value in expected.tensors.items():
+        np.testing.assert_allclose(got.tensors[name], value, rtol=1e-4, atol=1e-6)
 
 
 def test_named_targets_are_used_and_recorded(tiny_gpt2_folder: Path) -> None:
