@@ -35,6 +35,7 @@ from fedrank.lora_task import (
     lora_spec,
 )
 from fedrank.models.export import export_adapter
+from fedrank.models.lora import build_lora_model, resolved_target_modules
 from fedrank.models.model_card import DpGuarantee, ModelCard
 from fedrank.privacy.ledger import PrivacyLedger, Unit
 from fedrank.privacy.report import LEDGER_FILES, SETTINGS_FILE, privacy_summary
@@ -242,7 +243,8 @@ def lora_spec_summary(scenario: Scenario) -> dict[str, Any]:
     return {
         "r": spec.r,
         "lora_alpha": spec.lora_alpha,
-        "target_modules": None if spec.target_modules is None else list(spec.target_modules),
+        # As resolved: PEFT's default for the architecture unless the scenario named them.
+        "target_modules": _as_json(resolved_target_modules(build_lora_model(spec))),
         "mode": spec.mode,
         "pooling": spec.pooling,
         "aggregation": scenario.lora_aggregation,
@@ -286,6 +288,10 @@ def model_card(
         privacy=tuple(privacy),
         notes=f"The run stopped early: {stopped.rstrip('.')}." if stopped else "",
     )
+
+
+def _as_json(targets: tuple[str, ...] | str) -> list[str] | str:
+    return targets if isinstance(targets, str) else list(targets)
 
 
 def _privacy_totals(directory: Path) -> dict[str, Any]:
