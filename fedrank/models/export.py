@@ -203,6 +203,7 @@ def _make_self_describing(
     os.replace(folder / _PEFT_WEIGHTS, folder / pooling.ADAPTER_WEIGHTS_FILE)
     shutil.copyfile(pooling.__file__, folder / pooling.MODELING_FILE)
     config = base.config.to_dict()
+    config["_name_or_path"] = public_name  # never where the base lay on this machine
     config["auto_map"] = {
         "AutoModelForSequenceClassification": (
             f"{Path(pooling.MODELING_FILE).stem}.{pooling.FedrankMeanPooledLoader.__name__}"

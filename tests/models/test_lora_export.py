@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from fedrank.errors import ConfigError
 from fedrank.models import pooling
-from fedrank.models.bases import MINILM_HUB_ID, MINILM_REVISION
+from fedrank.models.bases import MINILM_HUB_ID, MINILM_REVISION, minilm_path
 from fedrank.models.export import BASE_FILE, export_adapter, load_exported_adapter
 from fedrank.models.lora import (
     LoraSpec,
@@ -124,6 +124,16 @@ def test_a_mean_export_ships_its_code_and_hides_its_adapter_from_peft(tmp_path: 
     assert "from fedrank" not in shipped
     assert adapter["base_model_name_or_path"] == MINILM_HUB_ID
     assert adapter["revision"] == MINILM_REVISION
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_no_file_names_where_the_packaged_base_lies(tmp_path: Path, pooling: str) -> None:
+    spec = LoraSpec(base="minilm", r=2, pooling=pooling)  # type: ignore[arg-type]
+    folder = export_adapter(spec, {}, tmp_path / "x", card=CARD, max_length=16)
+
+    for file in folder.iterdir():
+        if file.suffix != ".safetensors":
+            assert minilm_path() not in file.read_text(encoding="utf-8"), file.name
 
 
 def test_the_tokenizer_and_its_max_length_travel(tmp_path: Path, tiny_gpt2_folder: Path) -> None:
