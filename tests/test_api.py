@@ -1,4 +1,4 @@
-"""The Python API: a scenario built in code, a run with a per-round tracker, the model loaded back."""
+"""The Python API: a scenario built in code, a per-round tracker, the model loaded back."""
 
 from __future__ import annotations
 

@@ -162,27 +162,38 @@ def load_rotten_tomatoes(
 def tokenize(
     data: TextDataset, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH
 ) -> TokenizedText:
-    """Token ids for every text, padded / truncated to ``max_length``.
+    """Token ids for every text, padded / truncated on the right to ``max_length``.
 
     Parameters
     ----------
     data : TextDataset
     tokenizer : transformers.PreTrainedTokenizerBase
-        For instance :func:`fedrank.models.lora.load_tokenizer`.
+        The base's tokenizer from :func:`fedrank.models.bases.load_tokenizer` (it
+        always has a padding token: GPT-2-style ones pad with their end token).
     max_length : int
         Sequence length of every row (special tokens included).
 
     Returns
     -------
     TokenizedText
+
+    Raises
+    ------
+    ConfigError
+        ``max_length`` below 2; ``tokenizer`` without a padding token.
     """
     if max_length < 2:
-        raise ConfigError("max_length", f"must be at least 2 (CLS + SEP), got {max_length}")
+        raise ConfigError("max_length", f"must be at least 2 tokens, got {max_length}")
+    if tokenizer.pad_token is None:
+        raise ConfigError(
+            "tokenizer", "has no padding token; load it with fedrank.models.bases.load_tokenizer"
+        )
     encoded = tokenizer(
         list(data.texts),
         padding="max_length",
         truncation=True,
         max_length=max_length,
+        return_attention_mask=True,
         return_tensors="pt",
     )
     return TokenizedText(

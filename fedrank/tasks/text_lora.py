@@ -14,8 +14,9 @@ restarts a client's epsilon at zero.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,17 @@ from fedrank.data.partition import partition
 from fedrank.data.text import TokenizedText, load_rotten_tomatoes, tokenize
 from fedrank.errors import ConfigError
 from fedrank.lora_training import AccountantHistory, DpSgdConfig, train_lora
+from fedrank.models.bases import base_config, load_tokenizer
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.export import export_adapter
 from fedrank.models.lora import (
     LoraSpec,
     build_lora_model,
-    load_tokenizer,
+    resolved_target_modules,
     set_adapter_tensors,
     trainable_tensors,
 )
+from fedrank.models.model_card import DpGuarantee, ModelCard
 from fedrank.privacy.accountant import history_from_array, history_to_array
 from fedrank.privacy.plan import sample_noise_multiplier
 from fedrank.protos import PrivacyReportData, keys
@@ -51,30 +54,31 @@ ACCOUNTANT_KEY = "dp-accountant"
 # The test records a run evaluates on (``test-records``) are a prefix of one fixed
 # permutation, the same for every run and seed, so every table row sees the same ones.
 _TEST_ORDER_SEED = 20240601
-_MAX_POSITIONS = {"minilm": 512, "tiny-bert": 128}
+_SPEC_KEYS = {"base": "model", "pooling": "lora-pooling", "target_modules": "lora-targets"}
 
 
 @functools.cache
-def _train_tokens(train_records: int, seed: int, max_length: int) -> TokenizedText:
+def _train_tokens(base: str, train_records: int, seed: int, max_length: int) -> TokenizedText:
     texts = load_rotten_tomatoes("train")
     if train_records:
         # A seeded random subset: the file is ordered, a prefix would not be a sample.
         chosen = np.random.default_rng(seed).permutation(len(texts))[:train_records]
         texts = texts.subset(np.sort(chosen))
-    return tokenize(texts, load_tokenizer(), max_length=max_length)
+    return tokenize(texts, load_tokenizer(base), max_length=max_length)
 
 
 @functools.cache
-def _test_tokens(test_records: int, max_length: int) -> TokenizedText:
+def _test_tokens(base: str, test_records: int, max_length: int) -> TokenizedText:
     texts = load_rotten_tomatoes("test")
     if test_records:
         order = np.random.default_rng(_TEST_ORDER_SEED).permutation(len(texts))
         texts = texts.subset(np.sort(order[:test_records]))
-    return tokenize(texts, load_tokenizer(), max_length=max_length)
+    return tokenize(texts, load_tokenizer(base), max_length=max_length)
 
 
 @functools.cache
 def _partitions(
+    base: str,
     train_records: int,
     seed: int,
     max_length: int,
@@ -83,7 +87,7 @@ def _partitions(
     alpha: float,
     classes_per_client: int,
 ) -> tuple[np.ndarray, ...]:
-    labels = _train_tokens(train_records, seed, max_length).labels.numpy()
+    labels = _train_tokens(base, train_records, seed, max_length).labels.numpy()
     parts = partition(
         labels,
         scheme=scheme,
@@ -93,6 +97,16 @@ def _partitions(
         classes_per_client=classes_per_client,
     )
     return tuple(parts)
+
+
+@contextlib.contextmanager
+def _as_scenario_keys() -> Iterator[None]:
+    """Name the scenario key when the model layer refuses a base, pooling or targets."""
+    try:
+        yield
+    except ConfigError as err:
+        key = _SPEC_KEYS.get(err.field, err.field)
+        raise ConfigError(key, str(err).split(": ", 1)[-1]) from err
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -126,22 +140,19 @@ class TextLoraTask:
     client-level DP at the server (arXiv 2312.17493 for the federated setting)."""
 
     def __init__(self, scenario: Scenario) -> None:
-        model = scenario.effective.model
-        if model not in _MAX_POSITIONS:
-            raise ConfigError(
-                "model", f"strategy lora needs one of {sorted(_MAX_POSITIONS)}, got {model!r}"
-            )
         self.scenario = scenario
-        self.spec = LoraSpec(
-            base=scenario.effective.model,  # type: ignore[arg-type]  # checked in check()
-            r=scenario.lora.rank,
-            lora_alpha=scenario.lora.alpha,
-            lora_dropout=scenario.lora.dropout,
-            target_modules=scenario.lora.target_modules or ("query", "value"),
-            mode="ffa" if scenario.lora.aggregation == "ffa" else "lora",
-            init_seed=scenario.run.seed,
-            pooling=scenario.lora.pooling,
-        )
+        with _as_scenario_keys():
+            self.base_config = base_config(scenario.effective.model, pooling=scenario.lora.pooling)
+            self.spec = LoraSpec(
+                base=scenario.effective.model,
+                r=scenario.lora.rank,
+                lora_alpha=scenario.lora.alpha,
+                lora_dropout=scenario.lora.dropout,
+                target_modules=scenario.lora.target_modules or None,
+                mode="ffa" if scenario.lora.aggregation == "ffa" else "lora",
+                init_seed=scenario.run.seed,
+                pooling=scenario.lora.pooling,
+            )
         self._working: Any = None
         self._codec: ArraysCodec | None = None
 
@@ -152,9 +163,9 @@ class TextLoraTask:
         """Classes of the corpus (the head's labels)."""
         return self.spec.num_labels
 
-    def _key(self) -> tuple[int, int, int]:
+    def _key(self) -> tuple[str, int, int, int]:
         s = self.scenario
-        return s.data.train_records, s.run.seed, s.model.max_length
+        return self.spec.base, s.data.train_records, s.run.seed, s.model.max_length
 
     def partition_data(self, partition_id: int) -> TokenizedText:
         """The tokenised training records of one partition, from the seed."""
@@ -178,27 +189,29 @@ class TextLoraTask:
 
     def heldout(self) -> TokenizedText:
         """The held-out test records (all, or ``test-records`` of them)."""
-        return _test_tokens(self.scenario.data.test_records, self.scenario.model.max_length)
+        return _test_tokens(
+            self.spec.base, self.scenario.data.test_records, self.scenario.model.max_length
+        )
 
     # -- both sides ----------------------------------------------------------------
 
     def check(self) -> None:
         """Refuse what cannot run: an unknown base, too long texts, empty partitions."""
         s = self.scenario
-        model = s.effective.model
-        if model not in _MAX_POSITIONS:
-            raise ConfigError(
-                "model", f"strategy lora needs one of {sorted(_MAX_POSITIONS)}, got {model!r}"
-            )
         if s.effective.dataset != "rotten-tomatoes":
             raise ConfigError(
                 "dataset", f"strategy lora needs 'rotten-tomatoes', got {s.effective.dataset!r}"
             )
-        if s.model.max_length > _MAX_POSITIONS[model]:
+        positions = getattr(self.base_config, "max_position_embeddings", None) or getattr(
+            self.base_config, "n_positions", None
+        )
+        if positions is not None and s.model.max_length > positions:
             raise ConfigError(
                 "max-length",
-                f"{s.model.max_length} exceeds {model}'s {_MAX_POSITIONS[model]} positions",
+                f"{s.model.max_length} exceeds {s.effective.model}'s {positions} positions",
             )
+        with _as_scenario_keys():
+            self.initial_state()  # targets that match nothing, a head that cannot be built
         attack = s.attack
         if attack.kind == "label_flip" and attack.flip_rule == "targeted":
             for key, value in (
@@ -320,17 +333,60 @@ class TextLoraTask:
         return model.eval()
 
     def export(self, state: State, directory: Path, facts: Mapping[str, Any]) -> dict[str, Any]:
-        """The global adapter as a PEFT folder (``adapter/``); its settings for the summary."""
-        export_adapter(self.spec, state, directory / ADAPTER_DIR)
+        """The global adapter as a PEFT folder (``adapter/``) with its model card."""
+        s = self.scenario
+        with _as_scenario_keys():
+            export_adapter(
+                self.spec,
+                state,
+                directory / ADAPTER_DIR,
+                card=self.model_card(facts),
+                max_length=s.model.max_length,
+            )
+            targets = resolved_target_modules(self.load_model(state))
         spec = self.spec
         return {
             "base": spec.base,
             "adapter": ADAPTER_DIR,
             "r": spec.r,
             "lora_alpha": spec.lora_alpha,
-            "target_modules": list(spec.target_modules),
+            # As resolved: PEFT's default for the architecture unless the scenario names them.
+            "target_modules": targets if isinstance(targets, str) else list(targets),
             "mode": spec.mode,
             "pooling": spec.pooling,
-            "aggregation": self.scenario.lora.aggregation,
+            "aggregation": s.lora.aggregation,
             "init_seed": spec.init_seed,
         }
+
+    def model_card(self, facts: Mapping[str, Any]) -> ModelCard:
+        """The facts of the run for the exported adapter's model card."""
+        s, dp = self.scenario, self.scenario.dp
+        privacy = []
+        summary = facts.get("privacy") or {}
+        for unit in ("record", "client"):
+            figures = summary.get(unit)
+            if figures and figures["releases"]:
+                sigmas = [s for p in figures["parties"].values() for s in p["noise_multipliers"]]
+                privacy.append(
+                    DpGuarantee(
+                        unit,
+                        epsilon=figures["max_epsilon"],
+                        delta=dp.delta,
+                        clip_norm=dp.clip_norm if unit == "record" else dp.client_clip_norm,
+                        noise_multiplier=min(sigmas),
+                        accountant=dp.accountant,
+                    )
+                )
+        stopped = facts.get("stopped")
+        return ModelCard(
+            data=f"{s.effective.dataset} ({s.data.train_records or 'all'} training records, "
+            f"{s.data.partitioner} partition)",
+            rounds=int(facts["rounds"]),
+            clients=s.run.num_clients,
+            clients_per_round=s.run.clients_per_round,
+            aggregation=s.lora.aggregation,
+            accuracy=float(facts["final_accuracy"]),
+            test_records=len(self.heldout()),
+            privacy=tuple(privacy),
+            notes=f"The run stopped early: {stopped.rstrip('.')}." if stopped else "",
+        )
