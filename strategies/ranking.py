@@ -54,13 +54,6 @@ def vote_layers(updates: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
     return {name: borda_vote(np.stack([u[name] for u in updates])) for name in updates[0]}
 
 
-def top_k_mask(ranks: np.ndarray, k: float) -> np.ndarray:
-    """Boolean mask of the top-``k`` fraction of a rank vector (the model's edges)."""
-    n = ranks.shape[0]
-    mask: np.ndarray = ranks >= n - max(1, round(k * n))
-    return mask
-
-
 def check_rank_vector(name: str, ranks: np.ndarray, n: int) -> np.ndarray:
     """Return ``ranks`` as int64 if it is a permutation of ``0..n-1``; else raise.
 

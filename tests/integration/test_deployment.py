@@ -29,7 +29,7 @@ from fedrank.deploy.launch import SuperLinkLaunch, SuperNodeLaunch, flower_execu
 from fedrank.errors import FedrankError
 from fedrank.protos.status_codec import RunStatus
 from fedrank.server.status import fetch_status
-from fedrank.task import client_data
+from fedrank.tasks import load_task
 from tests.integration.processes import (
     ROOT,
     Processes,
@@ -48,7 +48,7 @@ DATA_SITE = 2  # this site trains on its own .npz (data-path)
 
 
 def _scenario(results: Path, status_address: str) -> Scenario:
-    return Scenario(
+    return Scenario.of(
         dataset="digits",
         num_clients=SITES,
         clients_per_round=SITES,
@@ -110,7 +110,7 @@ def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -
     for i, site in enumerate(sites):
         write_site_files(site, site=f"site-{i}")
     write_site_files(certs / "intruder", site="intruder")
-    own = client_data(scenario, DATA_SITE)
+    own = load_task(scenario).partition_data(DATA_SITE)
     np.savez(tmp / "site-data.npz", images=own.images, labels=own.labels)
 
     link = SuperLinkLaunch.from_tls_dir(
@@ -206,7 +206,7 @@ def test_frl_rounds_over_tls_with_authenticated_supernodes_learn(deployment: Dep
     assert all(r["bytes_up_per_client"] > 0 and r["bytes_down_per_client"] > 0 for r in rows[1:])
     summary = json.loads((deployment.results / "summary.json").read_text())
     assert summary["final_accuracy"] == rows[-1]["accuracy"]
-    assert (deployment.results / "mask.npz").is_file()
+    assert (deployment.results / "mask.safetensors").is_file()
 
 
 def test_unregistered_supernode_is_refused_and_the_run_goes_on(deployment: Deployment) -> None:

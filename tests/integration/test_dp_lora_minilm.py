@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from peft import PeftModel
 
-from fedrank.client.lora_trainer import (
+from fedrank.data.text import load_rotten_tomatoes, tokenize
+from fedrank.lora_training import (
     DpSgdConfig,
     noise_multiplier_for_budget,
-    steps_per_epoch,
     train_lora,
 )
-from fedrank.data.text import load_rotten_tomatoes, tokenize
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.export import export_adapter, load_exported_adapter
 from fedrank.models.lora import (
@@ -30,6 +29,7 @@ from fedrank.models.lora import (
     load_base_model,
     load_tokenizer,
 )
+from fedrank.privacy.plan import steps_per_epoch
 
 pytestmark = pytest.mark.integration
 

@@ -381,7 +381,7 @@ def test_run_and_node_configs_are_valid_fedrank_configs(rendered, target):
 
     # flwr run rejects run-config keys that [tool.flwr.app.config] lacks.
     assert set(run_config) <= set(app_config["config"])
-    assert Scenario.from_mapping(run_config).num_clients == len(component(docs, "supernode"))
+    assert Scenario.from_mapping(run_config).run.num_clients == len(component(docs, "supernode"))
     assert node_keys <= {"partition-id", "num-partitions", "data-path"}
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedrank.client.lora_trainer import DpSgdConfig, train_lora
 from fedrank.data.text import TokenizedText
+from fedrank.lora_training import DpSgdConfig, train_lora
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.lora import LoraSpec, adapter_tensors, build_lora_model, load_base_model
 from fedrank.models.pooling import MeanPoolBertForSequenceClassification, masked_mean

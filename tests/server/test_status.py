@@ -140,9 +140,9 @@ def test_status_command_fails_clearly_when_nothing_answers(capsys):
 @pytest.mark.parametrize("value", ["9095", "host:", ":9095", "h:70000", "h:x", "::1:9095"])
 def test_status_address_is_validated(value):
     with pytest.raises(ConfigError, match="status-address"):
-        Scenario(status_address=value)
+        Scenario.of(status_address=value)
 
 
 @pytest.mark.parametrize("value", ["", "0.0.0.0:9095", "localhost:0", "[::1]:9095"])
 def test_status_address_accepts_host_and_port(value):
-    assert Scenario(status_address=value).status_address == value
+    assert Scenario.of(status_address=value).output.status_address == value

@@ -4,8 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fedrank.artifacts import top_k_mask
 from fedrank.errors import InvalidUpdate
-from fedrank.strategies.ranking import borda_vote, check_rank_vector, ranks_from_order, top_k_mask
+from fedrank.strategies.ranking import borda_vote, check_rank_vector, ranks_from_order
 
 
 @st.composite
