@@ -6,7 +6,7 @@ largest of its ``n`` scores, and once per round the rank vector of all of them.
 client's training time. Two facts make it cheap:
 
 - Between two optimiser steps the top-k set changes little: on MNIST-5k a step of
-  the MLP's first layer flips a few hundred of its 200,704 edges, and the number
+  the MLP's first layer flips several hundred of its 200,704 edges, and the number
   above the previous threshold moves by a few dozen. Counting the scores above the
   previous threshold (one compare and one sum) says how many change status; they
   all lie next to it, so only a narrow band of values has to be searched.
@@ -48,7 +48,10 @@ def order_keys(scores: torch.Tensor) -> torch.Tensor:
 
 def sort_order(scores: torch.Tensor) -> torch.Tensor:
     """Indices that sort flat ``scores`` ascending, ties by index (a stable argsort)."""
-    return torch.sort(order_keys(scores.reshape(-1)), stable=True).indices
+    flat = scores.reshape(-1)
+    if flat.dtype != torch.float32:  # no int32 keys: the (slower) float sort
+        return torch.argsort(flat, stable=True)
+    return torch.sort(order_keys(flat), stable=True).indices
 
 
 def rank_vector(scores: torch.Tensor) -> torch.Tensor:

@@ -105,3 +105,10 @@ def test_keep_everything_and_bad_sizes() -> None:
         TopKMask(4, 0)
     with pytest.raises(ValueError, match="expected 4 scores"):
         TopKMask(4, 2)(torch.rand(5))
+
+
+def test_other_float_types_sort_too() -> None:
+    scores = torch.tensor([0.5, -1.0, 0.5, 2.0], dtype=torch.float64)
+    np.testing.assert_array_equal(rank_vector(scores).numpy(), [1, 0, 2, 3])
+    mask = TopKMask(4, 2)(scores)
+    np.testing.assert_array_equal(mask.numpy(), [0, 0, 1, 1])
