@@ -8,8 +8,10 @@ A factory is any importable callable, called with keyword arguments only::
 
 ``input_shape`` is the shape of one example as the data layer gives it (a tuple of
 ints, (channels, height, width) for images) and ``num_classes`` the number of
-labels. The module must map a float32 batch of shape ``(B, *input_shape)`` to
-logits of shape ``(B, K)``. Build it on the CPU and draw random numbers only from
+labels. The returned module must map a float32 batch of shape ``(B, *input_shape)``
+to logits of shape ``(B, K)``. The factory's module must be importable in every
+process that builds the model (the server and each client): installed, or on
+``PYTHONPATH``. Build the model on the CPU and draw random numbers only from
 torch's global generator (PyTorch's default initialisation does): fedrank calls
 the factory under a forked generator seeded with the run's seed, so the seed alone
 defines the initial weights, in every process. A factory that gives different
