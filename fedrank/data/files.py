@@ -67,8 +67,35 @@ def read_dataset(path: str | Path, *, field: str) -> object:
     except ConfigError:
         raise
     except Exception as err:  # the readers raise many types (arrow, json, builder errors)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(field, f"{where}: cannot be read as a dataset ({first})") from err
+        if _holds_no_rows(where):  # the builders' own words for this are obscure
+            raise ConfigError(field, f"{where}: holds no examples") from err
+        raise ConfigError(
+            field, f"{where}: cannot be read as a dataset ({_root_cause(err)})"
+        ) from err
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause's first line: the builders wrap the reader's own error."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _holds_no_rows(where: Path) -> bool:
+    """Whether a file that failed to read is merely empty (no data rows)."""
+    if not where.is_file():
+        return False
+    try:
+        if where.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return bool(pq.read_metadata(where).num_rows == 0)
+        lines = [line for line in where.read_text(errors="replace").splitlines() if line.strip()]
+    except Exception:  # unreadable as well as not empty: the caller reports the reader's error
+        return False
+    header = 1 if where.suffix.lower() == ".csv" else 0
+    return len(lines) <= header or (header == 0 and "".join(lines).strip() == "[]")
 
 
 def _hf_read(where: Path) -> object:
@@ -92,15 +119,15 @@ def _hf_read(where: Path) -> object:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """No progress bars from ``datasets`` while we read, as the caller had them before."""
-    from datasets.utils import tqdm as hf_tqdm
+    import datasets
 
-    was_disabled = hf_tqdm.are_progress_bars_disabled()
-    hf_tqdm.disable_progress_bars()
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
     try:
         yield
     finally:
         if not was_disabled:
-            hf_tqdm.enable_progress_bars()
+            datasets.enable_progress_bars()
 
 
 def _npz_dataset(path: Path, *, field: str) -> object:

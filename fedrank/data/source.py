@@ -200,7 +200,8 @@ def convert(
         if not (train_idx.size and test_idx.size):
             raise ConfigError(
                 "test-fraction",
-                f"{source.test_fraction} of {len(train_y)} examples leaves an empty split",
+                f"{where}: {source.test_fraction} of {len(train_y)} examples "
+                "leaves an empty train or test split",
             )
         test_x, test_y = _rows(train_x, test_idx), train_y[test_idx]
         train_x, train_y = _rows(train_x, train_idx), train_y[train_idx]
