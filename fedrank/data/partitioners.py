@@ -256,15 +256,16 @@ def _once(table: Any, spec: PartitionSpec) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            return _assignment(partitioner, table)
+            result = _assignment(partitioner, table)
         except ValueError as err:
             raise ConfigError("num-clients", f"{spec.scheme}: {err}") from err
-        finally:
-            for w in caught:
-                if "flwr_datasets" in w.filename:
-                    _LOG.warning("%s partitioner: %s", spec.scheme, w.message)
-                else:  # not ours to judge (e.g. a deprecation inside datasets): pass it on
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    # Re-issued outside the recording block (inside it, they would be recorded again).
+    for w in caught:
+        if "flwr_datasets" in w.filename:
+            _LOG.warning("%s partitioner: %s", spec.scheme, w.message)
+        else:  # not Flower's (e.g. a deprecation inside datasets): passed on as it was
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result
 
 
 def _assignment(partitioner: Any, table: Any) -> tuple[np.ndarray, np.ndarray]:
