@@ -22,6 +22,7 @@ import numpy as np
 from fedrank.data import columns as cols
 from fedrank.data.files import read_dataset
 from fedrank.data.source import DataSource, read_split
+from fedrank.data.source import class_names as source_class_names
 from fedrank.data.splits import ImageSplit, Kind, TextSplit
 from fedrank.errors import ConfigError
 
@@ -35,6 +36,7 @@ def load_site_data(
     kind: Literal["image"],
     input_shape: tuple[int, ...],
     num_classes: int,
+    class_names: tuple[str, ...] | None = None,
     columns: DataSource | None = None,
 ) -> ImageSplit: ...
 
@@ -46,6 +48,7 @@ def load_site_data(
     kind: Literal["text"],
     input_shape: tuple[int, ...],
     num_classes: int,
+    class_names: tuple[str, ...] | None = None,
     columns: DataSource | None = None,
 ) -> TextSplit: ...
 
@@ -56,6 +59,7 @@ def load_site_data(
     kind: Kind,
     input_shape: tuple[int, ...],
     num_classes: int,
+    class_names: tuple[str, ...] | None = None,
     columns: DataSource | None = None,
 ) -> ImageSplit | TextSplit:
     """Load and validate a site's examples.
@@ -70,6 +74,12 @@ def load_site_data(
         ``(C, H, W)`` of the run's images (``ImageData.input_shape``); ``()`` for text.
     num_classes : int
         The run's number of classes; every label must lie in ``[0, num_classes)``.
+    class_names : tuple of str, optional
+        The run's class names (``ImageData.class_names``). When the site's label column
+        names its classes too (an image folder's subfolders), labels are mapped by
+        name: a site holding some of the classes keeps their run indices, and a class
+        the run does not know is refused (by index, a missing folder would shift
+        every later class).
     columns : DataSource, optional
         The run's data settings, for the column names (defaults otherwise).
 
@@ -89,6 +99,9 @@ def load_site_data(
         raw = raw["train"]
     names = columns or DataSource()
     features, labels = read_split(raw, names, kind, where=where, field=FIELD, blame_file=True)
+    site_names = source_class_names(raw, names.label_column)
+    if class_names is not None and site_names is not None:
+        labels = _by_name(labels, site_names, class_names, where=where)
     cols.check_label_range(labels, num_classes, field=FIELD, where=where)
     if isinstance(features, np.ndarray):
         if tuple(features.shape[1:]) != tuple(input_shape):
@@ -99,3 +112,16 @@ def load_site_data(
             )
         return ImageSplit(features, labels)
     return TextSplit(features, labels)
+
+
+def _by_name(
+    labels: np.ndarray, site: tuple[str, ...], run: tuple[str, ...], *, where: str
+) -> np.ndarray:
+    unknown = sorted(set(site) - set(run))
+    if unknown:
+        raise ConfigError(
+            FIELD, f"{where}: classes {unknown} are not among the run's classes {list(run)}"
+        )
+    cols.check_label_range(labels, len(site), field=FIELD, where=where)
+    to_run = np.array([run.index(name) for name in site], dtype=np.int64)
+    return np.take(to_run, labels)

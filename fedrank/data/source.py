@@ -208,6 +208,7 @@ def convert(
     else:
         test_x, test_y = read_split(test_raw, source, kind, where=f"{where} [test]", field=field)
     num_classes = _num_classes(train_raw, source.label_column, train_y, test_y)
+    names = class_names(train_raw, source.label_column)
     for labels, part in ((train_y, "train"), (test_y, "test")):
         cols.check_label_range(labels, num_classes, field=field, where=f"{where} [{part}]")
     if isinstance(train_x, np.ndarray) and isinstance(test_x, np.ndarray):
@@ -217,11 +218,19 @@ def convert(
                 f"{where}: test images are {test_x.shape[1:]}, train images {train_x.shape[1:]}",
             )
         return ImageData(
-            source.dataset, ImageSplit(train_x, train_y), ImageSplit(test_x, test_y), num_classes
+            source.dataset,
+            ImageSplit(train_x, train_y),
+            ImageSplit(test_x, test_y),
+            num_classes,
+            names,
         )
     if isinstance(train_x, tuple) and isinstance(test_x, tuple):
         return TextData(
-            source.dataset, TextSplit(train_x, train_y), TextSplit(test_x, test_y), num_classes
+            source.dataset,
+            TextSplit(train_x, train_y),
+            TextSplit(test_x, test_y),
+            num_classes,
+            names,
         )
     raise TypeError(
         f"mixed splits: {type(train_x)} and {type(test_x)}"
@@ -283,6 +292,14 @@ def _rows(values: np.ndarray | tuple[str, ...], idx: np.ndarray) -> np.ndarray |
     if isinstance(values, np.ndarray):
         return np.take(values, idx, axis=0)
     return tuple(values[i] for i in idx)
+
+
+def class_names(raw: Any, label_column: str) -> tuple[str, ...] | None:
+    """The label column's class names (a ``ClassLabel``, e.g. imagefolder's folders), or None."""
+    import datasets
+
+    feature = raw.features.get(label_column)
+    return tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
 
 def _num_classes(raw: Any, label_column: str, *labels: np.ndarray) -> int:

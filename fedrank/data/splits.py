@@ -83,6 +83,8 @@ class ImageData:
     train: ImageSplit
     test: ImageSplit
     num_classes: int
+    class_names: tuple[str, ...] | None = None
+    """Names of the classes by index, when the label column carries them (``ClassLabel``)."""
     kind: Literal["image"] = dataclasses.field(default="image", init=False)
 
     @property
@@ -105,6 +107,8 @@ class TextData:
     train: TextSplit
     test: TextSplit
     num_classes: int
+    class_names: tuple[str, ...] | None = None
+    """Names of the classes by index, when the label column carries them (``ClassLabel``)."""
     kind: Literal["text"] = dataclasses.field(default="text", init=False)
 
     @property
