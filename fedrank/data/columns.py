@@ -199,7 +199,9 @@ def _unit_range(values: np.ndarray, *, field: str, where: str) -> np.ndarray:
             raise ConfigError(
                 field, f"{where}: integer pixels must lie in [0, 255], got [{low}, {high}]"
             )
-        return values.astype(np.float32) / np.float32(255)
+        scaled = values.astype(np.float32)
+        scaled /= np.float32(255)  # in place: one float copy of the set, not two
+        return scaled
     if not np.isfinite(values).all():
         row = int(np.argmax(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)))
         raise ConfigError(field, f"{where}: images contain NaN or infinite values (row {row})")

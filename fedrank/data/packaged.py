@@ -12,13 +12,13 @@ does a user's dataset; only the seed of the fixed held-out split is the set's ow
   up to 10,000+ clients: each is a scikit-learn digit of its class, shifted by up to
   one pixel, rescaled in contrast and overlaid with Gaussian noise, from a fixed
   seed (about a second to build; 16 MB as uint8, 64 MB as float32 in a process).
+  Learnable but not linearly: a 64-128-10 MLP reaches about 92% after 3 epochs on
+  20,000 examples.
   8x8 rather than 28x28 on purpose: 250,000 28x28 float32 images take 784 MB, in
   every simulation worker that holds them.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -32,6 +32,7 @@ SYNTHETIC_SIZE = 250_000
 _SYNTHETIC_SEED = 2026_12_03
 # Pixel noise of the synthetic set, on the 0-16 scale of scikit-learn's digits.
 _SYNTHETIC_NOISE = 2.0
+_BLOCK = 25_000
 
 PACKAGED: dict[str, int] = {
     "mnist5k": DIGITS_SPLIT_SEED,
@@ -42,9 +43,11 @@ PACKAGED: dict[str, int] = {
 """Packaged dataset names and the seed of each one's held-out split."""
 
 
-@functools.cache
 def packaged_dataset(name: str) -> object:
-    """The whole packaged set ``name`` as one ``datasets.Dataset`` (cached per process).
+    """The whole packaged set ``name`` as one ``datasets.Dataset``.
+
+    Not cached here: :func:`fedrank.data.source.load_data` caches the converted
+    splits, and keeping the Arrow table as well would hold every set twice.
 
     Parameters
     ----------
@@ -90,31 +93,45 @@ def synthetic_digits(size: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
         Number of examples.
     seed : int
         Everything drawn (class order, prototype, shift, contrast, noise) follows from it.
+        Images are drawn in blocks of 25,000 from per-block streams, which bounds the
+        temporary float arrays (a few MB, not a few hundred).
     """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     prototypes = np.asarray(bunch.data, dtype=np.float32).reshape(-1, 8, 8)
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(size, dtype=np.int64) % 10)
-    base = np.empty(size, dtype=np.int64)
-    for cls in range(10):
-        rows = np.flatnonzero(labels == cls)
-        base[rows] = rng.choice(np.flatnonzero(bunch.target == cls), size=len(rows))
+    members = [np.flatnonzero(bunch.target == cls) for cls in range(10)]
+    labels = np.random.default_rng(seed).permutation(np.arange(size, dtype=np.int64) % 10)
+    images = np.empty((size, 1, 8, 8), dtype=np.uint8)
+    for block, start in enumerate(range(0, size, _BLOCK)):
+        rng = np.random.default_rng([seed, block])
+        rows = slice(start, min(start + _BLOCK, size))
+        images[rows, 0] = _noisy_digits(prototypes, members, labels[rows], rng)
+    return images, labels
+
+
+def _noisy_digits(
+    prototypes: np.ndarray, members: list[np.ndarray], labels: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """One prototype of each label's class, shifted, rescaled and noised: uint8 (n, 8, 8)."""
+    base = np.empty(len(labels), dtype=np.int64)
+    for cls, rows in enumerate(members):
+        mine = np.flatnonzero(labels == cls)
+        base[mine] = rng.choice(rows, size=len(mine))
     picked = prototypes[base]
-    shifts = rng.integers(-1, 2, size=(size, 2))
+    shifts = rng.integers(-1, 2, size=(len(labels), 2))
     shifted = np.zeros_like(picked)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            rows = np.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))
-            moved = np.roll(picked[rows], (dy, dx), axis=(1, 2))
+            mine = np.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))
+            moved = np.roll(picked[mine], (dy, dx), axis=(1, 2))
             # np.roll wraps around; the pixels that wrapped are blanked instead.
             if dy:
                 moved[:, 0 if dy > 0 else -1, :] = 0.0
             if dx:
                 moved[:, :, 0 if dx > 0 else -1] = 0.0
-            shifted[rows] = moved
-    contrast = rng.uniform(0.7, 1.3, size=(size, 1, 1)).astype(np.float32)
-    noise = rng.standard_normal(size=shifted.shape, dtype=np.float32) * _SYNTHETIC_NOISE
-    pixels = np.clip(shifted * contrast + noise, 0.0, 16.0) * np.float32(255 / 16)
-    return np.rint(pixels).astype(np.uint8)[:, None], labels
+            shifted[mine] = moved
+    shifted *= rng.uniform(0.7, 1.3, size=(len(labels), 1, 1)).astype(np.float32)
+    shifted += rng.standard_normal(size=shifted.shape, dtype=np.float32) * _SYNTHETIC_NOISE
+    np.clip(shifted, 0.0, 16.0, out=shifted)
+    return np.rint(shifted * np.float32(255 / 16)).astype(np.uint8)

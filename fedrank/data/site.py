@@ -105,10 +105,10 @@ def load_site_data(
     cols.check_label_range(labels, num_classes, field=FIELD, where=where)
     if isinstance(features, np.ndarray):
         if tuple(features.shape[1:]) != tuple(input_shape):
+            want = ", ".join(map(str, ("N", *input_shape)))
+            got = ", ".join(map(str, ("N", *features.shape[1:])))
             raise ConfigError(
-                FIELD,
-                f"{where}: images are {tuple(features.shape[1:])} (C, H, W); "
-                f"the run's model takes {tuple(input_shape)}",
+                FIELD, f"{where}: the run's model takes images ({want}) (C, H, W), got ({got})"
             )
         return ImageSplit(features, labels)
     return TextSplit(features, labels)

@@ -72,7 +72,7 @@ def _bad_cases(tmp_path):
         ),
         "shape": (
             _save(tmp_path / "d.npz", images=_images(4, rng, (1, 28, 28)), labels=good_labels),
-            "the run's model takes (1, 8, 8)",
+            "(N, 1, 8, 8)",
         ),
         "range": (
             _save(tmp_path / "f.npz", images=good_images * 255, labels=good_labels),

@@ -87,8 +87,12 @@ def _bad(tmp):
     )
     return {
         "missing": (tmp / "absent.parquet", "image", "no such file"),
-        "shape": (tmp / "big.npz", "image", "images are (1, 28, 28) (C, H, W)"),
-        "channels": (tmp / "rgb.npz", "image", "the run's model takes (1, 8, 8)"),
+        "shape": (
+            tmp / "big.npz",
+            "image",
+            "takes images (N, 1, 8, 8) (C, H, W), got (N, 1, 28, 28)",
+        ),
+        "channels": (tmp / "rgb.npz", "image", "got (N, 3, 8, 8)"),
         "classes": (tmp / "many.npz", "image", "labels must lie in [0, 9], row 2 has 12"),
         "text for an image run": (tmp / "text.csv", "image", "no column 'image' (image-column)"),
         "images for a text run": (tmp / "big.npz", "text", "no column 'text' (text-column)"),
