@@ -92,27 +92,30 @@ def test_records_subsets_are_seeded_for_train_and_fixed_for_test() -> None:
 
 
 def test_synthetic_digits_are_deterministic_balanced_and_learnable() -> None:
-    x1, y1 = synthetic_digits(12_000, seed=7)
-    x2, _ = synthetic_digits(12_000, seed=7)
+    x1, y1 = synthetic_digits(6_000, seed=7)
+    x2, _ = synthetic_digits(6_000, seed=7)
     np.testing.assert_array_equal(x1, x2)
-    assert x1.shape == (12_000, 1, 8, 8)
+    assert x1.shape == (6_000, 1, 8, 8)
     assert x1.dtype == np.uint8
-    assert np.bincount(y1).tolist() == [1200] * 10
+    assert np.bincount(y1).tolist() == [600] * 10
 
-    # One epoch of a small MLP on 10,000 examples: far above chance (10%).
+    # Three epochs of a small MLP on 5,000 examples: far above chance (10%), 0.797.
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x = torch.tensor(x1.reshape(-1, 64), dtype=torch.float32) / 255
     y = torch.tensor(y1)
-    for start in range(0, 10_000, 50):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(
-            model(x[start : start + 50]), y[start : start + 50]
-        )
-        loss.backward()
-        opt.step()
-    accuracy = (model(x[10_000:]).argmax(1) == y[10_000:]).float().mean().item()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only contend
+    try:
+        for start in [s for _ in range(3) for s in range(0, 5_000, 50)]:
+            opt.zero_grad()
+            batch = slice(start, start + 50)
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    accuracy = (model(x[5_000:]).argmax(1) == y[5_000:]).float().mean().item()
     assert accuracy > 0.7
 
 
