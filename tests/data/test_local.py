@@ -43,6 +43,15 @@ def test_single_channel_images_may_omit_the_channel_axis(tmp_path):
     assert split.images.shape == (3, *SHAPE)
 
 
+def test_uint8_pixels_are_scaled_to_the_unit_interval(tmp_path):
+    pixels = np.array([0, 51, 255], dtype=np.uint8).repeat(64 // 3 + 1)[:64].reshape(1, 8, 8)
+    path = _save(tmp_path / "own.npz", images=pixels[None], labels=np.array([4]))
+
+    split = load_local_examples(path, image_shape=SHAPE, num_classes=10)
+
+    np.testing.assert_array_equal(split.images, pixels[None].astype(np.float32) / 255)
+
+
 def _bad_cases(tmp_path):
     rng = np.random.default_rng(2)
     good_images, good_labels = _images(4, rng), np.arange(4)
@@ -50,9 +59,9 @@ def _bad_cases(tmp_path):
     (tmp_path / "text.npz").write_text("images,labels\n")
     return {
         "missing": (tmp_path / "nowhere.npz", "no such file"),
-        "npy": (tmp_path / "one.npy", "holds one .npy array"),
+        "npy": (tmp_path / "one.npy", "unknown file type '.npy'"),
         "text": (tmp_path / "text.npz", "not an .npz archive"),
-        "no labels": (_save(tmp_path / "a.npz", images=good_images), "lacks array(s) ['labels']"),
+        "no labels": (_save(tmp_path / "a.npz", images=good_images), "no column 'label'"),
         "pickled": (
             _save(tmp_path / "b.npz", images=np.array([object()]), labels=good_labels),
             "pickles",
@@ -65,15 +74,9 @@ def _bad_cases(tmp_path):
             _save(tmp_path / "d.npz", images=_images(4, rng, (1, 28, 28)), labels=good_labels),
             "(N, 1, 8, 8)",
         ),
-        "ints": (
-            _save(
-                tmp_path / "e.npz", images=(good_images * 255).astype(np.uint8), labels=good_labels
-            ),
-            "floats in [0, 1]",
-        ),
         "range": (
             _save(tmp_path / "f.npz", images=good_images * 255, labels=good_labels),
-            "scale pixels",
+            "must lie in [0, 1]",
         ),
         "nan": (
             _save(tmp_path / "g.npz", images=np.full_like(good_images, np.nan), labels=good_labels),
@@ -85,7 +88,7 @@ def _bad_cases(tmp_path):
         ),
         "float labels": (
             _save(tmp_path / "i.npz", images=good_images, labels=good_labels.astype(float)),
-            "labels must be integers",
+            "labels must be integer class indices",
         ),
         "label range": (
             _save(tmp_path / "j.npz", images=good_images, labels=good_labels + 8),
@@ -95,7 +98,7 @@ def _bad_cases(tmp_path):
 
 
 CASES = [
-    "missing", "npy", "text", "no labels", "pickled", "length", "shape", "ints", "range", "nan",
+    "missing", "npy", "text", "no labels", "pickled", "length", "shape", "range", "nan",
     "empty", "float labels", "label range",
 ]  # fmt: skip
 
