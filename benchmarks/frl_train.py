@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedrank.data.digits import ImageSplit, load_dataset
+from fedrank.data.source import DataSource, load_image_data
+from fedrank.data.splits import ImageSplit
 from fedrank.models.supermask import (
     SupermaskMixin,
     build_model,
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    ds = load_dataset("mnist5k", test_fraction=0.2)
+    ds = load_image_data(DataSource("mnist5k", test_fraction=0.2))
     # A random client's worth (the packaged set is sorted by label).
     idx = np.random.default_rng(SEED).choice(len(ds.train), EXAMPLES, replace=False)
     data = ImageSplit(ds.train.images[idx], ds.train.labels[idx])

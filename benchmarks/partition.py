@@ -3,8 +3,7 @@
 For each scheme (Flower Datasets' partitioners through ``fedrank.data.partitioners``):
 the time to partition the training split (best of 3), the time to look up one
 client's row indices and to take its examples, and the process's peak RSS; ratios
-against ``iid`` at the same number of clients, measured in this process. The former
-hand-written partitioners (``fedrank.data.partition``) run beside them for reference.
+against ``iid`` at the same number of clients, measured in this process.
 
 Run: ``python -m benchmarks.partition``
 """
@@ -19,7 +18,6 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.common import best_time, report
-from fedrank.data.partition import partition as handwritten
 from fedrank.data.partitioners import Partitions, PartitionSpec, partition_labels
 from fedrank.data.source import DataSource, load_image_data
 from fedrank.errors import ConfigError
@@ -81,19 +79,6 @@ def main() -> dict[str, float]:
                 f"  {name}: one client's indices {index_ms:.3f} ms, its examples {take_ms:.3f} ms"
             )
             ratios[f"{name} / iid @ {clients}"] = seconds / dict(rows)["iid"]
-        for name in ("iid", "dirichlet", "pathological"):
-            rng = np.random.default_rng(0)
-            rows.append(
-                (
-                    f"former hand-written {name}",
-                    best_time(
-                        lambda name=name, rng=rng, clients=clients: handwritten(
-                            labels, scheme=name, num_clients=clients, rng=rng, alpha=1.0
-                        ),
-                        repeats=3,
-                    ),
-                )
-            )
         report(f"Partition {len(labels):,} examples, {clients:,} clients", rows, baseline="iid")
         print("\n".join(lookups))
     print(f"\npeak RSS of the whole benchmark: {peak_rss_mb():.0f} MiB")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
-from fedrank.data.digits import ImageSplit
+from fedrank.data.splits import ImageSplit
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,8 +24,10 @@ import numpy as np
 from flwr.app import RecordDict
 
 from fedrank.config import Scenario
-from fedrank.data.partition import partition
-from fedrank.data.text import TokenizedText, load_rotten_tomatoes, tokenize
+from fedrank.data.federation import partitions_for
+from fedrank.data.site import load_site_data
+from fedrank.data.source import DataSource, load_text_data
+from fedrank.data.text import TokenizedText, tokenize
 from fedrank.errors import ConfigError
 from fedrank.lora_training import AccountantHistory, DpSgdConfig, train_lora
 from fedrank.models.bases import base_config, load_tokenizer
@@ -45,58 +47,22 @@ from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
 from fedrank.protos.records import to_array_record
 from fedrank.tasks.base import State
+from fedrank.tasks.data import data_source, partition_spec
 
 ADAPTER_DIR = "adapter"
 """The exported PEFT adapter folder inside the results folder."""
 ACCOUNTANT_KEY = "dp-accountant"
 """Name of the ArrayRecord in a node's state that holds its accountant history."""
 
-# The test records a run evaluates on (``test-records``) are a prefix of one fixed
-# permutation, the same for every run and seed, so every table row sees the same ones.
-_TEST_ORDER_SEED = 20240601
 _SPEC_KEYS = {"base": "model", "pooling": "lora-pooling", "target_modules": "lora-targets"}
 
 
-@functools.cache
-def _train_tokens(base: str, train_records: int, seed: int, max_length: int) -> TokenizedText:
-    texts = load_rotten_tomatoes("train")
-    if train_records:
-        # A seeded random subset: the file is ordered, a prefix would not be a sample.
-        chosen = np.random.default_rng(seed).permutation(len(texts))[:train_records]
-        texts = texts.subset(np.sort(chosen))
+@functools.lru_cache(maxsize=8)
+def _tokens(source: DataSource, seed: int, base: str, max_length: int, split: str) -> TokenizedText:
+    """The tokenised ``split`` of ``source`` (tokenised once per process, base and length)."""
+    data = load_text_data(source, seed=seed)
+    texts = data.train if split == "train" else data.test
     return tokenize(texts, load_tokenizer(base), max_length=max_length)
-
-
-@functools.cache
-def _test_tokens(base: str, test_records: int, max_length: int) -> TokenizedText:
-    texts = load_rotten_tomatoes("test")
-    if test_records:
-        order = np.random.default_rng(_TEST_ORDER_SEED).permutation(len(texts))
-        texts = texts.subset(np.sort(order[:test_records]))
-    return tokenize(texts, load_tokenizer(base), max_length=max_length)
-
-
-@functools.cache
-def _partitions(
-    base: str,
-    train_records: int,
-    seed: int,
-    max_length: int,
-    scheme: str,
-    num_clients: int,
-    alpha: float,
-    classes_per_client: int,
-) -> tuple[np.ndarray, ...]:
-    labels = _train_tokens(base, train_records, seed, max_length).labels.numpy()
-    parts = partition(
-        labels,
-        scheme=scheme,
-        num_clients=num_clients,
-        rng=np.random.default_rng(seed),
-        alpha=alpha,
-        classes_per_client=classes_per_client,
-    )
-    return tuple(parts)
 
 
 @contextlib.contextmanager
@@ -141,6 +107,8 @@ class TextLoraTask:
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
+        self.source = data_source(scenario)
+        self.partitions = partition_spec(scenario)
         with _as_scenario_keys():
             self.base_config = base_config(scenario.effective.model, pooling=scenario.lora.pooling)
             self.spec = LoraSpec(
@@ -152,6 +120,7 @@ class TextLoraTask:
                 mode="ffa" if scenario.lora.aggregation == "ffa" else "lora",
                 init_seed=scenario.run.seed,
                 pooling=scenario.lora.pooling,
+                num_labels=self.num_classes,
             )
         self._working: Any = None
         self._codec: ArraysCodec | None = None
@@ -161,11 +130,11 @@ class TextLoraTask:
     @property
     def num_classes(self) -> int:
         """Classes of the corpus (the head's labels)."""
-        return self.spec.num_labels
+        return load_text_data(self.source, seed=self.scenario.run.seed).num_classes
 
-    def _key(self) -> tuple[str, int, int, int]:
+    def _tokens(self, split: str) -> TokenizedText:
         s = self.scenario
-        return self.spec.base, s.data.train_records, s.run.seed, s.model.max_length
+        return _tokens(self.source, s.run.seed, self.spec.base, s.model.max_length, split)
 
     def partition_data(self, partition_id: int) -> TokenizedText:
         """The tokenised training records of one partition, from the seed."""
@@ -174,34 +143,32 @@ class TextLoraTask:
             raise ConfigError(
                 "partition-id", f"{partition_id} outside [0, {s.run.num_clients - 1}] (num-clients)"
             )
-        idx = _partitions(
-            *self._key(),
-            s.data.partitioner,
-            s.run.num_clients,
-            s.data.alpha,
-            s.data.classes_per_client,
-        )[partition_id]
-        return _train_tokens(*self._key()).subset(idx)
+        rows = partitions_for(self.source, self.partitions, "text").indices(partition_id)
+        return self._tokens("train").subset(rows)
 
     def site_data(self, path: str) -> TokenizedText:
-        """A site's own records: not supported for text yet."""
-        raise ConfigError("data-path", f"{path}: a site's own text data is not supported yet")
+        """A site's own labelled texts at ``path`` (any format of the data layer), tokenised."""
+        data = load_text_data(self.source, seed=self.scenario.run.seed)
+        texts = load_site_data(
+            path,
+            kind="text",
+            input_shape=(),
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            columns=self.source,
+        )
+        base = self.spec.base
+        return tokenize(texts, load_tokenizer(base), max_length=self.scenario.model.max_length)
 
     def heldout(self) -> TokenizedText:
         """The held-out test records (all, or ``test-records`` of them)."""
-        return _test_tokens(
-            self.spec.base, self.scenario.data.test_records, self.scenario.model.max_length
-        )
+        return self._tokens("test")
 
     # -- both sides ----------------------------------------------------------------
 
     def check(self) -> None:
         """Refuse what cannot run: an unknown base, too long texts, empty partitions."""
         s = self.scenario
-        if s.effective.dataset != "rotten-tomatoes":
-            raise ConfigError(
-                "dataset", f"strategy lora needs 'rotten-tomatoes', got {s.effective.dataset!r}"
-            )
         positions = getattr(self.base_config, "max_position_embeddings", None) or getattr(
             self.base_config, "n_positions", None
         )
@@ -223,12 +190,7 @@ class TextLoraTask:
                         key,
                         f"{s.effective.dataset} has classes 0..{self.num_classes - 1}, got {value}",
                     )
-        for pid in range(s.run.num_clients):
-            if len(self.partition_data(pid)) == 0:
-                raise ConfigError(
-                    "num-clients",
-                    f"partition {pid} of {s.run.num_clients} is empty; lower num-clients",
-                )
+        partitions_for(self.source, self.partitions, "text")  # refuses empty partitions
 
     def initial_state(self) -> State:
         """Round 0: the tensors that train, at their seeded values."""

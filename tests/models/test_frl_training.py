@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedrank.data.digits import ImageSplit, load_dataset
+from fedrank.data.source import DataSource, load_image_data
+from fedrank.data.splits import ImageSplit
 from fedrank.models.factory import build_network
 from fedrank.models.supermask import get_rankings, set_rankings, to_supermask
 from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
@@ -21,7 +22,7 @@ def one_thread() -> Iterator[None]:
 
 
 def _subset(size: int, seed: int) -> tuple[ImageSplit, ImageSplit]:
-    ds = load_dataset("mnist5k", test_fraction=0.2)
+    ds = load_image_data(DataSource("mnist5k", test_fraction=0.2))
     # At random: the packaged set is sorted by label.
     idx = np.random.default_rng(seed).choice(len(ds.train), size, replace=False)
     return ImageSplit(ds.train.images[idx], ds.train.labels[idx]), ds.test

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
-from fedrank.data.digits import ImageSplit, load_dataset
+from fedrank.data.source import DataSource, load_image_data
+from fedrank.data.splits import ImageSplit
 from fedrank.errors import ConfigError
 from fedrank.models.supermask import (
     SupermaskConv1d,
@@ -225,7 +226,7 @@ GOLDEN = {
 
 @pytest.mark.parametrize(("name", "dense"), list(GOLDEN))
 def test_packaged_models_are_unchanged(name: str, dense: bool) -> None:
-    ds = load_dataset("mnist5k", test_fraction=0.2)
+    ds = load_image_data(DataSource("mnist5k", test_fraction=0.2))
     data = ImageSplit(ds.train.images[:64], ds.train.labels[:64])
     model = build_model(
         name, image_shape=ds.image_shape, num_classes=10, seed=3, k=0.5, dense=dense
