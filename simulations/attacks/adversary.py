@@ -138,9 +138,9 @@ class Adversary(WrappingStrategy):
 def attack_components(scenario: Scenario) -> tuple[ClientApp, StrategyWrapper | None]:
     """The ClientApp and strategy wrapper that simulate the scenario's attack."""
     if scenario.attack.kind == "label_flip":
-        from fedrank.simulations.attacks.poisoning import app as poisoning_app
+        from fedrank.simulations.attacks.poisoning import poisoning_app
 
-        return poisoning_app, None
+        return poisoning_app(scenario), None
     from fedrank.client.app import app as client_app
 
     craft = crafter(scenario)

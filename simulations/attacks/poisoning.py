@@ -1,7 +1,7 @@
 """Label-flipping data poisoning: a ClientApp whose malicious partitions train on flipped labels.
 
 Data poisoning happens where the data is, so it wraps the client, not the server:
-``app`` answers like :data:`fedrank.client.app.app`, except that a partition the
+:func:`poisoning_app` answers like :data:`fedrank.client.app.app`, except that a partition the
 scenario's attacker controls (:func:`~fedrank.simulations.attacks.collusion.malicious_partitions`)
 trains on its own examples with labels flipped by
 :func:`~fedrank.simulations.attacks.attacks.flip_labels` and then replies honestly. Knows:
@@ -24,9 +24,6 @@ from fedrank.config import Scenario
 from fedrank.simulations.attacks.attacks import flip_labels
 from fedrank.simulations.attacks.collusion import malicious_partitions
 from fedrank.tasks.base import Task
-
-app = ClientApp()
-app.query()(query)
 
 
 def poisoned_labels(
@@ -55,19 +52,32 @@ def is_poisoned(scenario: Scenario, partition_id: int) -> bool:
     return scenario.attack.kind == "label_flip" and partition_id in malicious_partitions(scenario)
 
 
-def poisoned(task: Task, partition_id: int, data: Any) -> Any:
+def poisoned(scenario: Scenario, task: Task, partition_id: int, data: Any) -> Any:
     """``data`` (a partition's or a site's examples) with flipped labels if the partition
-    is malicious, else unchanged."""
-    if not is_poisoned(task.scenario, partition_id):
+    is malicious in ``scenario`` (the simulation's, with its attack), else unchanged."""
+    if not is_poisoned(scenario, partition_id):
         return data
     labels = data.labels
     as_numpy = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    flipped = poisoned_labels(task.scenario, partition_id, as_numpy, num_classes=task.num_classes)
+    flipped = poisoned_labels(scenario, partition_id, as_numpy, num_classes=task.num_classes)
     new = torch.from_numpy(flipped) if isinstance(labels, torch.Tensor) else flipped
     return dataclasses.replace(data, labels=new)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train (on flipped labels if malicious) and reply like the benign client."""
-    return train_reply(msg, context, data_hook=poisoned)
+def poisoning_app(scenario: Scenario) -> ClientApp:
+    """The ClientApp of a simulation whose attack is ``scenario``'s label flipping.
+
+    The attack is the simulation's, not the run's: clients receive the run's settings
+    without it (a real site is told nothing of attacks), so the app holds it.
+    """
+    app = ClientApp()
+    app.query()(query)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        """Train (on flipped labels if malicious) and reply like the benign client."""
+        return train_reply(
+            msg, context, data_hook=lambda task, pid, data: poisoned(scenario, task, pid, data)
+        )
+
+    return app

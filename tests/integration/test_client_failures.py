@@ -47,7 +47,7 @@ class FaultyRun:
             clients_per_round=3,
             rounds=4,
             min_replies=2,
-            round_timeout=20.0,
+            round_timeout=45.0,
             seed=7,
             results_dir=str(results),
         )

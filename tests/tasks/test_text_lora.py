@@ -66,7 +66,7 @@ def lora_train(
     t = task(scenario)
     data = t.partition_data(partition_id)
     if poison:
-        data = poisoned(t, partition_id, data)
+        data = poisoned(scenario, t, partition_id, data)
     return t.train(
         tensors,
         data,
@@ -163,11 +163,11 @@ def test_a_label_flipping_lora_client_trains_on_its_records_with_labels_reversed
     benign = 1 - malicious
     own = task(scenario).partition_data(malicious)
 
-    flipped = poisoned(task(scenario), malicious, own)
+    flipped = poisoned(scenario, task(scenario), malicious, own)
 
     assert torch.equal(flipped.labels, 1 - own.labels)
     assert torch.equal(flipped.input_ids, own.input_ids)
-    assert poisoned(task(scenario), benign, own) is own
+    assert poisoned(scenario, task(scenario), benign, own) is own
     honest = scenario.replace(attack="none", malicious_fraction=0.0)
 
     def trained(s: Scenario, pid: int) -> dict[str, np.ndarray]:

@@ -149,11 +149,11 @@ def test_label_flippers_train_on_flipped_labels_and_benign_clients_do_not(tmp_pa
     state = task.initial_state()
 
     own = task.partition_data(malicious[0])
-    data = poisoned(task, malicious[0], own)
+    data = poisoned(scenario, task, malicious[0], own)
     np.testing.assert_array_equal(data.labels, flip_labels(own.labels, num_classes=10))
     np.testing.assert_array_equal(data.images, own.images)
     flipped = local_update(scenario, state, malicious[0], data)
     honest = local_update(scenario, state, malicious[0])
     assert any(not np.array_equal(flipped[n], honest[n]) for n in honest)
     benign_data = task.partition_data(benign)
-    assert poisoned(task, benign, benign_data) is benign_data
+    assert poisoned(scenario, task, benign, benign_data) is benign_data
