@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrank.artifacts import FINAL_STATE, read_arrays
 from fedrank.config import Scenario
 from fedrank.models.lora import _pristine_model
 from fedrank.privacy.accountant import compute_epsilon, history_from_array, history_to_array
@@ -17,8 +20,10 @@ from fedrank.protos.codecs import Reply
 from fedrank.protos.records import to_array_record
 from fedrank.simulations.attacks.collusion import malicious_partitions
 from fedrank.simulations.attacks.poisoning import poisoned
+from fedrank.simulations.run import simulate
 from fedrank.tasks import load_task
 from fedrank.tasks.text_lora import ACCOUNTANT_KEY, TextLoraTask, starting_history
+from tests.models.tiny_bases import save_tiny_gpt2
 
 SCENARIO = Scenario.of(
     strategy="lora",
@@ -178,3 +183,23 @@ def test_a_label_flipping_lora_client_trains_on_its_records_with_labels_reversed
     assert any(not np.array_equal(poisoned_state[n], clean[n]) for n in clean)
     for name, value in trained(honest, benign).items():
         np.testing.assert_array_equal(trained(scenario, benign)[name], value)
+
+
+def test_a_federation_runs_end_to_end_on_a_gpt2_style_base_of_its_own(tmp_path: Path) -> None:
+    # A base other than MiniLM: a tiny GPT-2 classifier built from a config and saved to a
+    # folder (its own BPE tokenizer, no pad token), PEFT's default targets for GPT-2.
+    base = save_tiny_gpt2(tmp_path / "gpt2")
+    scenario = Scenario.of(
+        strategy="lora", model=str(base), num_clients=2, clients_per_round=2, rounds=2,
+        local_epochs=1, partitioner="iid", batch_size=16, max_length=16, train_records=64,
+        test_records=32, lora_pooling="cls", results_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+
+    summary = simulate(scenario, backend="local")
+
+    assert summary["rounds"] == 2
+    assert summary["model"]["target_modules"] == ["c_attn"]
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    state = read_arrays(tmp_path / "run" / FINAL_STATE)
+    initial = task(scenario).initial_state()
+    assert any(not np.array_equal(state[name], initial[name]) for name in initial)
