@@ -5,7 +5,8 @@ ServerApp, strategies and ClientApp as a Ray simulation, minus the Ray actors an
 the SuperLink's message store. Each node has its ``partition-id`` in its node
 config and a Context that persists across rounds, as in Flower's simulation
 engine; a ClientApp that raises answers with an error reply, as there
-(``CLIENT_APP_RAISED_EXCEPTION``). Clients run one after the other, with the
+(``CLIENT_APP_RAISED_EXCEPTION``); one that exits, as a crashed client
+(``CLIENT_APP_CRASHED``: on Ray its worker dies). Clients run one after the other, with the
 torch thread count a Ray worker would have (the handler sets it; it is restored
 afterwards), so a seed gives the same result bit for bit as on Ray.
 
@@ -161,6 +162,9 @@ class InProcessGrid(Grid):
             return Message(
                 Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message
             )
+        except SystemExit as err:  # on Ray its worker process would die: the run goes on
+            reason = f"the ClientApp exited (status {err.code}) while handling the message"
+            return Message(Error(code=ErrorCode.CLIENT_APP_CRASHED, reason=reason), reply_to=message)
         finally:
             torch.set_num_threads(threads)
 
