@@ -164,7 +164,8 @@ class InProcessGrid(Grid):
             )
         except SystemExit as err:  # on Ray its worker process would die: the run goes on
             reason = f"the ClientApp exited (status {err.code}) while handling the message"
-            return Message(Error(code=ErrorCode.CLIENT_APP_CRASHED, reason=reason), reply_to=message)
+            error = Error(code=ErrorCode.CLIENT_APP_CRASHED, reason=reason)
+            return Message(error, reply_to=message)
         finally:
             torch.set_num_threads(threads)
 

@@ -9,7 +9,8 @@ itself, as a site with its own protobuf code would).
 It wraps an honest ClientApp (the test hands it fedrank's) and corrupts the honest
 reply record by record. Every fault has a name; :data:`TRAIN_FAULTS` corrupt a train
 reply's content, :data:`QUERY_FAULTS` the discovery answer, and :data:`RUNTIME_FAULTS`
-misbehave in time (raise, crash, hang, answer late).
+misbehave in time (raise, crash, hang, answer late) or send their work as a message
+that answers nothing (``unlinked``).
 """
 
 from __future__ import annotations
@@ -356,7 +357,7 @@ QUERY_FAULTS: dict[str, Callable[[int, int], RecordDict]] = {
 
 # --- misbehaving in time ----------------------------------------------------------------
 
-RUNTIME_FAULTS = ("raise", "crash", "hang", "late")
+RUNTIME_FAULTS = ("raise", "crash", "hang", "late", "unlinked")
 
 
 def _wait(seconds: float, release: Path | None) -> None:
@@ -430,6 +431,8 @@ def foreign_client_app(
         if fault in ("hang", "late"):
             _wait(late_seconds, release if fault == "hang" else None)
             return reply
+        if fault == "unlinked":  # its work sent as a new message, not as the reply
+            return Message(reply.content, dst_node_id=1, message_type=msg.metadata.message_type)
         return Message(TRAIN_FAULTS[fault](reply.content), reply_to=msg)
 
     return app

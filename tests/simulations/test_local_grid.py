@@ -85,3 +85,39 @@ def test_messages_not_answered_before_the_timeout_get_no_reply(grid: InProcessGr
         on_time = list(grid.send_and_receive([_train(mapping[0], 0.0)], timeout=5))
     assert replies == []
     assert [r.metadata.src_node_id for r in on_time] == [mapping[0]]
+
+
+odd = ClientApp()
+
+
+@odd.train()
+def odd_train(msg: Message, context: Context) -> Message:
+    kind = msg.content["config"]["kind"]
+    if kind == "unlinked":  # a new message instead of a reply: the SuperLink drops it
+        return Message(content=RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
+    if kind == "none":
+        return None  # type: ignore[return-value]
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("kind", ["unlinked", "none"])
+def test_a_reply_the_superlink_would_drop_is_no_reply(kind: str) -> None:
+    grid = InProcessGrid(odd, num_nodes=1, seed=1)
+    node = next(iter(grid.get_node_ids()))
+    content = RecordDict({"config": ConfigRecord({"kind": kind})})
+    with server_identity(grid.run):
+        message = Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
+        replies = list(grid.send_and_receive([message], timeout=5))
+
+    assert replies == []  # counted once, as a missing reply, as on Ray
+
+
+def test_a_client_that_exits_is_a_crashed_one() -> None:
+    grid = InProcessGrid(odd, num_nodes=1, seed=1)
+    node = next(iter(grid.get_node_ids()))
+    content = RecordDict({"config": ConfigRecord({"kind": "exit"})})
+    with server_identity(grid.run):
+        message = Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
+        (reply,) = grid.send_and_receive([message], timeout=5)
+
+    assert reply.error.code == ErrorCode.CLIENT_APP_CRASHED
