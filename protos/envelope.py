@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -99,7 +99,7 @@ def is_canonical(parsed: Message, data: bytes) -> bool:
     over the field tags and scalar values (:func:`_canonical_fields`) instead of a copy
     and a comparison of every byte: a ranking reply is megabytes of packed ranks.
     """
-    descriptor = parsed.DESCRIPTOR
+    descriptor = cast("Descriptor", parsed.DESCRIPTOR)  # upb's own type in the stubs
     if not _walkable(descriptor):
         return bool(parsed.SerializeToString(deterministic=True) == data)
     return _canonical_fields(memoryview(data), descriptor)
