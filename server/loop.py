@@ -78,6 +78,12 @@ def run_rounds(
             messages = [with_settings(m, settings) if m.metadata.dst_node_id in resend else m
                         for m in messages]  # fmt: skip
         resend.clear()
+        log.info(
+            "round %d: waiting at most %g s (round-timeout) for the replies of %d clients",
+            server_round,
+            timeout,
+            len(messages),
+        )
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         answered, failures = split_replies(
             server_round, messages, replies, timeout=timeout, partition_of=partition_of
