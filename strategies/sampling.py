@@ -160,8 +160,8 @@ def read_partition_claims(
     for reply in replies:
         node = int(reply.metadata.src_node_id)
         if node not in asked or node in seen:
+            # Its first claim still counts below: a partition it claimed is nobody's.
             excluded[node] = "unexpected_reply: a second answer, or from a node not asked"
-            claims = {pid: [n for n in owners if n != node] for pid, owners in claims.items()}
             continue
         seen.add(node)
         try:
@@ -174,10 +174,13 @@ def read_partition_claims(
         excluded.setdefault(node, "timeout: no answer within discovery-timeout")
     mapping: dict[int, int] = {}
     for pid, owners in claims.items():
-        if len(owners) == 1:
+        if len(owners) > 1:
+            for node in owners:
+                excluded.setdefault(
+                    node, f"duplicate_partition: {len(owners)} nodes claim partition {pid}"
+                )
+        elif owners[0] not in excluded:
             mapping[pid] = owners[0]
-        for node in owners if len(owners) > 1 else ():
-            excluded[node] = f"duplicate_partition: {len(owners)} nodes claim partition {pid}"
     return dict(sorted(mapping.items())), excluded
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from tests.faults.foreign_client import read_report, write_report
+from tests.faults.foreign_privacy import read_report, write_report
 
 MAX_BLOB = 4096  # bytes of one random payload; the generator's own memory stays small
 

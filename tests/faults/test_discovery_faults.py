@@ -151,10 +151,14 @@ def test_every_asked_node_is_mapped_or_left_out_with_a_reason(
             "timeout", "client_error", "unexpected_reply", "bad_partition_id",
             "out_of_range", "duplicate_partition",
         }  # fmt: skip
-    # A partition claimed by two nodes is given to neither.
+    # A partition claimed by two nodes (each node's first answer) is given to neither.
     claims: dict[int, set[int]] = {}
+    answered: set[int] = set()
     for node, value, error in replies:
-        if not error and type(value) is int and 0 <= value < expected and node <= expected:
+        first = node not in answered
+        answered.add(node)
+        valid = not error and type(value) is int and 0 <= value < expected
+        if first and valid and node <= expected:
             claims.setdefault(value, set()).add(node)
     for pid, owners in claims.items():
         if len(owners) > 1:
