@@ -88,11 +88,12 @@ def discover_partitions(
 def wait_for_nodes(grid: Grid, *, expected: int, timeout: float, poll: float = 0.5) -> list[int]:
     """The ids of exactly ``expected`` connected nodes, waiting at most ``timeout`` seconds.
 
-    Logs what it waits for every few seconds. Raises :class:`FedrankError` naming both
+    The count must hold for ``poll`` seconds. Logs what it waits for every few seconds. Raises :class:`FedrankError` naming both
     numbers at once when more nodes are connected, and after ``timeout`` when fewer are.
     """
     deadline = time.monotonic() + timeout
     next_log = time.monotonic()
+    settled: list[int] | None = None
     while True:
         nodes = sorted(int(n) for n in grid.get_node_ids())
         if len(nodes) > expected:
@@ -101,7 +102,14 @@ def wait_for_nodes(grid: Grid, *, expected: int, timeout: float, poll: float = 0
                 f"num-clients to {len(nodes)}, or run {expected} nodes (one per site)"
             )
         if len(nodes) == expected:
-            return nodes
+            # Flower's simulation registers its nodes while the ServerApp starts: the
+            # count must hold a moment (more may be on their way) before it is trusted.
+            if nodes == settled:
+                return nodes
+            settled = nodes
+            time.sleep(poll)
+            continue
+        settled = None
         now = time.monotonic()
         if now >= deadline:
             raise FedrankError(

@@ -18,7 +18,7 @@ from fedrank.client import app as fedrank_client
 from fedrank.config import Scenario
 from fedrank.errors import FedrankError
 from fedrank.simulations.local_grid import InProcessGrid, server_identity
-from fedrank.strategies.sampling import discover_partitions, read_partition_claims
+from fedrank.strategies.sampling import discover_partitions, read_partition_claims, wait_for_nodes
 from tests.faults.foreign_client import QUERY_FAULTS, foreign_client_app
 from tests.faults.harness import QUERY_REASON
 
@@ -163,3 +163,16 @@ def test_every_asked_node_is_mapped_or_left_out_with_a_reason(
     for pid, owners in claims.items():
         if len(owners) > 1:
             assert pid not in mapping
+
+
+def test_nodes_still_registering_are_counted_before_the_count_is_trusted() -> None:
+    # Flower's simulation registers nodes while the ServerApp starts: 5 may be seen
+    # on the way to 7.
+    counts = iter([3, 5, 7, 7])
+
+    class Growing:
+        def get_node_ids(self) -> list[int]:
+            return list(range(1, next(counts) + 1))
+
+    with pytest.raises(FedrankError, match="the federation has 7 nodes but num-clients is 5"):
+        wait_for_nodes(Growing(), expected=5, timeout=5, poll=0.01)  # type: ignore[arg-type]
