@@ -176,6 +176,6 @@ def rejection_metrics(
         **{f"rejected.{reason}": count for reason, count in sorted(rejected.items())},
     }
     sizes = getattr(rejected, "accepted_bytes", None)
-    if sizes:
-        metrics[BYTES_UP] = float(sum(sizes) / len(sizes))
+    if sizes is not None:  # 0 when nothing was accepted: refused junk is no cost of ours
+        metrics[BYTES_UP] = float(sum(sizes) / len(sizes)) if sizes else 0.0
     return metrics
