@@ -10,8 +10,8 @@ the same kind of code).
 It wraps an honest ClientApp (the test hands it fedrank's) and corrupts the honest
 reply record by record. Every fault has a name; :data:`TRAIN_FAULTS` corrupt a train
 reply's content, :data:`QUERY_FAULTS` the discovery answer, and :data:`RUNTIME_FAULTS`
-misbehave in time (raise, crash, hang, answer late) or send their work as a message
-that answers nothing (``unlinked``).
+misbehave in time (raise, crash, hang, answer late) or answer with a reply the
+SuperLink refuses (``long_ttl``: a reply claiming to outlive its message).
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ QUERY_FAULTS: dict[str, Callable[[int, int], RecordDict]] = {
 
 # --- misbehaving in time ----------------------------------------------------------------
 
-RUNTIME_FAULTS = ("raise", "crash", "hang", "late", "unlinked")
+RUNTIME_FAULTS = ("raise", "crash", "hang", "late", "long_ttl")
 
 
 def _wait(seconds: float, release: Path | None) -> None:
@@ -341,8 +341,9 @@ def foreign_client_app(
         if fault in ("hang", "late"):
             _wait(late_seconds, release if fault == "hang" else None)
             return reply
-        if fault == "unlinked":  # its work sent as a new message, not as the reply
-            return Message(reply.content, dst_node_id=1, message_type=msg.metadata.message_type)
+        if fault == "long_ttl":  # a reply claiming to outlive the message it answers
+            reply.metadata.ttl = reply.metadata.ttl + 3600.0
+            return reply
         return Message(TRAIN_FAULTS[fault](reply.content), reply_to=msg)
 
     return app

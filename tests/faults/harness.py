@@ -60,7 +60,7 @@ RUNTIME_REASON = {
     "crash": "worker_died",
     "hang": "timeout",
     "late": "timeout",
-    "unlinked": "timeout",
+    "long_ttl": "timeout",
 }
 """The round loop's reason for a site that raised, crashed, hung or answered late."""
 QUERY_REASON = {

@@ -41,9 +41,9 @@ FRL = Scenario.of(
 def test_frl_with_a_faulty_site_ends_as_if_it_sent_nothing(tmp_path: Path) -> None:
     # Partition 2 claims partition 999 (left out at discovery: 4 nodes remain, all
     # sampled every round); partition 0 misbehaves differently every round, the last
-    # time sending its work as a message that answers nothing (once counted twice here).
+    # time with a reply the SuperLink drops (locally, once a timeout and a vote).
     plan = Plan(
-        train={(0, 1): "junk_record", (0, 2): "crash", (0, 3): "unlinked"},
+        train={(0, 1): "junk_record", (0, 2): "crash", (0, 3): "long_ttl"},
         query={2: "id_999"},
     )
 
@@ -129,7 +129,7 @@ RAY_PLANS: dict[str, tuple[dict[tuple[int, int], str], dict[int, dict[str, int]]
     # A crashing worker on Ray is test_client_failures' subject (Ray may hand the next
     # client to the worker it restarts): not mixed in here.
     "frl-borda": (
-        {(0, 1): "junk_record", (1, 1): "ranking_garbage", (0, 2): "late", (1, 2): "unlinked"},
+        {(0, 1): "junk_record", (1, 1): "ranking_garbage", (0, 2): "late", (1, 2): "long_ttl"},
         {1: {"unknown_record": 1, "malformed": 1}, 2: {"timeout": 2}},
     ),
     "fedavg-krum": (
