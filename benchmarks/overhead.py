@@ -29,11 +29,12 @@ def main() -> dict[str, float]:
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        scenario = Scenario.of(num_clients=10, clients_per_round=10, rounds=ROUNDS, results_dir=tmp)
+        scenario = Scenario.of(num_clients=10, clients_per_round=10, rounds=ROUNDS)
         ray_rows: list[dict[str, Any]] = []
-        simulate(scenario, on_round=ray_rows.append)
+        # Two runs, two folders: a run never takes over another's results.
+        simulate(scenario.replace(results_dir=f"{tmp}/ray"), on_round=ray_rows.append)
         local_rows: list[dict[str, Any]] = []
-        run_in_process(scenario, on_round=local_rows.append)
+        run_in_process(scenario.replace(results_dir=f"{tmp}/local"), on_round=local_rows.append)
     ray_warm = statistics.median(r["seconds"] for r in ray_rows if r["round"] >= 2)
     local_warm = statistics.median(r["seconds"] for r in local_rows if r["round"] >= 2)
     print(f"\nWarm round, 10 clients x 2 local epochs (median of rounds 2..{ROUNDS}):")

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedrank.config import FIELDS, Scenario
 from fedrank.deploy.commands import add_commands as add_deploy_commands
@@ -89,12 +89,14 @@ def _user_project_on_path() -> None:
 
 
 def _resume_from_args(args: argparse.Namespace) -> tuple[Scenario, CheckpointState]:
+    from fedrank.server.results import check_results_dir
     from fedrank.server.resume import latest_checkpoint, resume_scenario
 
     if args.scenario:
         raise ConfigError("resume", "the scenario comes from the results folder; drop --scenario")
     scenario = resume_scenario(args.resume, _overrides(args))
     checkpoint = latest_checkpoint(args.resume)
+    check_results_dir(args.resume, resume_round=checkpoint.round)
     print(f"fedrank: resuming {args.resume} after round {checkpoint.round}")
     return scenario, checkpoint
 
@@ -106,7 +108,10 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.resume:
         scenario, checkpoint = _resume_from_args(args)
     else:
+        from fedrank.server.results import check_results_dir
+
         scenario = _scenario_from_args(args)
+        check_results_dir(scenario.output.results_dir)
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -156,6 +161,14 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     if summary.get("stopped"):
         print(f"fedrank: stopped early: {summary['stopped']}")
+    if summary["rounds"] > 0 and summary["skipped_rounds"] >= summary["rounds"]:
+        print(
+            f"fedrank: error: every round was skipped (fewer than min-replies = "
+            f"{run.min_replies} valid replies each time): nothing was trained; see "
+            f"{scenario.output.results_dir}/metrics.jsonl for the reasons",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -193,11 +206,20 @@ def _robustness(args: argparse.Namespace) -> int:
     from fedrank.simulations.run import simulate
 
     def runner(scenario: Scenario) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        rounds: list[dict[str, Any]] = []
+        # A cell a killed grid left with checkpoints is resumed, never started over.
+        from fedrank.server.checkpoint import list_checkpoints
+        from fedrank.server.results import ResultsWriter
+        from fedrank.server.resume import checkpoint_folder, latest_checkpoint
+
+        folder = Path(scenario.output.results_dir)
+        checkpoint = None
+        if list_checkpoints(checkpoint_folder(folder)):
+            checkpoint = latest_checkpoint(folder)
+            print(f"fedrank: resuming {folder} after round {checkpoint.round}", flush=True)
         summary = simulate(
-            scenario, ray_address=args.ray_address, on_round=rounds.append, backend=args.backend
+            scenario, ray_address=args.ray_address, resume_from=checkpoint, backend=args.backend
         )
-        return summary, rounds
+        return summary, ResultsWriter(folder, append=True).read_rounds()
 
     def on_run(row: dict[str, Any]) -> None:
         if not args.quiet:
@@ -276,9 +298,16 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake said in one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedrank`` command."""
-    parser = argparse.ArgumentParser(prog="fedrank", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="fedrank", description=__doc__.split("\n\n")[0])
     _add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a federation on Ray (this machine or a cluster)")
@@ -312,13 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``fedrank`` command; return its exit status."""
+    """Run the ``fedrank`` command; return its exit status.
+
+    A mistake in what the user gave (a setting, a file, a folder) is one line on stderr
+    and exit status 2; a file the system refuses to read or write, one line and 1; an
+    interrupt, 130. Anything else is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         status: int = args.func(args)
     except FedrankError as err:
         print(f"fedrank: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        where = f": {err.filename}" if err.filename else ""
+        print(f"fedrank: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedrank: interrupted", file=sys.stderr)
+        return 130
     return status
 
 

@@ -16,11 +16,15 @@ whole message and raises only :class:`~fedrank.errors.InvalidUpdate`.
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SType
+from numpy.lib import format as npy_format
 
 from fedrank.errors import InvalidUpdate
 from fedrank.protos import keys
@@ -151,6 +155,10 @@ def layout_of(state: Mapping[str, np.ndarray]) -> Layout:
 def read_arrays(record: ArrayRecord, layout: Layout) -> State:
     """The record's arrays, checked against ``layout``: names, shapes, dtypes, finite.
 
+    Every array's declared shape and dtype are checked before its bytes are read, and
+    its bytes are read by :func:`decode_array` (memory bounded by the layout, not by
+    what a payload declares).
+
     Raises
     ------
     InvalidUpdate
@@ -168,22 +176,72 @@ def read_arrays(record: ArrayRecord, layout: Layout) -> State:
         array = record[name]
         if tuple(array.shape) != shape:
             raise InvalidUpdate(
-                "wrong_shape", f"{name}: expected {shape}, got {tuple(array.shape)}"
+                "wrong_shape", f"{name}: expected {shape}, got {tuple(array.shape)[:8]}"
             )
         if array.dtype != str(dtype):
-            raise InvalidUpdate("wrong_dtype", f"{name}: expected {dtype}, got {array.dtype}")
-        try:
-            value = array.numpy()
-        except Exception as err:  # a foreign payload numpy cannot read: any error is its fault
-            raise InvalidUpdate("malformed_array", f"{name}: unreadable array: {err}") from err
-        if value.shape != shape or value.dtype != dtype:
             raise InvalidUpdate(
-                "malformed_array", f"{name}: the data does not match its declared {shape} {dtype}"
+                "wrong_dtype", f"{name}: expected {dtype}, got {str(array.dtype)[:40]!r}"
             )
+        value = decode_array(name, array, shape, dtype)
         if not np.all(np.isfinite(value)):
             raise InvalidUpdate("not_finite", f"{name}: contains NaN or infinite values")
         out[name] = value
     return out
+
+
+_NPY_HEADER_LIMIT = 4096  # bytes; a float array's .npy header takes about 128
+
+
+def decode_array(
+    name: str, array: Array, shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> np.ndarray:
+    """The ``.npy`` bytes of a Flower ``Array``, read only as ``shape`` and ``dtype``.
+
+    Unlike ``Array.numpy()``, which allocates whatever size the payload's own header
+    declares before reading it, this reads the header (bounded), requires it to match
+    ``shape`` and ``dtype`` and the payload to hold exactly that many bytes, and only
+    then copies the data: memory stays within the expected array's size.
+
+    Raises
+    ------
+    InvalidUpdate
+        ``malformed_array``: another serialisation, an unreadable or other header, or a
+        payload of another length.
+    """
+    if array.stype != SType.NUMPY or not isinstance(array.data, bytes):
+        raise InvalidUpdate(
+            "malformed_array", f"{name}: serialised as {str(array.stype)[:40]!r}, not numpy"
+        )
+    data = array.data
+    stream = io.BytesIO(data[:_NPY_HEADER_LIMIT])
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            header = npy_format.read_array_header_1_0(stream, max_header_size=_NPY_HEADER_LIMIT)
+        elif version == (2, 0):
+            header = npy_format.read_array_header_2_0(stream, max_header_size=_NPY_HEADER_LIMIT)
+        else:
+            raise ValueError(f"npy format version {version}")
+    except Exception as err:  # a foreign header numpy cannot read: any error is its fault
+        raise InvalidUpdate("malformed_array", f"{name}: unreadable header: {err}"[:300]) from err
+    declared_shape, fortran, declared_dtype = header
+    if tuple(declared_shape) != shape or declared_dtype != dtype:
+        raise InvalidUpdate(
+            "malformed_array",
+            f"{name}: the data is a {tuple(declared_shape)[:8]} {declared_dtype}, "
+            f"declared as {shape} {dtype}",
+        )
+    offset = stream.tell()
+    count = math.prod(shape)
+    if len(data) - offset != count * dtype.itemsize:
+        raise InvalidUpdate(
+            "malformed_array",
+            f"{name}: {len(data) - offset} data bytes, expected {count * dtype.itemsize}",
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    if fortran:  # numpy writes an F-contiguous array in Fortran order
+        return np.ascontiguousarray(flat.reshape(shape[::-1]).T)
+    return flat.reshape(shape).copy()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from fedrank.errors import InvalidUpdate
 from fedrank.protos import keys
+from fedrank.protos.records import content_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,6 +30,8 @@ RecordType = type[ArrayRecord] | type[MetricRecord] | type[ConfigRecord]
 
 MAX_EXAMPLES = 2**31 - 1
 """The most examples a reply may claim: its weight stays far from float overflow."""
+BYTES_UP = "bytes_up_per_client"
+"""Round metric: mean payload bytes of the replies the gate accepted."""
 
 
 def check_records(
@@ -48,7 +51,7 @@ def check_records(
     for name in content:
         if name not in allowed:
             raise InvalidUpdate(
-                "unknown_record", f"reply has a record {name!r}; expected {sorted(allowed)}"
+                "unknown_record", f"reply has a record {_short(name)}; expected {sorted(allowed)}"
             )
         if not isinstance(content[name], allowed[name]):
             raise InvalidUpdate(
@@ -70,59 +73,109 @@ def read_metrics(record: MetricRecord) -> dict[str, float]:
         ``unknown_metric``, ``bad_metric`` or ``bad_num_examples``.
     """
     count = record.get(keys.NUM_EXAMPLES)
-    if (
-        isinstance(count, bool)
-        or not isinstance(count, int | float)
-        or not (math.isfinite(count) and 0 < count <= MAX_EXAMPLES)
-    ):
+    if not (_is_finite_number(count) and 0 < count <= MAX_EXAMPLES):  # type: ignore[operator]
         raise InvalidUpdate(
             "bad_num_examples",
-            f"{keys.NUM_EXAMPLES} must lie in (0, {MAX_EXAMPLES}], got {count!r}",
+            f"{keys.NUM_EXAMPLES} must lie in (0, {MAX_EXAMPLES}], got {_short(count)}",
         )
     out: dict[str, float] = {}
     for key, value in record.items():
         if key not in keys.REPLY_METRICS:
             raise InvalidUpdate(
-                "unknown_metric", f"metric {key!r}; a reply may carry {sorted(keys.REPLY_METRICS)}"
+                "unknown_metric",
+                f"metric {_short(key)}; a reply may carry {sorted(keys.REPLY_METRICS)}",
             )
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidUpdate("bad_metric", f"metric {key!r} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise InvalidUpdate("bad_metric", f"metric {key!r} must be finite, got {value!r}")
-        out[key] = float(value)
+        if not _is_finite_number(value):
+            raise InvalidUpdate(
+                "bad_metric", f"metric {key!r} must be a finite number, got {_short(value)}"
+            )
+        out[key] = float(value)  # type: ignore[arg-type]
     return out
+
+
+def _is_finite_number(value: object) -> bool:
+    """A finite int or float, not a bool; an int too large for a float is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Rejections(Counter[str]):
+    """Rejected replies by reason, and the payload bytes of the accepted ones.
+
+    What :func:`gate` returns beside the valid updates; :func:`rejection_metrics` turns
+    it into a round's metrics (``bytes_up_per_client`` counts accepted replies only:
+    junk that was refused is not the protocol's cost).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted_bytes: list[int] = []
 
 
 def gate(
     server_round: int, replies: Iterable[Message], decode: Callable[[Message], T]
-) -> tuple[list[T], Counter[str]]:
+) -> tuple[list[T], Rejections]:
     """Decode every reply through ``decode``; count the rest by reason.
 
     An error reply counts as ``client_error``; a reply ``decode`` refuses counts under
     its :class:`~fedrank.errors.InvalidUpdate` reason. Each is logged, never raised.
+    ``decode`` raises only ``InvalidUpdate`` (the fuzz tests hold it to that); should
+    it raise anything else on a foreign reply, that reply counts as ``undecodable`` and
+    the error is logged: one client never stops a round.
     """
     valid: list[T] = []
-    rejected: Counter[str] = Counter()
+    rejected = Rejections()
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error():
             rejected["client_error"] += 1
-            log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
+            log.warning(
+                "round %d: node %d failed: %s", server_round, node, _short(reply.error.reason, 300)
+            )
             continue
         try:
             valid.append(decode(reply))
         except InvalidUpdate as err:
             rejected[err.reason] += 1
             log.warning("round %d: rejected reply of node %d: %s", server_round, node, err)
+            continue
+        except Exception as err:  # a decoder bug must cost one reply, not the run
+            rejected["undecodable"] += 1
+            log.error(
+                "round %d: reply of node %d could not be decoded (%s: %s); rejected",
+                server_round,
+                node,
+                type(err).__name__,
+                _short(str(err), 300),
+            )
+            continue
+        rejected.accepted_bytes.append(content_bytes(reply.content))
     return valid, rejected
 
 
 def rejection_metrics(
     valid: int, rejected: Counter[str]
 ) -> dict[str, int | float | list[int] | list[float]]:
-    """``replies``, ``rejected`` and ``rejected.<reason>`` for a round's metrics."""
-    return {
+    """``replies``, ``rejected`` and ``rejected.<reason>`` for a round's metrics.
+
+    With :class:`Rejections` (what :func:`gate` returns), also ``bytes_up_per_client``:
+    the mean payload of the accepted replies.
+    """
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         "replies": valid,
         "rejected": sum(rejected.values()),
         **{f"rejected.{reason}": count for reason, count in sorted(rejected.items())},
     }
+    sizes = getattr(rejected, "accepted_bytes", None)
+    if sizes is not None:  # 0 when nothing was accepted: refused junk is no cost of ours
+        metrics[BYTES_UP] = float(sum(sizes) / len(sizes)) if sizes else 0.0
+    return metrics

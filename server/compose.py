@@ -23,8 +23,10 @@ from typing import cast
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.config import Scenario
+from fedrank.errors import CheckpointError
+from fedrank.privacy.bounds import AccountantBounds, scenario_bounds
 from fedrank.privacy.ledger import PrivacyLedger, Unit
-from fedrank.privacy.plan import client_noise_multiplier
+from fedrank.privacy.plan import client_noise_multiplier, client_sample_rate
 from fedrank.privacy.report import LEDGER_FILES
 from fedrank.protos.codecs import ArraysCodec, Codec
 from fedrank.strategies.dp_client_level import ClientLevelDp
@@ -39,18 +41,63 @@ StrategyBuilder = Callable[..., Strategy]
 def open_ledger(directory: Path, unit: Unit, scenario: Scenario, *, fresh: bool) -> PrivacyLedger:
     """The ``unit`` ledger of the run in ``directory``.
 
-    ``fresh``: a new run's, empty (an earlier run's file there is removed); otherwise a
-    resumed run's, with every release it holds (never deleted; the checkpointer checks
-    it against the checkpoint).
+    ``fresh``: a new run's, which must not exist yet (an earlier run's ledger is never
+    removed: ``CheckpointError``); otherwise a resumed run's, with every release it holds
+    (the checkpointer checks it against the checkpoint).
     """
     path = directory / LEDGER_FILES[unit]
     if fresh and path.exists():
-        log.warning("removing the earlier run's privacy ledger %s", path)
-        path.unlink()
+        raise CheckpointError(
+            f"{path} holds an earlier run's privacy releases: continue that run with "
+            f"--resume {directory}, or give another --results-dir"
+        )
     dp = scenario.dp
     budget = dp.target_epsilon if unit == "record" else dp.client_target_epsilon
     return PrivacyLedger(
-        path, budget_epsilon=budget or None, delta=dp.delta, accountant=dp.accountant
+        path,
+        budget_epsilon=budget or None,
+        delta=dp.delta,
+        accountant=dp.accountant,
+        bounds=ledger_bounds(scenario, unit),
+    )
+
+
+def ledger_bounds(scenario: Scenario, unit: Unit) -> AccountantBounds:
+    """The accountant inputs an honest release of this run can hold, for ``unit``.
+
+    Every release is checked against these before it is accounted (a client's report
+    of sigma 1e-300 is refused as ``privacy_out_of_range``, never computed), narrowing
+    :data:`~fedrank.privacy.bounds.ABSOLUTE_BOUNDS` (whose worst accountant call
+    ``benchmarks/accountant_bounds.py`` measures) with what the scenario fixes:
+
+    - delta: the run's;
+    - releases per party: two per round (a resumed run may replay the round a crash
+      interrupted, with other replies), which bounds the history's length and steps;
+    - client level: the server's own releases, one step each at the run's sampling rate
+      (m / N under Poisson sampling, else 1), and its sigma when it is configured;
+    - record level (clients' DP-SGD reports): the sigma when ``dp-noise-multiplier``
+      fixes it. A client derives its sampling rate and steps from its data size, which
+      only the site knows, so those keep the absolute ranges.
+
+    A sigma derived from a budget keeps the absolute range: it depends on ``rounds``,
+    which a resumed run may raise, and the history recorded before stays valid.
+    """
+    dp, releases = scenario.dp, 2 * scenario.run.rounds
+    if unit == "client":
+        sigma = dp.client_noise_multiplier
+        rate = client_sample_rate(scenario)
+        return scenario_bounds(
+            noise_multipliers=(sigma, sigma) if sigma > 0 else None,
+            sample_rates=(rate, rate),
+            max_steps_per_release=1,
+            max_releases=releases,
+            delta=dp.delta,
+        )
+    sigma = dp.noise_multiplier
+    return scenario_bounds(
+        noise_multipliers=(sigma, sigma) if sigma > 0 else None,
+        max_releases=releases,
+        delta=dp.delta,
     )
 
 

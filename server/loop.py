@@ -50,7 +50,10 @@ def run_rounds(
     Each round's metrics (accuracy, loss, seconds, bytes up and down per client,
     replies, rejected replies by reason, whether it was skipped) are appended to
     ``results`` as soon as the round completes, then ``after_round`` is called
-    (round 0 too: the initial state). A client that failed (raised, timed out, lost
+    (round 0 too: the initial state, unless ``results`` holds its row already, as in a
+    run resumed from its round-0 checkpoint). ``bytes_up_per_client`` counts the replies
+    the strategy's gate accepted when it says so (a refused reply's junk is not the
+    protocol's cost), else every reply that answered. A client that failed (raised, timed out, lost
     its worker: :mod:`fedrank.server.failures`) is left out before the strategy
     aggregates and counted as ``rejected.<reason>``; ``partition_of`` (node id ->
     partition id) names partitions in the log. A node that failed gets the run's client
@@ -58,11 +61,14 @@ def run_rounds(
     """
     resend: set[int] = set()
     if start_round == 1:
-        loss, accuracy = evaluate(arrays)
-        row0 = {"round": 0, "accuracy": accuracy, "loss": loss, "seconds": 0.0}
-        results.write_round(row0)
-        if after_round:
-            after_round(0, arrays)
+        # A run resumed from its round-0 checkpoint has its round-0 row already.
+        row0 = next((row for row in results.read_rounds() if row.get("round") == 0), None)
+        if row0 is None:
+            loss, accuracy = evaluate(arrays)
+            row0 = {"round": 0, "accuracy": accuracy, "loss": loss, "seconds": 0.0}
+            results.write_round(row0)
+            if after_round:
+                after_round(0, arrays)
         if on_round:
             on_round(row0)
     for server_round in range(start_round, num_rounds + 1):
@@ -72,6 +78,12 @@ def run_rounds(
             messages = [with_settings(m, settings) if m.metadata.dst_node_id in resend else m
                         for m in messages]  # fmt: skip
         resend.clear()
+        log.info(
+            "round %d: waiting at most %g s (round-timeout) for the replies of %d clients",
+            server_round,
+            timeout,
+            len(messages),
+        )
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         answered, failures = split_replies(
             server_round, messages, replies, timeout=timeout, partition_of=partition_of

@@ -60,7 +60,16 @@ KEEP_CHECKPOINTS = 2  # the newest, and the one to fall back to if it is damaged
 # Fields a resumed run may change: they do not change what is computed. (The results
 # folder is the one resumed, wherever it has moved.)
 RESUMABLE_FIELDS = frozenset(
-    {"rounds", "round-timeout", "num-cpus-per-client", "num-gpus-per-client", "device"}
+    {
+        "rounds",
+        "round-timeout",
+        "connect-timeout",
+        "discovery-timeout",
+        "min-clients",
+        "num-cpus-per-client",
+        "num-gpus-per-client",
+        "device",
+    }
 )
 
 
@@ -123,15 +132,20 @@ def resume_scenario(
     ConfigError
         No ``scenario.json`` there, or an override of another field.
     """
-    path = Path(results_dir) / SCENARIO_FILE
+    folder = Path(results_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("resume", f"{folder} is a file: give the results folder of a run")
+    path = folder / SCENARIO_FILE
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(
             "resume", f"no {SCENARIO_FILE} in {results_dir}: not the results folder of a run"
         ) from err
-    except json.JSONDecodeError as err:
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError("resume", f"{path} is not valid JSON: {err}") from err
+    except OSError as err:
+        raise ConfigError("resume", f"cannot read {path}: {err.strerror}") from err
     changes = {key.replace("_", "-"): value for key, value in (overrides or {}).items()}
     refused = sorted(key for key in changes if key not in RESUMABLE_FIELDS)
     if refused:
@@ -321,14 +335,27 @@ class RunCheckpointer:
     ) -> tuple[ArrayRecord, int]:
         """The global arrays to start from and the first round to run.
 
-        Fresh (``resume_from`` is None): earlier checkpoints in the folder are removed
-        and ``scenario.json`` written; ``initial()`` gives the arrays, round 1 is next.
-        Resumed: the checkpoint is checked against the scenario and the ledgers, the
-        RNG and strategy states restored, ``metrics.jsonl`` cut after its round.
+        Fresh (``resume_from`` is None): ``scenario.json`` is written; ``initial()``
+        gives the arrays, round 1 is next. A folder holding another run's checkpoints is
+        refused (never deleted). Resumed: the checkpoint is checked against the scenario
+        and the ledgers, the RNG and strategy states restored, ``metrics.jsonl`` kept
+        through its round (:func:`fedrank.server.results.resume_rows`: one row per
+        round; what cannot be recovered is logged).
+
+        Raises
+        ------
+        CheckpointError
+            A fresh start in a folder with checkpoints, or a checkpoint that does not
+            fit the scenario or the ledgers.
         """
         if resume_from is None:
-            for _, path in list_checkpoints(self.folder):
-                path.unlink()
+            earlier = list_checkpoints(self.folder)
+            if earlier:
+                raise CheckpointError(
+                    f"{self.folder} holds the checkpoints of an earlier run (round "
+                    f"{max(r for r, _ in earlier)}): continue it with --resume "
+                    f"{self.results_dir}, or give another --results-dir"
+                )
             write_scenario(self.results_dir, self.scenario)
             return initial(), 1
         state = resume_from
@@ -342,13 +369,14 @@ class RunCheckpointer:
                     f"strategy, but {type(self.strategy).__name__} cannot load it"
                 )
             self.strategy.load_state_dict(state.strategy_state["state"])
-        dropped = results.keep_rounds_through(state.round)
+        rows = results.keep_rounds_through(state.round)
         write_scenario(self.results_dir, self.scenario)
+        said = rows.describe()
         log.warning(
             "resuming %s after round %d%s",
             self.results_dir,
             state.round,
-            f" (dropped {dropped} metrics rows past it)" if dropped else "",
+            f"; metrics.jsonl: {said}" if said else "",
         )
         return to_array_record(state.arrays), state.round + 1
 

@@ -37,8 +37,6 @@ from fedrank.tasks import load_task
 
 log = logging.getLogger(__name__)
 
-DISCOVERY_TIMEOUT = 120.0  # seconds; replies come as soon as the clients are up
-
 
 def run_federation(
     grid: Grid,
@@ -63,32 +61,34 @@ def run_federation(
     results = ResultsWriter(scenario.output.results_dir, append=resume_from is not None)
     directory = results.directory
     settings = ConfigRecord(dict(scenario.client_settings()))
-    # Discovery starts every client; a short round timeout (set to cut hung clients
-    # off) must not make start-up fail on a loaded machine.
-    partitions = discover_partitions(
-        grid,
-        expected=scenario.run.num_clients,
-        timeout=max(scenario.run.round_timeout, DISCOVERY_TIMEOUT),
-        settings=settings,
-    )
-    if scenario.dp.enabled:
-        (directory / SETTINGS_FILE).write_text(
-            json.dumps(privacy_settings(scenario), indent=2, sort_keys=True) + "\n",
-            encoding="utf-8",
+    # A run that fails to start leaves its results folder as it found it.
+    with results.starting():
+        partitions = discover_partitions(
+            grid,
+            expected=scenario.run.num_clients,
+            minimum=scenario.run.required_clients,
+            timeout=scenario.run.discovery_timeout,
+            connect_timeout=scenario.run.connect_timeout,
+            settings=settings,
         )
-    strategy = compose_strategy(
-        scenario,
-        task.codec(grid.run.run_id),
-        partitions,
-        directory=directory,
-        resumed=resume_from is not None,
-        wrap=wrap_strategy,
-    )
-    strategy.summary()
-    checkpoints = RunCheckpointer(scenario, strategy)
-    arrays, start_round = checkpoints.start(
-        lambda: to_array_record(task.initial_state()), results=results, resume_from=resume_from
-    )
+        if scenario.dp.enabled:
+            (directory / SETTINGS_FILE).write_text(
+                json.dumps(privacy_settings(scenario), indent=2, sort_keys=True) + "\n",
+                encoding="utf-8",
+            )
+        strategy = compose_strategy(
+            scenario,
+            task.codec(grid.run.run_id),
+            partitions,
+            directory=directory,
+            resumed=resume_from is not None,
+            wrap=wrap_strategy,
+        )
+        strategy.summary()
+        checkpoints = RunCheckpointer(scenario, strategy)
+        arrays, start_round = checkpoints.start(
+            lambda: to_array_record(task.initial_state()), results=results, resume_from=resume_from
+        )
     released = {"arrays": arrays}
 
     def evaluate(arrays: ArrayRecord) -> tuple[float, float]:

@@ -5,16 +5,21 @@ ServerApp, strategies and ClientApp as a Ray simulation, minus the Ray actors an
 the SuperLink's message store. Each node has its ``partition-id`` in its node
 config and a Context that persists across rounds, as in Flower's simulation
 engine; a ClientApp that raises answers with an error reply, as there
-(``CLIENT_APP_RAISED_EXCEPTION``). Clients run one after the other, with the
+(``CLIENT_APP_RAISED_EXCEPTION``); one that exits, as a crashed client
+(``CLIENT_APP_CRASHED``: on Ray its worker dies). Clients run one after the other, with the
 torch thread count a Ray worker would have (the handler sets it; it is restored
 afterwards), so a seed gives the same result bit for bit as on Ray.
 
 Timeouts: a message whose handler has not started before ``timeout`` runs out gets
-no reply (a running handler cannot be interrupted in one process).
+no reply, nor does one whose handler finishes after it (a running handler cannot be
+interrupted in one process; its late reply is dropped, as Ray's is never pulled). A
+reply the SuperLink would refuse (:func:`reply_problem`) is dropped too, so a client
+that answers wrongly counts once, as a missing reply, on both backends.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -24,14 +29,17 @@ import numpy as np
 import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import MESSAGE_TTL_TOLERANCE, SUPERLINK_NODE_ID, ErrorCode
+from flwr.server.utils.validator import validate_message
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrank.strategies.sampling import PARTITION_KEY
 
-__all__ = ["InProcessGrid", "server_identity"]
+__all__ = ["InProcessGrid", "reply_problem", "server_identity"]
+
+log = logging.getLogger(__name__)
 
 
 class InProcessGrid(Grid):
@@ -126,7 +134,22 @@ class InProcessGrid(Grid):
             if context is None:
                 continue  # no such node: Flower's SuperLink drops it too
             reply = self._handle(message, context)
-            reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            if deadline is not None and time.monotonic() > deadline:
+                # Finished after the round gave up on it: on Ray the SuperLink stores it,
+                # but nobody pulls it. Dropped here too: counted once, as a timeout.
+                log.warning(
+                    "node %d answered after the timeout; its reply is ignored",
+                    message.metadata.dst_node_id,
+                )
+                continue
+            problem = reply_problem(message, reply)
+            if problem is not None:
+                log.warning(
+                    "node %d: its reply is dropped, as the SuperLink drops it: %s",
+                    message.metadata.dst_node_id,
+                    problem,
+                )
+                continue
             self._replies[message_id] = reply
         return ids
 
@@ -139,8 +162,39 @@ class InProcessGrid(Grid):
             return Message(
                 Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message
             )
+        except SystemExit as err:  # on Ray its worker process would die: the run goes on
+            reason = f"the ClientApp exited (status {err.code}) while handling the message"
+            error = Error(code=ErrorCode.CLIENT_APP_CRASHED, reason=reason)
+            return Message(error, reply_to=message)
         finally:
             torch.set_num_threads(threads)
+
+
+def reply_problem(message: Message, reply: object) -> str | None:
+    """Why the SuperLink would not store ``reply`` to ``message`` (None: it would).
+
+    Flower's link state refuses a reply that is not a valid reply message, answers
+    another message, comes from another node or run, or outlives the message's TTL;
+    the server then sees no reply. The in-process grid applies the same rules, so a
+    bad reply counts once (as a missing one) on both backends.
+    """
+    if not isinstance(reply, Message):
+        return f"the ClientApp returned a {type(reply).__name__}, not a Message"
+    reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as the SuperLink does
+    meta, sent = reply.metadata, message.metadata
+    if meta.reply_to_message_id != sent.message_id:
+        return "it does not answer the message sent (reply_to)"
+    if meta.src_node_id != sent.dst_node_id:
+        return f"it names node {meta.src_node_id} as its sender"
+    if meta.run_id != sent.run_id:
+        return f"it belongs to run {meta.run_id}"
+    errors = validate_message(reply, is_reply_message=True)
+    if errors:
+        return "; ".join(errors)
+    ttl_left = sent.created_at + sent.ttl - meta.created_at
+    if meta.ttl - ttl_left > MESSAGE_TTL_TOLERANCE:
+        return f"its TTL {meta.ttl:.0f} s exceeds the message's ({ttl_left:.0f} s left)"
+    return None
 
 
 @contextmanager

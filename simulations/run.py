@@ -89,12 +89,16 @@ def simulate(
     fedrank's ClientApp (tests inject failing clients this way).
     """
     from fedrank.server.app import make_server_app
+    from fedrank.server.results import check_results_dir
     from fedrank.simulations.attacks.adversary import attack_components
     from fedrank.tasks import load_task
 
     if backend not in BACKENDS:
         raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
     load_task(scenario).check()  # a run that cannot run fails here, before Ray starts
+    check_results_dir(
+        scenario.output.results_dir, resume_round=None if resume_from is None else resume_from.round
+    )
     attack_client_app, wrap = attack_components(scenario)
     client_app = client_app or attack_client_app
     server_app = make_server_app(

@@ -20,7 +20,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedrank.errors import InvalidUpdate, PrivacyBudgetExhausted
 from fedrank.privacy.accountant import history_to_array
-from fedrank.privacy.ledger import PrivacyLedger, Release
+from fedrank.privacy.bounds import ABSOLUTE_BOUNDS, AccountantBounds
+from fedrank.privacy.ledger import PrivacyLedger, Release, dp_sgd_release
 from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec
 from fedrank.protos.records import to_array_record
@@ -47,15 +48,17 @@ def report_release(
     delta: float,
     clip_norm: float,
     noise_multiplier: float | None,
+    bounds: AccountantBounds = ABSOLUTE_BOUNDS,
 ) -> Release:
-    """The ledger entry of a report that matches the run's settings.
+    """The ledger entry of a report that matches the run's settings and ``bounds``.
 
     Raises
     ------
     InvalidUpdate
         ``privacy_mechanism`` (not DP-SGD), ``privacy_delta``, ``privacy_clip``,
         ``privacy_noise`` (another sigma than the run's, when it is fixed),
-        ``privacy_empty`` (no steps or no sampling: no DP-SGD was run).
+        ``privacy_empty`` (no steps or no sampling: no DP-SGD was run),
+        ``privacy_out_of_range`` (outside ``bounds``: the ledger's).
     """
     if report.mechanism != "dp_sgd":
         raise InvalidUpdate("privacy_mechanism", f"expected dp_sgd, got {report.mechanism}")
@@ -72,15 +75,15 @@ def report_release(
         )
     if report.steps < 1 or not report.sample_rate > 0 or not report.noise_multiplier > 0:
         raise InvalidUpdate("privacy_empty", f"no DP-SGD steps in the report: {report}")
-    return Release(
-        round=server_round,
-        mechanism="dp-sgd",
+    # Within the run's accountant bounds or refused here, typed (never a ConfigError).
+    return dp_sgd_release(
+        server_round=server_round,
+        party=party,
         noise_multiplier=report.noise_multiplier,
         sample_rate=report.sample_rate,
         steps=report.steps,
         clip_norm=report.clipping_norm,
-        unit="record",
-        party=party,
+        bounds=bounds,
     )
 
 
@@ -228,6 +231,7 @@ class SampleLevelDpAudit(WrappingStrategy):
                     delta=self.ledger.delta,
                     clip_norm=self.clip_norm,
                     noise_multiplier=self.noise_multiplier,
+                    bounds=self.ledger.bounds,
                 )
                 spent = self.ledger.record(release)
             except InvalidUpdate as err:

@@ -147,12 +147,17 @@ def coerce(key: str, value: object, default: RunConfigValue) -> RunConfigValue:
     return value
 
 
+def _number_text(value: float) -> str:
+    # An integer bound in full (a seed's 4294967295, not 4.29497e+09).
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _bounds_text(meta: Mapping[str, Any]) -> str:
     low, high = meta["low"], meta["high"]
     left = "(" if meta["low_open"] else "["
     right = ")" if meta["high_open"] else "]"
-    lo = "-inf" if low is None else f"{low:g}"
-    hi = "inf" if high is None else f"{high:g}"
+    lo = "-inf" if low is None else _number_text(low)
+    hi = "inf" if high is None else _number_text(high)
     return f"{left}{lo}, {hi}{right}"
 
 

@@ -28,6 +28,25 @@ class RunConfig:
         0, "seed of partitions, sampling, initial model and local training", low=0, high=MAX_SEED
     )
     min_replies: int = setting(1, "fewer valid replies than this skip the round", low=1)
+    min_clients: int = setting(
+        0,
+        "fewest nodes that must pass discovery for the run to start (the others are left "
+        "out with a reason); 0: clients-per-round",
+        low=0,
+    )
+    connect_timeout: float = setting(
+        20.0,
+        "seconds to wait for num-clients nodes to connect; then the run fails naming both counts",
+        low=0.0,
+        low_open=True,
+    )
+    discovery_timeout: float = setting(
+        120.0,
+        "seconds to wait for the nodes' discovery answers (each loads the task first); "
+        "a node that has not answered by then is left out",
+        low=0.0,
+        low_open=True,
+    )
     round_timeout: float = setting(
         600.0, "seconds to wait for a round's replies", low=0.0, low_open=True
     )
@@ -49,6 +68,21 @@ class RunConfig:
                 "min-replies",
                 f"{self.min_replies} exceeds clients-per-round ({self.clients_per_round})",
             )
+        if self.min_clients > self.num_clients:
+            raise ConfigError(
+                "min-clients", f"{self.min_clients} exceeds num-clients ({self.num_clients})"
+            )
+        if 0 < self.min_clients < self.clients_per_round:
+            raise ConfigError(
+                "min-clients",
+                f"{self.min_clients} is below clients-per-round ({self.clients_per_round}), "
+                "which every round samples: give 0 or at least clients-per-round",
+            )
+
+    @property
+    def required_clients(self) -> int:
+        """Nodes that must pass discovery for the run to start (``min-clients`` resolved)."""
+        return self.min_clients or self.clients_per_round
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,10 +79,24 @@ def add_commands(sub: Any) -> None:
     status = sub.add_parser("status", help="health and status of a running federation")
     status.add_argument("address", help="the run's status-address, e.g. 127.0.0.1:9095")
     status.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default: 5)"
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        help="seconds to wait for an answer, finite and > 0 (default: 5)",
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds > 0 (``nan`` would wait forever, ``inf`` overflows)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
 
 
 def _add_launchers(sub: Any) -> None:

@@ -49,7 +49,7 @@ class FaultyRun:
             min_replies=2,
             round_timeout=45.0,
             seed=7,
-            results_dir=str(results),
+            results_dir=str(results / "run"),  # beside the control folder, not around it
         )
         self.raised = sampled(self.scenario, 1)[0]
         self.hung = sampled(self.scenario, 2)[1]

@@ -104,21 +104,34 @@ def test_the_scenario_file_gives_back_the_run_with_allowed_overrides(tmp_path: P
         resume_scenario(tmp_path / "elsewhere")
 
 
-def test_a_fresh_start_removes_old_checkpoints_and_writes_the_scenario(tmp_path: Path) -> None:
+def test_a_fresh_start_writes_the_scenario(tmp_path: Path) -> None:
     scenario = scenario_in(tmp_path)
-    old = RunCheckpointer(scenario, plain(scenario))
-    for r in (3, 4):
-        old.save(r, ranking([0, 1, 2, 3]))
 
-    checkpoints = RunCheckpointer(scenario, plain(scenario))
-    arrays, start = checkpoints.start(
+    arrays, start = RunCheckpointer(scenario, plain(scenario)).start(
         lambda: ranking([3, 2, 1, 0]), results=ResultsWriter(tmp_path)
     )
 
     assert start == 1
     assert arrays["fc1"].numpy().tolist() == [3, 2, 1, 0]
-    assert list_checkpoints(checkpoint_folder(tmp_path)) == []
     assert json.loads((tmp_path / "scenario.json").read_text()) == scenario.to_run_config()
+
+
+def test_a_fresh_start_never_removes_an_earlier_runs_checkpoints(tmp_path: Path) -> None:
+    scenario = scenario_in(tmp_path)
+    old = RunCheckpointer(scenario, plain(scenario))
+    for r in (3, 4):
+        old.save(r, ranking([0, 1, 2, 3]))
+    before = sorted(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+    with pytest.raises(ConfigError, match=r"results-dir: .* already holds checkpoints.*--resume"):
+        ResultsWriter(tmp_path)
+    with pytest.raises(CheckpointError, match=r"checkpoints of an earlier run \(round 4\)"):
+        RunCheckpointer(scenario, plain(scenario)).start(
+            lambda: ranking([3, 2, 1, 0]), results=ResultsWriter(tmp_path, append=True)
+        )
+
+    assert [r for r, _ in list_checkpoints(checkpoint_folder(tmp_path))] == [3, 4]
+    assert sorted(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()) == before
 
 
 def test_resume_restores_the_state_and_drops_rows_past_the_checkpoint(tmp_path: Path) -> None:
@@ -203,6 +216,7 @@ def test_resume_refuses_another_scenario_or_fewer_rounds(tmp_path: Path) -> None
             lambda: ranking([0]), results=ResultsWriter(tmp_path, append=True), resume_from=state
         )
     longer = scenario.replace(rounds=8, round_timeout=9.0)
+    (tmp_path / "metrics.jsonl").write_text("".join(f'{{"round": {r}}}\n' for r in range(4)))
     _, start = RunCheckpointer(longer, plain(longer)).start(
         lambda: ranking([0]), results=ResultsWriter(tmp_path, append=True), resume_from=state
     )
@@ -265,8 +279,10 @@ def crashed_dp_run(flower_identity: None, tmp_path: Path) -> tuple[Scenario, flo
         lambda: ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))}),
         results=ResultsWriter(tmp_path),
     )
+    results = ResultsWriter(tmp_path, append=True)
     for r in (1, 2, 3):
         arrays = dp_round(strategy, r, arrays)
+        results.write_round({"round": r})
         if r < 3:
             checkpoints.save(r, arrays)
     return scenario, ledger.spent(unit="client", party="server"), arrays

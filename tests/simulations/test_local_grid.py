@@ -19,7 +19,9 @@ app = ClientApp()
 def query(msg: Message, context: Context) -> Message:
     calls = int(context.state.config_records.get("calls", ConfigRecord({"n": 0}))["n"])  # type: ignore[arg-type]
     context.state["calls"] = ConfigRecord({"n": calls + 1})
-    answer = {PARTITION_KEY: int(context.node_config[PARTITION_KEY]), "calls": calls + 1}
+    answer: dict[str, int] = {PARTITION_KEY: int(context.node_config[PARTITION_KEY])}
+    if "ask" not in msg.content["config"]:  # not discovery, which wants the id alone
+        answer["calls"] = calls + 1
     return Message(content=RecordDict({"config": ConfigRecord(answer)}), reply_to=msg)
 
 
@@ -72,10 +74,50 @@ def test_a_raising_client_answers_with_an_error_reply(grid: InProcessGrid) -> No
     assert len(replies) == 3
 
 
-def test_messages_not_started_before_the_timeout_get_no_reply(grid: InProcessGrid) -> None:
+def test_messages_not_answered_before_the_timeout_get_no_reply(grid: InProcessGrid) -> None:
+    # The first handler starts in time but finishes late (dropped, as Ray's late reply is
+    # never pulled); the second never starts.
     with server_identity(grid.run):
         mapping = discover_partitions(grid, expected=3, timeout=5)
         replies = list(
             grid.send_and_receive([_train(mapping[0], 0.3), _train(mapping[2], 0.0)], timeout=0.1)
         )
-    assert [r.metadata.src_node_id for r in replies] == [mapping[0]]
+        on_time = list(grid.send_and_receive([_train(mapping[0], 0.0)], timeout=5))
+    assert replies == []
+    assert [r.metadata.src_node_id for r in on_time] == [mapping[0]]
+
+
+odd = ClientApp()
+
+
+@odd.train()
+def odd_train(msg: Message, context: Context) -> Message:
+    kind = msg.content["config"]["kind"]
+    if kind == "unlinked":  # a new message instead of a reply: the SuperLink drops it
+        return Message(content=RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
+    if kind == "none":
+        return None  # type: ignore[return-value]
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("kind", ["unlinked", "none"])
+def test_a_reply_the_superlink_would_drop_is_no_reply(kind: str) -> None:
+    grid = InProcessGrid(odd, num_nodes=1, seed=1)
+    node = next(iter(grid.get_node_ids()))
+    content = RecordDict({"config": ConfigRecord({"kind": kind})})
+    with server_identity(grid.run):
+        message = Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
+        replies = list(grid.send_and_receive([message], timeout=5))
+
+    assert replies == []  # counted once, as a missing reply, as on Ray
+
+
+def test_a_client_that_exits_is_a_crashed_one() -> None:
+    grid = InProcessGrid(odd, num_nodes=1, seed=1)
+    node = next(iter(grid.get_node_ids()))
+    content = RecordDict({"config": ConfigRecord({"kind": "exit"})})
+    with server_identity(grid.run):
+        message = Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
+        (reply,) = grid.send_and_receive([message], timeout=5)
+
+    assert reply.error.code == ErrorCode.CLIENT_APP_CRASHED

@@ -1,0 +1,162 @@
+"""What the reply gate costs beside the aggregation it protects: FRL and LoRA, 10 replies.
+
+Three timings per kind, each for a round of 10 honest replies:
+
+- ``read``: the least a server must do to use the replies at all, with no check: FRL,
+  parse the protobuf and unpack every bit-packed rank vector; LoRA, Flower's
+  ``Array.numpy()`` of every tensor (what an unchecked strategy does);
+- ``gate``: :func:`fedrank.protos.gate.gate` with the run's codec: the whole message
+  checked (records, metrics, example counts), canonical encoding, header, sizes and
+  permutations (FRL), declared and actual shapes, dtypes and finiteness (LoRA);
+- ``aggregate``: the aggregation of the decoded replies (the FRL Borda vote; the LoRA
+  FedIT average), to the record the round releases.
+
+The gate's own cost is ``gate - read`` (reading is needed with or without it); the
+figure of issue 16 is that cost over a round without the gate, ``read + aggregate``.
+Times are the best of 15 in CPU time of the (single) thread, taken in turns.
+
+FRL: 1.2M edges in three layers (an MLP of 784-1024-384-10). LoRA: the adapter and
+head of the packaged MiniLM at rank 8 on query and value (about 75k parameters).
+
+Run: ``PYTHONPATH=. nice python -m benchmarks.gate``
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Message
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from benchmarks.common import report
+from fedrank.protos import keys, update_pb2
+from fedrank.protos.codecs import ArraysCodec, Codec, RankingCodec, Reply
+from fedrank.protos.gate import gate
+from fedrank.protos.packing import bits_for, unpack_ranks
+from fedrank.protos.ranking_wire import RankingWire
+from fedrank.protos.records import to_array_record
+from fedrank.strategies.lora import aggregate_adapters
+from fedrank.strategies.votes import rank_vote
+
+REPLIES = 10
+REPEATS = 15
+FRL_LAYERS = {"fc1": 784 * 1024, "fc2": 1024 * 384, "fc3": 384 * 10}
+
+
+def _replies(codec: Codec, states: list[dict[str, np.ndarray]]) -> list[Message]:
+    out = []
+    for i, state in enumerate(states):
+        content = codec.encode_reply(1, Reply(state=state, num_examples=100 + i))
+        out.append(Message(content=content, dst_node_id=1000 + i, message_type="train"))
+    return out
+
+
+def frl() -> dict[str, float]:
+    """Times of one FRL round of 10 replies: read, gate, aggregate."""
+    wire = RankingWire(run_id="1", layer_sizes=FRL_LAYERS, fingerprint="bench")
+    codec = RankingCodec(wire)
+    rng = np.random.default_rng(0)
+    states = [{n: rng.permutation(size) for n, size in FRL_LAYERS.items()} for _ in range(REPLIES)]
+    replies = _replies(codec, states)
+    reference = states[0]
+    vote = rank_vote("borda")
+
+    def read() -> list[dict[str, np.ndarray]]:
+        out = []
+        for reply in replies:
+            payload = reply.content.config_records[keys.UPDATE][keys.RANKING]
+            update = update_pb2.Update.FromString(payload)  # type: ignore[arg-type]
+            out.append(
+                {
+                    layer.name: unpack_ranks(
+                        layer.packed, n=layer.length, bits=bits_for(layer.length)
+                    )
+                    for layer in update.ranking.layers
+                }
+            )
+        return out
+
+    decoded = [u.state for u in gate(1, replies, lambda r: codec.decode_reply(1, r))[0]]
+    assert len(decoded) == REPLIES
+
+    def aggregate() -> object:
+        state, _ = vote(decoded, reference)
+        return to_array_record(state)
+
+    return _times(read, lambda: gate(1, replies, lambda r: codec.decode_reply(1, r)), aggregate)
+
+
+def lora() -> dict[str, float]:
+    """Times of one LoRA round of 10 replies (the MiniLM adapter): read, gate, aggregate."""
+    from fedrank.config import Scenario
+    from fedrank.tasks import load_task
+
+    initial = load_task(Scenario.of(strategy="lora", lora_rank=8)).initial_state()
+    codec = ArraysCodec.for_state(initial)
+    rng = np.random.default_rng(0)
+    states = [
+        {n: (v + rng.normal(0, 0.01, v.shape)).astype(v.dtype) for n, v in initial.items()}
+        for _ in range(REPLIES)
+    ]
+    replies = _replies(codec, states)
+    weights = [float(100 + i) for i in range(REPLIES)]
+    params = sum(v.size for v in initial.values())
+    print(f"\nLoRA adapter: {len(initial)} tensors, {params:,} parameters")
+
+    def read() -> list[dict[str, np.ndarray]]:
+        return [
+            {n: a.numpy() for n, a in r.content.array_records[keys.ARRAYS].items()} for r in replies
+        ]
+
+    def aggregate() -> object:
+        return to_array_record(aggregate_adapters(states, weights, mode="fedit", rank=8))
+
+    return _times(read, lambda: gate(1, replies, lambda r: codec.decode_reply(1, r)), aggregate)
+
+
+def _times(
+    read: Callable[[], object], checked: Callable[[], object], aggregate: Callable[[], object]
+) -> dict[str, float]:
+    """Best of :data:`REPEATS` each, taken in turns, in CPU time of this thread: on a
+    shared machine wall time mostly measures the others (every step here is one thread:
+    numpy's sorts, sums and copies, protobuf and the checks)."""
+    best = {"read": float("inf"), "gate": float("inf"), "aggregate": float("inf")}
+    for _ in range(REPEATS):
+        for name, fn in (("read", read), ("gate", checked), ("aggregate", aggregate)):
+            started = time.thread_time()
+            fn()
+            best[name] = min(best[name], time.thread_time() - started)
+    return best
+
+
+def main() -> dict[str, float]:
+    TaskIdentity.task_id = 1  # Flower builds Messages only inside a task
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    ratios = {}
+    for name, times in (("FRL, 1.2M edges", frl()), ("LoRA, MiniLM adapter", lora())):
+        report(
+            f"{name}, {REPLIES} replies",
+            [
+                ("read (no checks)", times["read"]),
+                ("gate (read + every check)", times["gate"]),
+                ("aggregate", times["aggregate"]),
+                ("round without the gate", times["read"] + times["aggregate"]),
+            ],
+            baseline="round without the gate",
+        )
+        overhead = (times["gate"] - times["read"]) / (times["read"] + times["aggregate"])
+        per_reply = (times["gate"] - times["read"]) / REPLIES
+        print(
+            f"  the gate's checks add {100 * overhead:.1f}% to the round "
+            f"({per_reply * 1e3:.2f} ms a reply)"
+        )
+        ratios[name] = overhead
+    return ratios
+
+
+if __name__ == "__main__":
+    main()
