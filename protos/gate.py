@@ -61,8 +61,10 @@ def check_records(
             raise InvalidUpdate("missing_record", f"reply lacks its {name!r} record")
 
 
-def read_metrics(record: MetricRecord) -> dict[str, float]:
+def read_metrics(record: MetricRecord, *, require_examples: bool = True) -> dict[str, float]:
     """The reply's metrics: known keys, finite scalar numbers, ``num-examples`` bounded.
+
+    ``require_examples=False`` (a DP reply): ``num-examples`` may be absent.
 
     Raises
     ------
@@ -70,7 +72,7 @@ def read_metrics(record: MetricRecord) -> dict[str, float]:
         ``unknown_metric``, ``bad_metric`` or ``bad_num_examples``.
     """
     count = record.get(keys.NUM_EXAMPLES)
-    if (
+    if (require_examples or count is not None) and (
         isinstance(count, bool)
         or not isinstance(count, int | float)
         or not (math.isfinite(count) and 0 < count <= MAX_EXAMPLES)
@@ -93,13 +95,30 @@ def read_metrics(record: MetricRecord) -> dict[str, float]:
     return out
 
 
+def refusal_content(reason: str, detail: str) -> RecordDict:
+    """A reply that refuses to train: the :data:`~fedrank.protos.keys.REFUSAL` record."""
+    return RecordDict({keys.REFUSAL: ConfigRecord({keys.REASON: reason, keys.DETAIL: detail})})
+
+
+def read_refusal(reply: Message) -> tuple[str, str] | None:
+    """``(reason, detail)`` of a refusal reply (reason ``refused`` if not a known code)."""
+    if reply.has_error() or keys.REFUSAL not in reply.content:
+        return None
+    record = reply.content[keys.REFUSAL]
+    reason = record.get(keys.REASON) if isinstance(record, ConfigRecord) else None
+    detail = record.get(keys.DETAIL) if isinstance(record, ConfigRecord) else None
+    code = reason if isinstance(reason, str) and reason in keys.REFUSAL_REASONS else "refused"
+    return code, (detail if isinstance(detail, str) else "")[:500]
+
+
 def gate(
     server_round: int, replies: Iterable[Message], decode: Callable[[Message], T]
 ) -> tuple[list[T], Counter[str]]:
     """Decode every reply through ``decode``; count the rest by reason.
 
-    An error reply counts as ``client_error``; a reply ``decode`` refuses counts under
-    its :class:`~fedrank.errors.InvalidUpdate` reason. Each is logged, never raised.
+    An error reply counts as ``client_error``; a site's refusal under its reason code
+    (:func:`read_refusal`); a reply ``decode`` refuses under its
+    :class:`~fedrank.errors.InvalidUpdate` reason. Each is logged, never raised.
     """
     valid: list[T] = []
     rejected: Counter[str] = Counter()
@@ -108,6 +127,11 @@ def gate(
         if reply.has_error():
             rejected["client_error"] += 1
             log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
+            continue
+        refusal = read_refusal(reply)
+        if refusal is not None:
+            rejected[refusal[0]] += 1
+            log.warning("round %d: node %d refused: [%s] %s", server_round, node, *refusal)
             continue
         try:
             valid.append(decode(reply))

@@ -24,10 +24,11 @@ from flwr.serverapp.strategy import Strategy
 
 from fedrank.config import Scenario
 from fedrank.privacy.ledger import PrivacyLedger, Unit
-from fedrank.privacy.plan import client_noise_multiplier
+from fedrank.privacy.plan import client_noise_multiplier, count_stddev
 from fedrank.privacy.report import LEDGER_FILES
+from fedrank.privacy.sources import coordinator_source
 from fedrank.protos.codecs import ArraysCodec, Codec
-from fedrank.strategies.dp_client_level import ClientLevelDp
+from fedrank.strategies.dp_client_level import AdaptiveClipping, ClientLevelDp
 from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
 from fedrank.strategies.wrapping import StrategyWrapper
 
@@ -94,10 +95,25 @@ def compose_strategy(
             clip_norm=dp.client_clip_norm,
             noise_multiplier=client_noise_multiplier(scenario),
             expected_clients=scenario.run.clients_per_round,
-            seed=scenario.run.seed,
+            # The coordinator's secret root (private/ in the results folder), or the
+            # seed's under the simulation-only dp-reproducible-noise.
+            source=coordinator_source(
+                directory,
+                reproducible=dp.reproducible_noise,
+                seed=scenario.run.seed,
+                fresh=not resumed,
+            ),
             sampling=dp.client_sampling,
             total_clients=scenario.run.num_clients,
             partitions=partitions,
+            adaptive=AdaptiveClipping(
+                target_quantile=dp.clip_quantile,
+                learning_rate=dp.clip_learning_rate,
+                count_stddev=count_stddev(scenario),
+            )
+            if dp.adaptive_clipping
+            else None,
+            publish_diagnostics=dp.publish_diagnostics,
         )
     if dp.sample:
         strategy = SampleLevelDpAudit(

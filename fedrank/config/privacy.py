@@ -12,6 +12,19 @@ DpMode = Literal["none", "sample", "client", "both"]
 DpAccountant = Literal["rdp", "prv"]
 ClientSampling = Literal["fixed", "poisson"]
 
+_SAMPLE_ONLY = ("dp-target-epsilon", "dp-noise-multiplier")
+_CLIENT_ONLY = (
+    "dp-client-target-epsilon",
+    "dp-client-noise-multiplier",
+    "dp-adaptive-clipping",
+    "dp-clip-quantile",
+    "dp-clip-learning-rate",
+    "dp-count-stddev",
+    "dp-publish-diagnostics",
+)
+_ANY_DP = ("dp-reproducible-noise",)
+_ADAPTIVE_ONLY = ("dp-clip-quantile", "dp-clip-learning-rate", "dp-count-stddev")
+
 
 @dataclasses.dataclass(frozen=True)
 class DpConfig:
@@ -42,31 +55,57 @@ class DpConfig:
     client_noise_multiplier: float = setting(
         0.0, "client-level sigma; 0: the least that keeps the budget", low=0.0
     )
-    client_clip_norm: float = setting(1.0, "clip of each client's update", low=0.0, low_open=True)
+    client_clip_norm: float = setting(
+        1.0, "clip of each client's update (the first round's, with adaptive clipping)",
+        low=0.0, low_open=True,
+    )  # fmt: skip
     client_sampling: ClientSampling = setting(
-        "fixed", "client-level DP: fixed-size sampling, or poisson (amplified)"
+        "poisson",
+        "client-level DP: poisson (each client with q = clients-per-round / num-clients, "
+        "amplified), or fixed (only with clients-per-round = num-clients)",
     )
     physical_batch_size: int = setting(
         32, "DP-SGD: examples per forward pass (batch-size is the expected batch)", low=1,
         key="physical-batch-size",
     )  # fmt: skip
+    reproducible_noise: bool = setting(
+        False,
+        "SIMULATION ONLY: DP noise and privacy sampling replayable from the seed; the run "
+        "is marked 'not private: reproducible noise' and a deployment refuses it",
+    )
+    adaptive_clipping: bool = setting(
+        False, "client-level DP: the clip norm follows a quantile of update norms (accounted)"
+    )
+    clip_quantile: float = setting(
+        0.5, "adaptive clipping: target quantile of unclipped updates", low=0.0, high=1.0
+    )
+    clip_learning_rate: float = setting(
+        0.2, "adaptive clipping: geometric step of the clip norm", low=0.0, low_open=True
+    )
+    count_stddev: float = setting(
+        0.0, "adaptive clipping: noise std of the unclipped count; 0: expected clients / 20",
+        low=0.0,
+    )  # fmt: skip
+    publish_diagnostics: bool = setting(
+        False,
+        "client-level DP: also publish the clip fraction and reply counts (outside the "
+        "guarantee; withheld by default)",
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
         ignored = [
-            *(("dp-target-epsilon", "dp-noise-multiplier") if not self.sample else ()),
-            *(
-                ("dp-client-target-epsilon", "dp-client-noise-multiplier")
-                if not self.client
-                else ()
-            ),
+            *(_SAMPLE_ONLY if not self.sample else ()),
+            *(_CLIENT_ONLY if not self.client else ()),
+            *(_ANY_DP if not self.enabled else ()),
+            *(_ADAPTIVE_ONLY if self.client and not self.adaptive_clipping else ()),
         ]
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for key in ignored:
-            value = getattr(self, key.removeprefix("dp-").replace("-", "_"))
-            if value != 0.0:
-                raise ConfigError(
-                    key, f"is set ({value!r}) but dp is {self.mode!r}, which ignores it"
-                )
+            name = key.removeprefix("dp-").replace("-", "_")
+            value = getattr(self, name)
+            if value != defaults[name]:
+                raise ConfigError(key, f"is set ({value!r}) but {self._why_ignored(key)}")
         if self.sample and self.target_epsilon == 0.0 and self.noise_multiplier == 0.0:
             raise ConfigError(
                 "dp-target-epsilon",
@@ -82,6 +121,11 @@ class DpConfig:
                 f"dp {self.mode!r} needs it or dp-client-noise-multiplier (both are 0)",
             )
 
+    def _why_ignored(self, key: str) -> str:
+        if key in _ADAPTIVE_ONLY and self.client:
+            return "dp-adaptive-clipping is off, which ignores it"
+        return f"dp is {self.mode!r}, which ignores it"
+
     @property
     def sample(self) -> bool:
         """Sample-level DP (DP-SGD on the clients) is on."""
@@ -96,3 +140,8 @@ class DpConfig:
     def enabled(self) -> bool:
         """Any DP is on."""
         return self.mode != "none"
+
+    @property
+    def noise_kind(self) -> Literal["secure", "reproducible"]:
+        """Where DP noise and privacy sampling come from (``privacy.json``'s ``noise``)."""
+        return "reproducible" if self.reproducible_noise else "secure"

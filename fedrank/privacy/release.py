@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from fedrank.errors import ConfigError, InvalidUpdate
 from fedrank.privacy.bounds import (
@@ -155,3 +160,19 @@ def dp_sgd_release(
         )
     except ConfigError as err:
         raise InvalidUpdate(MALFORMED, f"not a DP-SGD release: {err}") from err
+
+
+def state_digest(state: Mapping[str, npt.NDArray[Any]], *extra: float) -> str:
+    """SHA-256 (hex) of released tensors (names, dtypes, shapes, bytes) and scalars.
+
+    What a ledger stores as a release's ``digest``: two releases with equal parameters
+    and equal digests are the same release (a replay, counted once).
+    """
+    digest = hashlib.sha256()
+    for name, value in state.items():
+        array = np.ascontiguousarray(value)
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    for value in extra:
+        digest.update(f"|{float(value)!r}".encode())
+    return digest.hexdigest()
