@@ -377,10 +377,10 @@ class _CanaryInserter:
     """Adds the site's included gradient canaries to a logical DP-SGD step.
 
     Each canary is a record: sampled into each logical batch with the records' Poisson
-    rate (an independent coin from the site's source), its per-example gradient
-    ``-sign * C * e_j`` (norm C; descent pushes the coordinate towards ``sign``) appended to the per-sample gradients Opacus is about to clip,
-    sum and noise. Only the last physical batch of a logical batch gets them, so a
-    canary counts once per logical step.
+    rate (an independent coin from the site's source). Its per-example gradient
+    ``-sign * C * e_j`` (norm C; descent pushes coordinate j towards ``sign``) is
+    appended to the per-sample gradients Opacus is about to clip, sum and noise. Only
+    the last physical batch of a logical batch gets them: once per logical step.
     """
 
     def __init__(

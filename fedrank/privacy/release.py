@@ -173,6 +173,6 @@ def state_digest(state: Mapping[str, npt.NDArray[Any]], *extra: float) -> str:
         array = np.ascontiguousarray(value)
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
-    for value in extra:
-        digest.update(f"|{float(value)!r}".encode())
+    for scalar in extra:
+        digest.update(f"|{float(scalar)!r}".encode())
     return digest.hexdigest()
