@@ -19,6 +19,7 @@ site's own ledger before the reply leaves.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -141,12 +142,19 @@ def train_reply(msg: Message, context: Context, *, data_hook: DataHook | None = 
         node_state=context.state,
     )
     if guard is not None and reply.privacy is not None:
-        guard.record(
+        # The site's books, before the reply leaves; its epsilon is the ledger's (a
+        # replay of a release already recorded is not counted twice).
+        epsilon = guard.record(
             server_round=server_round,
             noise_multiplier=reply.privacy.noise_multiplier,
             sample_rate=reply.privacy.sample_rate,
             steps=reply.privacy.steps,
             clip_norm=reply.privacy.clipping_norm,
             state=reply.state,
+        )
+        reply = dataclasses.replace(
+            reply,
+            privacy=dataclasses.replace(reply.privacy, epsilon_spent=epsilon),
+            metrics={**reply.metrics, keys.DP_EPSILON: epsilon},
         )
     return Message(content=codec.encode_reply(server_round, reply), reply_to=msg)

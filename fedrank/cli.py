@@ -137,6 +137,9 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     if summary.get("stopped"):
         print(f"fedrank: stopped early: {summary['stopped']}")
+    note = (summary.get("privacy") or {}).get("note")
+    if note:
+        print(f"fedrank: {note.upper()}: anyone with the seed can replay the DP noise")
     return 0
 
 
@@ -145,6 +148,45 @@ def _privacy(args: argparse.Namespace) -> int:
 
     print(format_privacy_report(args.results_dir))
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+    from fedrank.simulations.audit import run_audit
+
+    report = run_audit(
+        _scenario_from_args(args),
+        level=args.level,
+        canaries=args.canaries,
+        noise_off=args.noise_off,
+        confidence=args.confidence,
+        backend=args.backend,
+    )
+    print(f"fedrank: {report.line()}")
+    print(f"fedrank: wrote {report.results_dir}/audit.json")
+    return 0 if report.consistent or args.noise_off else 1
+
+
+def _add_audit(sub: Any) -> None:
+    """``fedrank audit``: one DP-LoRA federation with canaries, its empirical epsilon."""
+    aud = sub.add_parser(
+        "audit",
+        help="empirical epsilon lower bound of one DP-LoRA run with canaries, beside the claim",
+    )
+    aud.add_argument("--scenario", help="a LoRA scenario (packaged name or TOML path)")
+    aud.add_argument("--level", choices=("sample", "client"), required=True)
+    aud.add_argument("--canaries", type=int, default=200, help="m (default 200)")
+    aud.add_argument(
+        "--noise-off",
+        action="store_true",
+        help="self-test: the same run with its noise switched off and its claim kept",
+    )
+    aud.add_argument("--confidence", type=float, default=0.95)
+    aud.add_argument("--backend", choices=("ray", "local"), default="local")
+    aud.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    _add_scenario_flags(aud)
+    aud.set_defaults(func=_audit)
 
 
 def _scenarios(args: argparse.Namespace) -> int:
@@ -285,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_scenarios)
     add_deploy_commands(sub)  # certs, superlink, supernode, status
     _add_experiments(sub)
+    _add_audit(sub)
     priv = sub.add_parser("privacy", help="print the privacy report of a results folder")
     priv.add_argument("results_dir", metavar="RESULTS_DIR", help="a DP-LoRA run's results folder")
     priv.set_defaults(func=_privacy)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
 
     from fedrank.server.checkpoint import CheckpointState
+    from fedrank.strategies.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,14 @@ def simulate(
     resume_from: CheckpointState | None = None,
     client_app: ClientApp | None = None,
     backend: Backend = "ray",
+    wrap_strategy: StrategyWrapper | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` as a Flower simulation (on Ray, or ``local``); return its summary.
 
     ``resume_from`` continues a run after that checkpoint's round
     (:func:`fedrank.server.resume.latest_checkpoint`); ``client_app`` replaces
-    fedrank's ClientApp (tests inject failing clients this way).
+    fedrank's ClientApp (tests inject failing clients this way); ``wrap_strategy``
+    wraps the server's strategy (a privacy audit's self-test; not with an attack).
     """
     from fedrank.server.app import make_server_app
     from fedrank.simulations.attacks.adversary import attack_components
@@ -101,6 +104,10 @@ def simulate(
         raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
     load_task(scenario).check()  # a run that cannot run fails here, before Ray starts
     attack_client_app, wrap = attack_components(scenario)
+    if wrap_strategy is not None:
+        if wrap is not None:
+            raise ConfigError("attack", "a simulated attack and another strategy wrapper")
+        wrap = wrap_strategy
     client_app = client_app or attack_client_app
     server_app = make_server_app(
         scenario, on_round=on_round, resume_from=resume_from, wrap_strategy=wrap

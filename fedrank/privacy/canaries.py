@@ -29,9 +29,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from flwr.app import ConfigRecord, RecordDict
 
 from fedrank.errors import ConfigError
 from fedrank.privacy.audit import draw_inclusion
@@ -180,6 +182,9 @@ def dirac_update(
     return update
 
 
+Optimizer = Literal["adamw", "sgd"]
+
+
 @dataclass(frozen=True)
 class GradientCanaries:
     """Sample-level canaries a site inserts into its DP-SGD (audits only).
@@ -194,11 +199,55 @@ class GradientCanaries:
         1: DP-SGD as accounted. 0: the noise switched off while the claim is kept, a
         deliberately broken mechanism for the audit's self-test (nothing else may use
         it).
+    optimizer : {"sgd", "adamw"}
+        The local optimizer during the audit. SGD moves a canary's coordinate by the
+        noised gradient sum; Adam divides each coordinate by its own running scale,
+        which makes a coordinate no canary touches move as far as one it does and
+        blurs the scores. The guarantee audited is DP-SGD's noised gradient sum, of
+        which any optimizer is post-processing.
     """
 
     canaries: tuple[Canary, ...] = ()
     noise_scale: float = 1.0
+    optimizer: Optimizer = "sgd"
 
     def __post_init__(self) -> None:
         if self.noise_scale not in (0.0, 1.0):
             raise ConfigError("noise_scale", f"must be 1 or 0 (self-test), got {self.noise_scale}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError("optimizer", f"must be 'sgd' or 'adamw', got {self.optimizer!r}")
+
+
+AUDIT_STATE = "fedrank-audit"
+"""The ConfigRecord of a simulated site's own state that holds its audit canaries."""
+
+
+def write_site_canaries(node_state: RecordDict, canaries: GradientCanaries) -> None:
+    """Hand a simulated site its canaries (its own state: no message can set them)."""
+    node_state.config_records[AUDIT_STATE] = ConfigRecord(
+        {
+            "tensor": [c.tensor for c in canaries.canaries],
+            "position": [c.position for c in canaries.canaries],
+            "index": [c.index for c in canaries.canaries],
+            "sign": [c.sign for c in canaries.canaries],
+            "noise-scale": canaries.noise_scale,
+            "optimizer": canaries.optimizer,
+        }
+    )
+
+
+def read_site_canaries(node_state: RecordDict) -> GradientCanaries | None:
+    """The canaries :func:`write_site_canaries` left in a site's state, or None."""
+    record = node_state.config_records.get(AUDIT_STATE)
+    if record is None:
+        return None
+    columns = [list(record[key]) for key in ("tensor", "position", "index", "sign")]  # type: ignore[arg-type]
+    canaries = tuple(
+        Canary(tensor=str(t), position=int(p), index=int(i), sign=int(s))
+        for t, p, i, s in zip(*columns, strict=True)
+    )
+    return GradientCanaries(
+        canaries,
+        noise_scale=float(record["noise-scale"]),  # type: ignore[arg-type]
+        optimizer=str(record["optimizer"]),  # type: ignore[arg-type]
+    )

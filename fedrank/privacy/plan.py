@@ -10,7 +10,9 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any
 
+from fedrank.errors import ConfigError
 from fedrank.privacy.accountant import noise_multiplier_for_epsilon
+from fedrank.privacy.adaptive_clipping import update_noise_multiplier
 from fedrank.privacy.relation import client_sampling_rate
 from fedrank.privacy.release import Release
 from fedrank.privacy.report import claim_settings
@@ -102,6 +104,25 @@ def client_noise_multiplier(scenario: Scenario) -> float:
         steps=scenario.run.rounds,
         accountant=dp.accountant,
     )
+
+
+def check_plan(scenario: Scenario) -> None:
+    """Refuse, before anything starts, a client-level plan that cannot run.
+
+    Raises
+    ------
+    ConfigError
+        No sigma meets ``dp-client-target-epsilon`` (``target_epsilon``), or adaptive
+        clipping's count noise leaves no room for the sigma (``dp-count-stddev``).
+    """
+    if not scenario.dp.client:
+        return
+    sigma = client_noise_multiplier(scenario)
+    if scenario.dp.adaptive_clipping:
+        try:
+            update_noise_multiplier(noise_multiplier=sigma, count_stddev=count_stddev(scenario))
+        except ConfigError as err:
+            raise ConfigError("dp-count-stddev", str(err).split(": ", 1)[-1]) from err
 
 
 WITHHELD_UNDER_DP = ("num-examples", "train-loss", "steps")

@@ -37,7 +37,8 @@ from fedrank.models.lora import (
     set_adapter_tensors,
     trainable_tensors,
 )
-from fedrank.privacy.plan import sample_noise_multiplier
+from fedrank.privacy.canaries import read_site_canaries
+from fedrank.privacy.plan import check_plan, sample_noise_multiplier
 from fedrank.privacy.site import read_history, write_history
 from fedrank.privacy.sources import site_source
 from fedrank.protos import PrivacyReportData, keys
@@ -190,6 +191,7 @@ class TextLoraTask:
                         key,
                         f"{s.effective.dataset} has classes 0..{self.num_classes - 1}, got {value}",
                     )
+        check_plan(s)  # a client-level DP plan that cannot run fails here
         for pid in range(s.run.num_clients):
             if len(self.partition_data(pid)) == 0:
                 raise ConfigError(
@@ -245,6 +247,9 @@ class TextLoraTask:
         model = build_lora_model(self.spec)
         set_adapter_tensors(model, state)
         dp = s.dp
+        # A privacy audit's canaries, if this simulated site was given some (its own
+        # state; never from a message): fedrank.privacy.canaries.
+        audit = read_site_canaries(node_state) if dp.sample else None
         result = train_lora(
             model,
             data,
@@ -263,6 +268,8 @@ class TextLoraTask:
             )
             if dp.sample
             else None,
+            canaries=audit,
+            optimizer=audit.optimizer if audit is not None else "adamw",
         )
         # Under DP nothing noiseless about the data leaves: no loss, no example count.
         metrics = (
