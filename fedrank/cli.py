@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fedrank.config import FIELDS, Scenario
 from fedrank.deploy.commands import add_commands as add_deploy_commands
 from fedrank.errors import ConfigError, FedrankError
+from fedrank.privacy import commands as privacy_commands
 
 if TYPE_CHECKING:
     from fedrank.server.checkpoint import CheckpointState
@@ -150,45 +151,6 @@ def _privacy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit(args: argparse.Namespace) -> int:
-    if not args.verbose:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
-    from fedrank.simulations.audit import run_audit
-
-    report = run_audit(
-        _scenario_from_args(args),
-        level=args.level,
-        canaries=args.canaries,
-        noise_off=args.noise_off,
-        confidence=args.confidence,
-        backend=args.backend,
-    )
-    print(f"fedrank: {report.line()}")
-    print(f"fedrank: wrote {report.results_dir}/audit.json")
-    return 0 if report.consistent or args.noise_off else 1
-
-
-def _add_audit(sub: Any) -> None:
-    """``fedrank audit``: one DP-LoRA federation with canaries, its empirical epsilon."""
-    aud = sub.add_parser(
-        "audit",
-        help="empirical epsilon lower bound of one DP-LoRA run with canaries, beside the claim",
-    )
-    aud.add_argument("--scenario", help="a LoRA scenario (packaged name or TOML path)")
-    aud.add_argument("--level", choices=("sample", "client"), required=True)
-    aud.add_argument("--canaries", type=int, default=200, help="m (default 200)")
-    aud.add_argument(
-        "--noise-off",
-        action="store_true",
-        help="self-test: the same run with its noise switched off and its claim kept",
-    )
-    aud.add_argument("--confidence", type=float, default=0.95)
-    aud.add_argument("--backend", choices=("ray", "local"), default="local")
-    aud.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
-    _add_scenario_flags(aud)
-    aud.set_defaults(func=_audit)
-
-
 def _scenarios(args: argparse.Namespace) -> int:
     from fedrank.simulations.run import list_scenarios
 
@@ -251,7 +213,7 @@ def _add_experiments(sub: Any) -> None:
     """``fedrank experiment robustness`` (one block: the grids live in ``simulations``)."""
     from fedrank.config import RANKING_ATTACKS
 
-    exp = sub.add_parser("experiment", help="experiment grids (robustness)")
+    exp = sub.add_parser("experiment", help="experiment grids (robustness, privacy)")
     grids = exp.add_subparsers(dest="grid", required=True)
     rob = grids.add_parser(
         "robustness",
@@ -277,6 +239,7 @@ def _add_experiments(sub: Any) -> None:
     rob.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     _add_scenario_flags(rob)
     rob.set_defaults(func=_robustness)
+    privacy_commands.add_privacy_grid(grids, _add_scenario_flags, _scenario_from_args)
 
 
 def _add_version(parser: argparse.ArgumentParser) -> None:
@@ -327,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_scenarios)
     add_deploy_commands(sub)  # certs, superlink, supernode, status
     _add_experiments(sub)
-    _add_audit(sub)
+    privacy_commands.add_audit(sub, _add_scenario_flags, _scenario_from_args)
     priv = sub.add_parser("privacy", help="print the privacy report of a results folder")
     priv.add_argument("results_dir", metavar="RESULTS_DIR", help="a DP-LoRA run's results folder")
     priv.set_defaults(func=_privacy)

@@ -137,7 +137,7 @@ class _SilentSource(RandomSource):
 def silence_server_noise(strategy: Strategy, *_: object) -> Strategy:
     """A strategy wrapper that switches ClientLevelDp's noise off (self-test only)."""
     current: object = strategy
-    for _ in range(16):
+    for _depth in range(16):
         if isinstance(current, ClientLevelDp):
             current.source = _SilentSource(current.source.state())
             return strategy

@@ -185,3 +185,57 @@ def rqm_epsilon(
         warnings.filterwarnings("ignore", message="Optimal order is the")
         eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     return float(eps)
+
+
+def rqm_extension_for_epsilon(
+    *,
+    target_epsilon: float,
+    clip: float,
+    levels: int,
+    keep_probability: float,
+    dimension: int,
+    rounds: int,
+    delta: float,
+    tolerance: float = 0.01,
+) -> float:
+    """The smallest extension Delta (to ``tolerance`` in epsilon) that keeps the budget.
+
+    Epsilon of :func:`rqm_epsilon` falls as Delta grows (the levels spread, every
+    output becomes likelier under every input); a geometric bisection over
+    Delta in [1e-3 c, 1e9 c] returns one whose epsilon our own accounting confirms.
+
+    Raises
+    ------
+    ConfigError
+        Even Delta = 1e9 c spends more than ``target_epsilon``.
+    """
+    if not (isinstance(target_epsilon, int | float) and math.isfinite(target_epsilon)):
+        raise ConfigError("target_epsilon", f"must be a finite number, got {target_epsilon!r}")
+    if target_epsilon <= 0:
+        raise ConfigError("target_epsilon", f"must be > 0, got {target_epsilon!r}")
+
+    def spent(extension: float) -> float:
+        params = RqmParams(
+            clip=clip, extension=extension, levels=levels, keep_probability=keep_probability
+        )
+        return rqm_epsilon(params=params, dimension=dimension, rounds=rounds, delta=delta)
+
+    low, high = 1e-3 * clip, 1e9 * clip
+    high_eps = spent(high)
+    if high_eps > target_epsilon:
+        raise ConfigError(
+            "target_epsilon",
+            f"{target_epsilon} cannot be met: even Delta {high:g} spends {high_eps:.4g}",
+        )
+    if spent(low) <= target_epsilon:
+        return low
+    for _ in range(200):
+        if target_epsilon - high_eps <= tolerance or high / low < 1 + 1e-9:
+            break
+        middle = math.sqrt(low * high)
+        middle_eps = spent(middle)
+        if middle_eps <= target_epsilon:
+            high, high_eps = middle, middle_eps
+        else:
+            low = middle
+    return high

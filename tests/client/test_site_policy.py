@@ -85,7 +85,11 @@ def node(policy: Path | None, **node_config: object) -> Context:
     if policy is not None:
         config["dp-policy"] = str(policy)
     return Context(
-        run_id=1, node_id=5, node_config=config, state=RecordDict(), run_config={}  # type: ignore[arg-type]
+        run_id=1,
+        node_id=5,
+        node_config=config,
+        state=RecordDict(),
+        run_config={},  # type: ignore[arg-type]
     )
 
 
@@ -216,9 +220,7 @@ def test_other_requests_for_less_are_refused(
     assert not ledger_of(tmp_path).exists()
 
 
-def test_inline_node_config_keys_make_the_same_policy(
-    tmp_path: Path, trainings: list[int]
-) -> None:
+def test_inline_node_config_keys_make_the_same_policy(tmp_path: Path, trainings: list[int]) -> None:
     site = node(
         None,
         **{

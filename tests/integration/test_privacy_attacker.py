@@ -130,9 +130,7 @@ def attack(public: dict[str, Any], seen: Seen) -> tuple[float, float]:
         d = sum(v.size for v in before.values())
         size = sigma * CLIP * math.sqrt(d) / m  # norm of the noise on the average
         for guess in noise_guesses(public, r, shapes, sigma * CLIP):
-            residual = [
-                after[n].astype(np.float64) - before[n] - guess[n] / m for n in before
-            ]
+            residual = [after[n].astype(np.float64) - before[n] - guess[n] / m for n in before]
             ratios.append(math.sqrt(sum(float(np.sum(x * x)) for x in residual)) / size)
     agreements = []
     for guess_of in range(2):
