@@ -228,6 +228,10 @@ class ClientLevelDp(WrappingStrategy):
             party="server",
         )
 
+    def _check_budget(self, server_round: int) -> None:
+        """Raise PrivacyBudgetExhausted if this round's release cannot be made."""
+        self.ledger.check(self._release(server_round))
+
     def summary(self) -> None:
         """Log the DP settings, then the inner strategy's summary."""
         _log.info(
@@ -282,7 +286,7 @@ class ClientLevelDp(WrappingStrategy):
             return []
         # Refuse the round before any client trains for it: a release it cannot make
         # is not worth the clients' work (aggregate_train checks again).
-        self.ledger.check(self._release(server_round))
+        self._check_budget(server_round)
         if self.sampling == "poisson":
             messages = self._poisson_messages(server_round, messages, grid)
         elif len(messages) != self.expected_clients:

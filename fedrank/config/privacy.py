@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
-from fedrank.config.fields import check_section, setting
+from fedrank.config.fields import check_section, flat_key, setting
 from fedrank.errors import ConfigError
 
 DpMode = Literal["none", "sample", "client", "both"]
 DpAccountant = Literal["rdp", "prv"]
 ClientSampling = Literal["fixed", "poisson"]
+ClientMechanism = Literal["gaussian", "rqm"]
 
 _SAMPLE_ONLY = ("dp-target-epsilon", "dp-noise-multiplier")
 _CLIENT_ONLY = (
@@ -21,9 +22,13 @@ _CLIENT_ONLY = (
     "dp-clip-learning-rate",
     "dp-count-stddev",
     "dp-publish-diagnostics",
+    "dp-mechanism",
+    "dp-rqm-levels",
+    "dp-rqm-keep-probability",
 )
 _ANY_DP = ("dp-reproducible-noise",)
 _ADAPTIVE_ONLY = ("dp-clip-quantile", "dp-clip-learning-rate", "dp-count-stddev")
+_RQM_ONLY = ("dp-rqm-levels", "dp-rqm-keep-probability")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,20 @@ class DpConfig:
         0.0, "adaptive clipping: noise std of the unclipped count; 0: expected clients / 20",
         low=0.0,
     )  # fmt: skip
+    client_mechanism: ClientMechanism = setting(
+        "gaussian",
+        "client-level mechanism: gaussian (the server clips and noises the sum) or rqm "
+        "(each client quantizes its clipped update at random, Youn et al. 2023)",
+        key="dp-mechanism",
+    )
+    rqm_levels: int = setting(
+        16, "RQM: quantization levels m (ceil(log2 m) bits a coordinate)", low=2, high=65536,
+        key="dp-rqm-levels",
+    )  # fmt: skip
+    rqm_keep_probability: float = setting(
+        0.5, "RQM: probability that each interior level is kept", low=0.0, high=1.0,
+        high_open=True, key="dp-rqm-keep-probability",
+    )  # fmt: skip
     publish_diagnostics: bool = setting(
         False,
         "client-level DP: also publish the clip fraction and reply counts (outside the "
@@ -99,10 +118,12 @@ class DpConfig:
             *(_CLIENT_ONLY if not self.client else ()),
             *(_ANY_DP if not self.enabled else ()),
             *(_ADAPTIVE_ONLY if self.client and not self.adaptive_clipping else ()),
+            *(_RQM_ONLY if self.client and not self.rqm else ()),
         ]
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        names = {flat_key(type(self), f): f.name for f in dataclasses.fields(self)}
         for key in ignored:
-            name = key.removeprefix("dp-").replace("-", "_")
+            name = names[key]
             value = getattr(self, name)
             if value != defaults[name]:
                 raise ConfigError(key, f"is set ({value!r}) but {self._why_ignored(key)}")
@@ -111,6 +132,18 @@ class DpConfig:
                 "dp-target-epsilon",
                 f"dp {self.mode!r} needs it or dp-noise-multiplier (both are 0)",
             )
+        if self.rqm:
+            # RQM is calibrated to a budget; it has no noise multiplier, no adaptive clip.
+            for key, value, default in (
+                ("dp-client-noise-multiplier", self.client_noise_multiplier, 0.0),
+                ("dp-adaptive-clipping", self.adaptive_clipping, False),
+            ):
+                if value != default:
+                    raise ConfigError(key, f"is set ({value!r}) but dp-mechanism 'rqm' ignores it")
+            if self.client_target_epsilon == 0.0:
+                raise ConfigError(
+                    "dp-client-target-epsilon", "dp-mechanism 'rqm' is calibrated to it: set it"
+                )
         if (
             self.client
             and self.client_target_epsilon == 0.0
@@ -124,6 +157,8 @@ class DpConfig:
     def _why_ignored(self, key: str) -> str:
         if key in _ADAPTIVE_ONLY and self.client:
             return "dp-adaptive-clipping is off, which ignores it"
+        if key in _RQM_ONLY and self.client:
+            return "dp-mechanism is not 'rqm', which ignores it"
         return f"dp is {self.mode!r}, which ignores it"
 
     @property
@@ -135,6 +170,11 @@ class DpConfig:
     def client(self) -> bool:
         """Client-level DP (clipping and noise at the server) is on."""
         return self.mode in ("client", "both")
+
+    @property
+    def rqm(self) -> bool:
+        """Client-level DP by RQM on each client (no server noise)."""
+        return self.client and self.client_mechanism == "rqm"
 
     @property
     def enabled(self) -> bool:

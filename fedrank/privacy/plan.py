@@ -16,6 +16,8 @@ from fedrank.privacy.adaptive_clipping import update_noise_multiplier
 from fedrank.privacy.relation import client_sampling_rate
 from fedrank.privacy.release import Release
 from fedrank.privacy.report import claim_settings
+from fedrank.privacy.rqm import RqmParams, rqm_bits_per_coordinate
+from fedrank.privacy.rqm_accounting import rqm_extension_for_epsilon
 
 if TYPE_CHECKING:
     from fedrank.config import Scenario
@@ -115,7 +117,7 @@ def check_plan(scenario: Scenario) -> None:
         No sigma meets ``dp-client-target-epsilon`` (``target_epsilon``), or adaptive
         clipping's count noise leaves no room for the sigma (``dp-count-stddev``).
     """
-    if not scenario.dp.client:
+    if not scenario.dp.client or scenario.dp.rqm:
         return
     sigma = client_noise_multiplier(scenario)
     if scenario.dp.adaptive_clipping:
@@ -141,6 +143,32 @@ SERVER_LOG = (
 """Per-round figures ``metrics.jsonl`` always has: the coordinator's own operations log,
 outside the guarantee (the number of clients messaged reveals the Poisson sample's
 size; keep the file with the coordinator if that matters)."""
+
+
+@functools.cache
+def rqm_params(scenario: Scenario, coordinates: int) -> RqmParams:
+    """RQM's parameters for a client whose update has ``coordinates`` coordinates.
+
+    c is ``dp-client-clip-norm`` (L2 clipping: every coordinate within [-c, c]); Delta
+    the least that keeps ``dp-client-target-epsilon`` for a client sending in every
+    round (an upper bound on what one sampled in fewer spends).
+    """
+    dp = scenario.dp
+    extension = rqm_extension_for_epsilon(
+        target_epsilon=dp.client_target_epsilon,
+        clip=dp.client_clip_norm,
+        levels=dp.rqm_levels,
+        keep_probability=dp.rqm_keep_probability,
+        dimension=coordinates,
+        rounds=scenario.run.rounds,
+        delta=dp.delta,
+    )
+    return RqmParams(
+        clip=dp.client_clip_norm,
+        extension=extension,
+        levels=dp.rqm_levels,
+        keep_probability=dp.rqm_keep_probability,
+    )
 
 
 def privacy_settings(scenario: Scenario) -> dict[str, Any]:
@@ -169,7 +197,15 @@ def privacy_settings(scenario: Scenario) -> dict[str, Any]:
         else None,
         "client": {
             "budget": dp.client_target_epsilon or None,
-            "noise_multiplier": client_noise_multiplier(scenario),
+            "mechanism": dp.client_mechanism,
+            "noise_multiplier": None if dp.rqm else client_noise_multiplier(scenario),
+            "rqm": {
+                "levels": dp.rqm_levels,
+                "keep_probability": dp.rqm_keep_probability,
+                "bits_per_coordinate": rqm_bits_per_coordinate(dp.rqm_levels),
+            }
+            if dp.rqm
+            else None,
             "clip_norm": dp.client_clip_norm,
             "sampling": dp.client_sampling,
             "sample_rate": client_sample_rate(scenario),

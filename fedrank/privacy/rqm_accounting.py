@@ -46,6 +46,7 @@ from opacus.accountants.analysis.rdp import get_privacy_spent
 
 from fedrank.errors import ConfigError
 from fedrank.privacy.accountant import RDP_ORDERS
+from fedrank.privacy.analysis import rdp_total
 from fedrank.privacy.bounds import check_delta
 from fedrank.privacy.rqm import RqmParams, cell_of
 
@@ -239,3 +240,34 @@ def rqm_extension_for_epsilon(
         else:
             low = middle
     return high
+
+
+def epsilon_with_rqm(
+    gaussian: Sequence[tuple[float, float, int]],
+    rqm: Sequence[tuple[RqmParams, int]],
+    *,
+    delta: float,
+    orders: Sequence[float] = RDP_ORDERS,
+) -> float:
+    """Epsilon of a history of sampled-Gaussian entries and RQM releases together.
+
+    ``gaussian``: (sigma, q, steps) entries, already checked and grouped
+    (:func:`fedrank.privacy.bounds.grouped_history`); ``rqm``: (params, coordinates) of
+    each RQM release. Their RDP curves add (composition), then Opacus' conversion. RDP
+    only: the PRV accountant has no RQM. ``inf`` when a Gaussian entry has no noise.
+    """
+    if any(sigma == 0 for sigma, _, _ in gaussian):
+        return math.inf
+    curve = rdp_total(list(gaussian)) if orders is RDP_ORDERS else None
+    if curve is None:
+        raise ConfigError("orders", "RQM is accounted at RDP_ORDERS only")
+    for params, coordinates in rqm:
+        curve = curve + rqm_rdp_curve(params, orders) * coordinates
+    if not np.any(np.isfinite(curve)):
+        return math.inf
+    delta = check_delta(delta)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        eps, _ = get_privacy_spent(orders=list(orders), rdp=curve, delta=delta)
+    eps = float(eps)
+    return eps if math.isfinite(eps) and eps >= 0 else math.inf

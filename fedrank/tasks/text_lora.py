@@ -38,7 +38,8 @@ from fedrank.models.lora import (
     trainable_tensors,
 )
 from fedrank.privacy.canaries import read_site_canaries
-from fedrank.privacy.plan import check_plan, sample_noise_multiplier
+from fedrank.privacy.plan import check_plan, rqm_params, sample_noise_multiplier
+from fedrank.privacy.rqm import rqm_decode_update, rqm_encode_update
 from fedrank.privacy.site import read_history, write_history
 from fedrank.privacy.sources import site_source
 from fedrank.protos import PrivacyReportData, keys
@@ -293,12 +294,32 @@ class TextLoraTask:
                 delta=float(result.privacy["delta"]),
             )
             metrics[keys.DP_EPSILON] = report.epsilon_spent
+        tensors = {name: result.tensors[name] for name in state}
+        if dp.rqm:
+            tensors = self._rqm(state, tensors, server_round, partition_id)
         return Reply(
-            state={name: result.tensors[name] for name in state},
+            state=tensors,
             num_examples=None if dp.enabled else len(data),
             metrics=metrics,
             privacy=report,
         )
+
+    def _rqm(self, state: State, trained: State, server_round: int, partition_id: int) -> State:
+        """The global state plus this client's update sent through RQM (client-level DP
+        by randomized quantization, with the site's own secure randomness)."""
+        s = self.scenario
+        update = {n: trained[n].astype(np.float64) - state[n].astype(np.float64) for n in state}
+        params = rqm_params(s, sum(v.size for v in state.values()))
+        source = site_source(
+            reproducible=s.dp.reproducible_noise,
+            seed=s.run.seed,
+            partition_id=partition_id,
+            server_round=server_round,
+        ).derive("rqm")
+        sent = rqm_decode_update(
+            rqm_encode_update(update, params=params, norm="l2", source=source), params
+        )
+        return {n: (state[n].astype(np.float64) + sent[n]).astype(state[n].dtype) for n in state}
 
     # -- server side -----------------------------------------------------------------
 
