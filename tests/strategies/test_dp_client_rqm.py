@@ -80,7 +80,7 @@ def run_round(
                 }
             ),
             reply_to=message,
-        )  # fmt: skip
+        )
         for message, state in zip(messages, states, strict=False)
     ]
     return s.aggregate_train(server_round, replies)
