@@ -92,3 +92,19 @@ def test_a_deployment_refuses_reproducible_noise() -> None:
         main(None, context)  # type: ignore[arg-type]  # refused before the grid is used
 
     assert caught.value.field == "dp-reproducible-noise"
+
+
+def test_rqm_is_calibrated_to_a_budget_and_its_settings_need_it() -> None:
+    rqm = Scenario.of(**{**CLIENT, "dp_client_noise_multiplier": 0.0}, dp_client_target_epsilon=8.0,
+                      dp_mechanism="rqm", dp_rqm_levels=4)  # fmt: skip
+    settings = privacy_settings(rqm)["client"]
+
+    assert settings["mechanism"] == "rqm"
+    assert settings["noise_multiplier"] is None
+    assert settings["rqm"] == {"levels": 4, "keep_probability": 0.5, "bits_per_coordinate": 2}
+    with pytest.raises(ConfigError) as no_budget:
+        Scenario.of(**CLIENT, dp_mechanism="rqm")
+    assert no_budget.value.field == "dp-client-noise-multiplier"
+    with pytest.raises(ConfigError) as stray:
+        Scenario.of(**CLIENT, dp_rqm_levels=4)
+    assert stray.value.field == "dp-rqm-levels"
