@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,8 @@ def _privacy_grid(args: argparse.Namespace, scenario_from_args: ScenarioFromArgs
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
     torch.set_num_threads(1)  # one core a grid: the other one is someone else's
+    # Opacus' hooks warn on every step that the frozen features need no gradient.
+    warnings.filterwarnings("ignore", message="Full backward hook")
     base = scenario_from_args(args)
     cells = grid.grid_cells(
         [x.strip() for x in args.levels.split(",") if x.strip()],
