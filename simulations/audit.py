@@ -41,6 +41,7 @@ from fedrank.artifacts import FINAL_STATE, read_arrays
 from fedrank.client.app import partition_id, query, run_settings, train_reply
 from fedrank.config import Scenario
 from fedrank.errors import ConfigError
+from fedrank.models.lora import LORA_A_SUFFIX
 from fedrank.privacy.audit import AuditResult, audit
 from fedrank.privacy.canaries import (
     CanaryPlan,
@@ -224,7 +225,12 @@ def run_audit(
     shapes = {name: value.shape for name, value in initial.items()}
     coin = auditor or RandomSource.secure()
     n = scenario.run.num_clients
-    plan = plan_canaries(shapes, canaries, source=coin, owners=n if level == "sample" else 0)
+    # Canaries on LoRA A where it trains: B starts at zero, so real gradients of A stay
+    # small and interfere least with a canary's coordinate (the audit's power).
+    quiet = [name for name in shapes if name.endswith(LORA_A_SUFFIX)] or None
+    plan = plan_canaries(
+        shapes, canaries, source=coin, owners=n if level == "sample" else 0, tensors=quiet
+    )
     included = int(np.count_nonzero(plan.included))
     if level == "sample":
         run = scenario
