@@ -23,6 +23,7 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedrank.cli import main
 from fedrank.client.app import query, train_reply
 from fedrank.config import Scenario
 from fedrank.privacy.plan import client_noise_multiplier
@@ -145,13 +146,40 @@ def attack(public: dict[str, Any], seen: Seen) -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[float, float]]:
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {
+        kind: tmp_path_factory.mktemp(f"attacker-{kind}") for kind in ("secure", "reproducible")
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(folders: dict[str, Path]) -> dict[str, tuple[float, float]]:
     out = {}
     for scenario in (SCENARIO, SCENARIO.replace(dp_reproducible_noise=True)):
-        public, seen = run(tmp_path_factory.mktemp("attacker"), scenario)
+        public, seen = run(folders[scenario.dp.noise_kind], scenario)
         assert all(seen[r] for r in range(1, ROUNDS + 1)), "a round sampled nobody"
         out[scenario.dp.noise_kind] = attack(public, seen)
     return out
+
+
+def test_a_reproducible_run_says_it_is_not_private_everywhere(
+    runs: dict[str, tuple[float, float]],
+    folders: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    note = "not private: reproducible noise"
+    for kind, expected in (("secure", None), ("reproducible", note)):
+        results = folders[kind] / kind
+        summary = json.loads((results / "summary.json").read_text())
+        settings = json.loads((results / "privacy.json").read_text())
+        assert (summary["privacy"]["noise"], summary["privacy"]["note"]) == (kind, expected)
+        assert (settings["noise"], settings["note"]) == (kind, expected)
+        assert settings["neighbouring_relation"] == "add-or-remove-one"
+        assert (results / "private").exists() == (kind == "secure")
+        assert main(["privacy", str(results)]) == 0
+        assert ("NOT PRIVATE: REPRODUCIBLE NOISE" in capsys.readouterr().out) == (
+            kind == "reproducible"
+        )
 
 
 def test_secure_noise_cannot_be_regenerated_nor_the_sample_predicted(
