@@ -240,6 +240,7 @@ def _add_experiments(sub: Any) -> None:
     _add_scenario_flags(rob)
     rob.set_defaults(func=_robustness)
     privacy_commands.add_privacy_grid(grids, _add_scenario_flags, _scenario_from_args)
+    privacy_commands.add_rqm_table(grids)
 
 
 def _add_version(parser: argparse.ArgumentParser) -> None:

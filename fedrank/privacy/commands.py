@@ -139,3 +139,36 @@ def add_privacy_grid(
     grid.add_argument("--verbose", action="store_true", help="show Flower's logs")
     scenario_flags(grid)
     grid.set_defaults(func=functools.partial(_privacy_grid, scenario_from_args=scenario_from_args))
+
+
+def _rqm_table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedrank.simulations.rqm_comparison import compare, comparison_markdown
+
+    rows = compare(
+        [float(x) for x in args.epsilons.split(",")],
+        [_integer(args.bits, x, int) for x in args.bits.split(",")],
+        clients=args.clients,
+        trials=args.trials,
+    )
+    table = comparison_markdown(rows, clients=args.clients)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rqm.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    print(f"fedrank: wrote {out / 'rqm.md'}")
+    return 0
+
+
+def add_rqm_table(grids: Any) -> None:
+    """``fedrank experiment rqm`` (:mod:`fedrank.simulations.rqm_comparison`)."""
+    rqm = grids.add_parser(
+        "rqm", help="RQM against the Gaussian mechanism at equal epsilon and bits"
+    )
+    rqm.add_argument("--epsilons", default="1,2,4,8")
+    rqm.add_argument("--bits", default="1,2,4")
+    rqm.add_argument("--clients", type=int, default=1000)
+    rqm.add_argument("--trials", type=int, default=20)
+    rqm.add_argument("--out", default="results/rqm")
+    rqm.set_defaults(func=_rqm_table)
