@@ -29,6 +29,7 @@ from fedrank.lora_training import (
 )
 from fedrank.models.lora import LoraSpec, build_lora_model, load_tokenizer
 from fedrank.privacy.plan import steps_per_epoch
+from fedrank.privacy.randomness import RandomSource
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch_size=args.dp_batch,
                 seed=args.seed,
                 dp=dp,
+                randomness=RandomSource.secure(),
             )
             label = (
                 f"DP eps {eps:g} (sigma {sigma:.3f}, batch {args.dp_batch}, lr {args.dp_lr}, "

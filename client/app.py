@@ -9,10 +9,17 @@ decodes and validates the global state, trains on its data, and encodes its repl
 rank vectors (FRL), weights (FedAvg) or adapter tensors with, under sample-level DP,
 a privacy report (LoRA). Which of these is the task's business
 (:mod:`fedrank.tasks`), not this module's.
+
+A site's DP policy (``dp-policy`` or ``dp-*`` keys in its node config,
+:mod:`fedrank.privacy.site`) is checked at discovery (a bad one is refused there, in
+one line) and before every round: a train message asking for less is answered with a
+refusal and a reason code, nothing trained; every DP-SGD release is recorded in the
+site's own ledger before the reply leaves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +29,9 @@ from flwr.clientapp import ClientApp
 
 from fedrank.config import Scenario
 from fedrank.errors import ConfigError, FedrankError
+from fedrank.privacy.site import SiteGuard
 from fedrank.protos import keys
+from fedrank.protos.gate import refusal_content
 from fedrank.tasks import load_task
 from fedrank.tasks.base import Task
 
@@ -85,8 +94,10 @@ def site_data(task: Task, context: Context) -> Any:
 def query(msg: Message, context: Context) -> Message:
     """Discovery: keep the run's settings, check this site's data, name the partition."""
     pid = partition_id(context)
-    task = load_task(run_settings(msg, context))
+    scenario = run_settings(msg, context)
+    task = load_task(scenario)
     site_data(task, context)  # a site whose data cannot serve the run says so now
+    SiteGuard.for_node(context.node_config, scenario, pid)  # and one whose DP policy is bad
     content = RecordDict({keys.CONFIG: ConfigRecord({keys.PARTITION_ID: pid})})
     return Message(content=content, reply_to=msg)
 
@@ -116,6 +127,12 @@ def train_reply(msg: Message, context: Context, *, data_hook: DataHook | None = 
         data = task.partition_data(pid)
     if data_hook is not None:
         data = data_hook(task, pid, data)
+    guard = SiteGuard.for_node(context.node_config, scenario, pid)
+    if guard is not None:
+        refusal = guard.refusal(num_examples=len(data), server_round=server_round)
+        if refusal is not None:  # nothing trained, nothing recorded
+            return Message(content=refusal_content(refusal.reason, refusal.detail), reply_to=msg)
+        guard.prepare(context.state)
     reply = task.train(
         state,
         data,
@@ -124,4 +141,20 @@ def train_reply(msg: Message, context: Context, *, data_hook: DataHook | None = 
         message=msg.content,
         node_state=context.state,
     )
+    if guard is not None and reply.privacy is not None:
+        # The site's books, before the reply leaves; its epsilon is the ledger's (a
+        # replay of a release already recorded is not counted twice).
+        epsilon = guard.record(
+            server_round=server_round,
+            noise_multiplier=reply.privacy.noise_multiplier,
+            sample_rate=reply.privacy.sample_rate,
+            steps=reply.privacy.steps,
+            clip_norm=reply.privacy.clipping_norm,
+            state=reply.state,
+        )
+        reply = dataclasses.replace(
+            reply,
+            privacy=dataclasses.replace(reply.privacy, epsilon_spent=epsilon),
+            metrics={**reply.metrics, keys.DP_EPSILON: epsilon},
+        )
     return Message(content=codec.encode_reply(server_round, reply), reply_to=msg)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from fedrank.config import FIELDS, Scenario
 from fedrank.deploy.commands import add_commands as add_deploy_commands
 from fedrank.errors import ConfigError, FedrankError
+from fedrank.privacy import commands as privacy_commands
 
 if TYPE_CHECKING:
     from fedrank.server.checkpoint import CheckpointState
@@ -161,6 +162,9 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     if summary.get("stopped"):
         print(f"fedrank: stopped early: {summary['stopped']}")
+    note = (summary.get("privacy") or {}).get("note")
+    if note:
+        print(f"fedrank: {note.upper()}: anyone with the seed can replay the DP noise")
     if summary["rounds"] > 0 and summary["skipped_rounds"] >= summary["rounds"]:
         print(
             f"fedrank: error: every round was skipped (fewer than min-replies = "
@@ -251,7 +255,7 @@ def _add_experiments(sub: Any) -> None:
     """``fedrank experiment robustness`` (one block: the grids live in ``simulations``)."""
     from fedrank.config import RANKING_ATTACKS
 
-    exp = sub.add_parser("experiment", help="experiment grids (robustness)")
+    exp = sub.add_parser("experiment", help="experiment grids (robustness, privacy)")
     grids = exp.add_subparsers(dest="grid", required=True)
     rob = grids.add_parser(
         "robustness",
@@ -277,6 +281,8 @@ def _add_experiments(sub: Any) -> None:
     rob.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     _add_scenario_flags(rob)
     rob.set_defaults(func=_robustness)
+    privacy_commands.add_privacy_grid(grids, _add_scenario_flags, _scenario_from_args)
+    privacy_commands.add_rqm_table(grids)
 
 
 def _add_version(parser: argparse.ArgumentParser) -> None:
@@ -334,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_scenarios)
     add_deploy_commands(sub)  # certs, superlink, supernode, status
     _add_experiments(sub)
+    privacy_commands.add_audit(sub, _add_scenario_flags, _scenario_from_args)
     priv = sub.add_parser("privacy", help="print the privacy report of a results folder")
     priv.add_argument("results_dir", metavar="RESULTS_DIR", help="a DP-LoRA run's results folder")
     priv.set_defaults(func=_privacy)

@@ -33,6 +33,8 @@ from fedrank.models.evaluation import classifier_logits as _logits
 from fedrank.models.evaluation import evaluate_lora as evaluate_lora
 from fedrank.models.lora import trainable_tensors
 from fedrank.privacy.accountant import compute_epsilon, noise_multiplier_for_epsilon
+from fedrank.privacy.canaries import GradientCanaries
+from fedrank.privacy.randomness import RandomSource
 
 AccountantHistory = tuple[tuple[float, float, int], ...]
 """An Opacus accountant's history: ``(noise_multiplier, sample_rate, steps)`` runs."""
@@ -177,6 +179,8 @@ def train_lora(
     head_lr: float | None = None,
     dp: DpSgdConfig | None = None,
     accountant_state: AccountantHistory = (),
+    randomness: RandomSource | None = None,
+    canaries: GradientCanaries | None = None,
 ) -> LoraTrainResult:
     """Train the adapter of ``model`` (in place) on ``data``.
 
@@ -190,9 +194,8 @@ def train_lora(
     epochs, lr, batch_size : int, float, int
         ``batch_size`` is the logical (expected, under DP) batch size.
     seed : int
-        Seeds shuffling / Poisson sampling, dropout and the DP noise. Opacus runs
-        without ``secure_mode`` (pseudo-random noise): fine for research, not for
-        a production release.
+        Seeds dropout, and the shuffling of a run without DP. Never the DP noise or
+        the Poisson batches: those come from ``randomness``.
     optimizer : {"adamw", "sgd"}
     head_lr : float or None
         Learning rate of the classification head, when it differs from ``lr``: the
@@ -202,6 +205,15 @@ def train_lora(
         None trains without privacy.
     accountant_state : AccountantHistory
         The client's accountant history from earlier rounds (empty at first).
+    randomness : RandomSource, optional
+        Required with ``dp``: the DP-SGD noise (Opacus' ``noise_generator``) and the
+        Poisson batches (the DataLoader's generator) are drawn from two children of it
+        (:meth:`RandomSource.torch_generator`). A secure source makes them unreplayable
+        by anyone, the scenario's seed included (Opacus' own ``secure_mode`` needs
+        torchcsprng, which is not installable here).
+    canaries : GradientCanaries, optional
+        Privacy audits only: gradient canaries inserted into DP-SGD
+        (:mod:`fedrank.privacy.canaries`).
 
     Returns
     -------
@@ -222,25 +234,34 @@ def train_lora(
         raise ConfigError("data", "the client has no records")
     if head_lr is not None and not head_lr > 0:
         raise ConfigError("head_lr", f"must be positive or None, got {head_lr}")
+    if canaries is not None and dp is None:
+        raise ConfigError("canaries", "gradient canaries audit DP-SGD: give dp too")
+    if dp is not None and not isinstance(randomness, RandomSource):
+        raise ConfigError("randomness", "DP-SGD needs a RandomSource for noise and batches")
     opt = _optimizer(_param_groups(model, lr, head_lr), optimizer, lr, weight_decay)
     dataset = TensorDataset(data.input_ids, data.attention_mask, data.labels)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
+        # Under DP, Opacus draws its Poisson batches from this generator.
+        generator=(
+            torch.Generator().manual_seed(seed)
+            if randomness is None or dp is None
+            else randomness.derive("batches").torch_generator()
+        ),
     )
     # Dropout draws from the global RNG: fork it so the caller's stream is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.train()
-        if dp is None:
+        if dp is None or randomness is None:
             losses = _train_plain(model, opt, loader, epochs)
             privacy = None
             new_state = tuple(accountant_state)
         else:
             losses, privacy, new_state = _train_dp(
-                model, opt, loader, epochs, dp, tuple(accountant_state), seed
+                model, opt, loader, epochs, dp, tuple(accountant_state), randomness, canaries
             )
         model.eval()
     metrics = {
@@ -272,7 +293,8 @@ def _train_dp(
     epochs: int,
     dp: DpSgdConfig,
     history: AccountantHistory,
-    seed: int,
+    randomness: RandomSource,
+    canaries: GradientCanaries | None = None,
 ) -> tuple[list[float], dict[str, float | str], AccountantHistory]:
     sample_rate = 1.0 / len(loader)
     planned = epochs * len(loader)
@@ -288,7 +310,8 @@ def _train_dp(
                 f"(delta {dp.delta}), over its budget {dp.epsilon_budget}; not training"
             )
     with warnings.catch_warnings():
-        # "Secure RNG turned off": documented in train_lora; seeded on purpose.
+        # "Secure RNG turned off": Opacus' secure_mode is not used; the generators come
+        # from ``randomness`` (secure unless a simulation asked for reproducible noise).
         warnings.simplefilter("ignore", UserWarning)
         engine = PrivacyEngine(accountant=dp.accountant)
     engine.accountant.history = [(float(s), float(q), int(t)) for s, q, t in history]
@@ -299,8 +322,11 @@ def _train_dp(
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True,
-        noise_generator=torch.Generator().manual_seed(seed + 1),
+        noise_generator=randomness.derive("noise").torch_generator(),
     )
+    inserter = _CanaryInserter(model, canaries, dp, sample_rate, randomness) if canaries else None
+    if canaries is not None and canaries.noise_scale == 0.0:
+        _switch_noise_off(dp_opt)
     physical = dp.physical_batch_size or len(loader.dataset)  # type: ignore[arg-type]
     losses: list[float] = []
     steps_before = sum(int(t) for _, _, t in history)
@@ -317,10 +343,14 @@ def _train_dp(
                         # that the batch was empty: hand Opacus empty per-example grads.
                         for p in dp_opt.params:
                             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                        if inserter is not None:
+                            inserter.insert(dp_opt)
                         dp_opt.step()
                         continue
                     loss = F.cross_entropy(_logits(dp_model, ids, mask), labels)
                     loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+                    if inserter is not None:
+                        inserter.insert(dp_opt)
                     dp_opt.step()
                     losses.append(float(loss.detach()))
     finally:
@@ -341,3 +371,56 @@ def _train_dp(
         "delta": dp.delta,
     }
     return losses, privacy, new_history
+
+
+class _CanaryInserter:
+    """Adds the site's included gradient canaries to a logical DP-SGD step.
+
+    Each canary is a record: sampled into each logical batch with the records' Poisson
+    rate (an independent coin from the site's source). Its per-example gradient
+    ``-sign * C * e_j`` (norm C; descent pushes coordinate j towards ``sign``) is
+    appended to the per-sample gradients Opacus is about to clip, sum and noise. Only
+    the last physical batch of a logical batch gets them: once per logical step.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        canaries: GradientCanaries,
+        dp: DpSgdConfig,
+        sample_rate: float,
+        randomness: RandomSource,
+    ) -> None:
+        trained = [p for p in model.parameters() if p.requires_grad]
+        for canary in canaries.canaries:
+            if canary.position >= len(trained) or canary.index >= trained[canary.position].numel():
+                raise ConfigError("canaries", f"{canary} lies outside the trained tensors")
+        self.targets = [(trained[c.position], c.index, float(c.sign)) for c in canaries.canaries]
+        self.norm = dp.max_grad_norm
+        self.sample_rate = sample_rate
+        self.coins = randomness.derive("canaries")
+
+    def insert(self, optimizer: Any) -> None:
+        if optimizer._check_skip_next_step(pop_next=False):
+            return  # not the last physical batch of this logical batch
+        drawn = self.coins.bernoulli(len(self.targets), self.sample_rate)
+        rows = [t for t, keep in zip(self.targets, drawn, strict=True) if keep]
+        if not rows:
+            return
+        for p in optimizer.params:
+            extra = torch.zeros((len(rows), *p.shape), dtype=p.dtype)
+            for k, (target, index, sign) in enumerate(rows):
+                if target is p:
+                    # A gradient of -sign C e_j: descent moves the coordinate by +sign.
+                    extra[k].view(-1)[index] = -sign * self.norm
+            p.grad_sample = torch.cat([p.grad_sample, extra], dim=0)
+
+
+def _switch_noise_off(optimizer: Any) -> None:
+    """Audit self-test only: the optimizer adds no noise; the accounting is unchanged."""
+
+    def add_no_noise() -> None:
+        for p in optimizer.params:
+            p.grad = p.summed_grad.view_as(p)
+
+    optimizer.add_noise = add_no_noise

@@ -47,8 +47,9 @@ class Reply:
     ----------
     state : dict of str to ndarray
         Its rank vectors, weights or adapter tensors.
-    num_examples : int
-        Its weight in an average.
+    num_examples : int or None
+        Its weight in an average; None under DP (withheld: an exact count is outside
+        the accounting).
     metrics : Mapping[str, float]
         Other reply metrics (:data:`fedrank.protos.keys.REPLY_METRICS`).
     privacy : PrivacyReportData, optional
@@ -56,7 +57,7 @@ class Reply:
     """
 
     state: State
-    num_examples: int
+    num_examples: int | None
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     privacy: PrivacyReportData | None = None
 
@@ -107,7 +108,8 @@ class Codec(Protocol):
 
 
 def _metrics_record(reply: Reply) -> MetricRecord:
-    return MetricRecord({keys.NUM_EXAMPLES: int(reply.num_examples), **dict(reply.metrics)})
+    count = {} if reply.num_examples is None else {keys.NUM_EXAMPLES: int(reply.num_examples)}
+    return MetricRecord({**count, **dict(reply.metrics)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,17 +256,21 @@ class ArraysCodec:
         Names (in order), shapes and dtypes of the global state.
     privacy_report : bool
         Replies must carry a DP-SGD privacy report (sample-level DP).
+    private : bool
+        A DP run: a reply's example count and train loss (noiseless, outside the
+        accounting) are neither needed nor used; every reply weighs 1.
     """
 
     layout: Layout
     privacy_report: bool = False
+    private: bool = False
 
     @classmethod
     def for_state(
-        cls, state: Mapping[str, np.ndarray], *, privacy_report: bool = False
+        cls, state: Mapping[str, np.ndarray], *, privacy_report: bool = False, private: bool = False
     ) -> ArraysCodec:
         """The codec of a run whose global state looks like ``state``."""
-        return cls(layout=layout_of(state), privacy_report=privacy_report)
+        return cls(layout=layout_of(state), privacy_report=privacy_report, private=private)
 
     def encode_global(self, server_round: int, state: Mapping[str, np.ndarray]) -> RecordDict:
         """The global arrays in the ``arrays`` record."""
@@ -302,7 +308,11 @@ class ArraysCodec:
             required={keys.ARRAYS: ArrayRecord, keys.METRICS: MetricRecord},
             optional=optional,
         )
-        metrics = read_metrics(content.metric_records[keys.METRICS])
+        metrics = read_metrics(
+            content.metric_records[keys.METRICS], require_examples=not self.private
+        )
+        if self.private:
+            metrics = {k: v for k, v in metrics.items() if k == keys.DP_EPSILON}
         privacy = None
         if self.privacy_report:
             record = content.config_records.get(keys.PRIVACY, ConfigRecord())
@@ -315,7 +325,7 @@ class ArraysCodec:
         return Update(
             node=message.metadata.src_node_id,
             state=read_arrays(content.array_records[keys.ARRAYS], self.layout),
-            weight=metrics[keys.NUM_EXAMPLES],
+            weight=1.0 if self.private else metrics[keys.NUM_EXAMPLES],
             metrics=metrics,
             privacy=privacy,
         )

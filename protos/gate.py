@@ -64,8 +64,10 @@ def check_records(
             raise InvalidUpdate("missing_record", f"reply lacks its {name!r} record")
 
 
-def read_metrics(record: MetricRecord) -> dict[str, float]:
+def read_metrics(record: MetricRecord, *, require_examples: bool = True) -> dict[str, float]:
     """The reply's metrics: known keys, finite scalar numbers, ``num-examples`` bounded.
+
+    ``require_examples=False`` (a DP reply): ``num-examples`` may be absent.
 
     Raises
     ------
@@ -73,7 +75,9 @@ def read_metrics(record: MetricRecord) -> dict[str, float]:
         ``unknown_metric``, ``bad_metric`` or ``bad_num_examples``.
     """
     count = record.get(keys.NUM_EXAMPLES)
-    if not (_is_finite_number(count) and 0 < count <= MAX_EXAMPLES):  # type: ignore[operator]
+    if (require_examples or count is not None) and not (
+        _is_finite_number(count) and 0 < count <= MAX_EXAMPLES  # type: ignore[operator]
+    ):
         raise InvalidUpdate(
             "bad_num_examples",
             f"{keys.NUM_EXAMPLES} must lie in (0, {MAX_EXAMPLES}], got {_short(count)}",
@@ -121,13 +125,30 @@ class Rejections(Counter[str]):
         self.accepted_bytes: list[int] = []
 
 
+def refusal_content(reason: str, detail: str) -> RecordDict:
+    """A reply that refuses to train: the :data:`~fedrank.protos.keys.REFUSAL` record."""
+    return RecordDict({keys.REFUSAL: ConfigRecord({keys.REASON: reason, keys.DETAIL: detail})})
+
+
+def read_refusal(reply: Message) -> tuple[str, str] | None:
+    """``(reason, detail)`` of a refusal reply (reason ``refused`` if not a known code)."""
+    if reply.has_error() or keys.REFUSAL not in reply.content:
+        return None
+    record = reply.content[keys.REFUSAL]
+    reason = record.get(keys.REASON) if isinstance(record, ConfigRecord) else None
+    detail = record.get(keys.DETAIL) if isinstance(record, ConfigRecord) else None
+    code = reason if isinstance(reason, str) and reason in keys.REFUSAL_REASONS else "refused"
+    return code, (detail if isinstance(detail, str) else "")[:500]
+
+
 def gate(
     server_round: int, replies: Iterable[Message], decode: Callable[[Message], T]
 ) -> tuple[list[T], Rejections]:
     """Decode every reply through ``decode``; count the rest by reason.
 
-    An error reply counts as ``client_error``; a reply ``decode`` refuses counts under
-    its :class:`~fedrank.errors.InvalidUpdate` reason. Each is logged, never raised.
+    An error reply counts as ``client_error``; a site's refusal under its reason code
+    (:func:`read_refusal`); a reply ``decode`` refuses under its
+    :class:`~fedrank.errors.InvalidUpdate` reason. Each is logged, never raised.
     ``decode`` raises only ``InvalidUpdate`` (the fuzz tests hold it to that); should
     it raise anything else on a foreign reply, that reply counts as ``undecodable`` and
     the error is logged: one client never stops a round.
@@ -141,6 +162,11 @@ def gate(
             log.warning(
                 "round %d: node %d failed: %s", server_round, node, _short(reply.error.reason, 300)
             )
+            continue
+        refusal = read_refusal(reply)
+        if refusal is not None:
+            rejected[refusal[0]] += 1
+            log.warning("round %d: node %d refused: [%s] %s", server_round, node, *refusal)
             continue
         try:
             valid.append(decode(reply))

@@ -22,6 +22,11 @@ REPORT = "report"
 PRIVACY_HISTORY = "privacy-history"
 """ArrayRecord of a train message: the client's accountant history as the ledger holds it."""
 HISTORY = "history"
+REFUSAL = "refusal"
+"""ConfigRecord of a reply that refuses to train: :data:`REASON` (one of
+:data:`REFUSAL_REASONS`) and :data:`DETAIL` (a sentence). Nothing was trained."""
+REASON = "reason"
+DETAIL = "detail"
 
 # Keys inside records.
 SERVER_ROUND = "server-round"
@@ -34,4 +39,18 @@ STEPS = "steps"
 DP_EPSILON = "dp-epsilon"
 
 REPLY_METRICS: frozenset[str] = frozenset({NUM_EXAMPLES, TRAIN_LOSS, STEPS, DP_EPSILON})
-"""The metric keys a train reply may carry (:data:`NUM_EXAMPLES` is required)."""
+"""The metric keys a train reply may carry (:data:`NUM_EXAMPLES` is required, except
+under DP, where a reply carries no example count and weighs 1)."""
+
+REFUSAL_REASONS: frozenset[str] = frozenset(
+    {
+        "site_policy_no_dp",
+        "site_policy_noise",
+        "site_policy_delta",
+        "site_policy_reproducible",
+        "site_policy_budget",
+        "site_policy_out_of_range",
+    }
+)
+"""Reason codes a site refuses a train message with (its DP policy,
+:mod:`fedrank.privacy.site`); any other code is counted as ``refused``."""

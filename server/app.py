@@ -68,6 +68,13 @@ def main(grid: Grid, context: Context) -> None:
     scenario = Scenario.from_mapping(dict(context.run_config), source="run config")
     if scenario.attack.enabled:
         raise ConfigError("attack", "attacks are simulated by `fedrank simulate`, not `flwr run`")
+    if scenario.dp.reproducible_noise:
+        # Replayable noise is for simulations: a deployment must be private.
+        raise ConfigError(
+            "dp-reproducible-noise",
+            "a deployment refuses it (anyone with the seed could replay the DP noise); "
+            "it is for `fedrank simulate` only",
+        )
     with serve_output_status(scenario) as status:
         summary = run_federation(grid, scenario, on_round=status.chain(None))
     log.warning(

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from flwr.serverapp.strategy import Strategy
 
@@ -26,10 +27,17 @@ from fedrank.config import Scenario
 from fedrank.errors import CheckpointError
 from fedrank.privacy.bounds import AccountantBounds, scenario_bounds
 from fedrank.privacy.ledger import PrivacyLedger, Unit
-from fedrank.privacy.plan import client_noise_multiplier, client_sample_rate
+from fedrank.privacy.plan import (
+    client_noise_multiplier,
+    client_sample_rate,
+    count_stddev,
+    rqm_params,
+)
 from fedrank.privacy.report import LEDGER_FILES
+from fedrank.privacy.sources import coordinator_source
 from fedrank.protos.codecs import ArraysCodec, Codec
-from fedrank.strategies.dp_client_level import ClientLevelDp
+from fedrank.strategies.dp_client_level import AdaptiveClipping, ClientLevelDp
+from fedrank.strategies.dp_client_rqm import ClientLevelRqm
 from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
 from fedrank.strategies.wrapping import StrategyWrapper
 
@@ -101,6 +109,12 @@ def ledger_bounds(scenario: Scenario, unit: Unit) -> AccountantBounds:
     )
 
 
+def _coordinates(codec: Codec) -> int:
+    """Coordinates of the state an arrays codec carries (RQM is calibrated to them)."""
+    layout = cast("ArraysCodec", codec).layout
+    return sum(math.prod(shape) for shape, _ in layout.values())
+
+
 def compose_strategy(
     scenario: Scenario,
     codec: Codec,
@@ -134,17 +148,38 @@ def compose_strategy(
     if dp.enabled and not isinstance(codec, ArraysCodec):
         raise TypeError(f"DP needs float arrays on the wire, not a {type(codec).__name__}")
     if dp.client:
-        strategy = ClientLevelDp(
+        extra: dict[str, Any] = {}
+        if dp.rqm:
+            extra["params"] = rqm_params(scenario, _coordinates(codec))
+        wrapper = ClientLevelRqm if dp.rqm else ClientLevelDp
+        strategy = wrapper(
             strategy,
             codec=cast("ArraysCodec", codec),
             ledger=open_ledger(directory, "client", scenario, fresh=not resumed),
             clip_norm=dp.client_clip_norm,
-            noise_multiplier=client_noise_multiplier(scenario),
+            # RQM adds no server noise (the argument is unused); Gaussian: sigma.
+            noise_multiplier=1.0 if dp.rqm else client_noise_multiplier(scenario),
             expected_clients=scenario.run.clients_per_round,
-            seed=scenario.run.seed,
+            # The coordinator's secret root (private/ in the results folder), or the
+            # seed's under the simulation-only dp-reproducible-noise.
+            source=coordinator_source(
+                directory,
+                reproducible=dp.reproducible_noise,
+                seed=scenario.run.seed,
+                fresh=not resumed,
+            ),
             sampling=dp.client_sampling,
             total_clients=scenario.run.num_clients,
             partitions=partitions,
+            adaptive=AdaptiveClipping(
+                target_quantile=dp.clip_quantile,
+                learning_rate=dp.clip_learning_rate,
+                count_stddev=count_stddev(scenario),
+            )
+            if dp.adaptive_clipping
+            else None,
+            publish_diagnostics=dp.publish_diagnostics,
+            **extra,
         )
     if dp.sample:
         strategy = SampleLevelDpAudit(

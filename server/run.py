@@ -23,7 +23,13 @@ from fedrank.artifacts import FINAL_STATE, write_arrays
 from fedrank.config import Scenario
 from fedrank.errors import PrivacyBudgetExhausted
 from fedrank.privacy.plan import privacy_settings
-from fedrank.privacy.report import LEDGER_FILES, SETTINGS_FILE, privacy_summary
+from fedrank.privacy.report import (
+    LEDGER_FILES,
+    NOISE_KEY,
+    NOTE_KEY,
+    SETTINGS_FILE,
+    privacy_summary,
+)
 from fedrank.protos import keys
 from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.server.checkpoint import CheckpointState
@@ -49,9 +55,13 @@ def run_federation(
     """Run the whole federation described by ``scenario``; return its summary.
 
     With ``resume_from`` (:func:`fedrank.server.resume.latest_checkpoint`) the run
-    continues after that checkpoint's round, privacy ledgers reopened as they are;
-    client sampling and noise are seeded by (seed, round) and local training by (seed,
-    round, partition), so the result is the uninterrupted run's. ``wrap_strategy``
+    continues after that checkpoint's round, privacy ledgers reopened as they are. What
+    is seeded (sampling without DP, local training) is redone as before; DP noise and
+    privacy sampling come from secret sources (the coordinator's key is read back from
+    its private file; sites draw fresh noise), so a resumed DP run is a valid run of
+    the same scenario, bit-identical to the uninterrupted one only under the
+    simulation-only ``dp-reproducible-noise``, and its epsilon never goes down.
+    ``wrap_strategy``
     (simulations only) wraps the whole strategy in an adversary that controls the
     malicious partitions' replies.
     """
@@ -146,8 +156,19 @@ def run_federation(
 
 
 def _privacy_totals(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json``'s privacy, from the ledgers' summary: releases and epsilon per
+    unit, the noise source and, for reproducible noise, the note that the run is not
+    private."""
+    settings = summary["settings"]
     return {
-        unit: {"releases": summary[unit]["releases"], "max_epsilon": summary[unit]["max_epsilon"]}
-        for unit in LEDGER_FILES
-        if unit in summary
+        **{
+            unit: {
+                "releases": summary[unit]["releases"],
+                "max_epsilon": summary[unit]["max_epsilon"],
+            }
+            for unit in LEDGER_FILES
+            if unit in summary
+        },
+        NOISE_KEY: settings.get(NOISE_KEY),
+        NOTE_KEY: settings.get(NOTE_KEY),
     }

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fedrank.config import Scenario
 from fedrank.errors import ConfigError
+from fedrank.privacy.site import SITE_ROOT_ENV, simulated_sites
 from fedrank.server.loop import RoundCallback
 
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
 
     from fedrank.server.checkpoint import CheckpointState
+    from fedrank.strategies.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,10 @@ def backend_config(scenario: Scenario, *, ray_address: str | None) -> dict[str, 
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         init_args["address"] = address
+        # Workers of a running cluster do not inherit this process's environment: the
+        # simulated sites' ledger folder travels explicitly.
+        if SITE_ROOT_ENV in os.environ:
+            init_args["runtime_env"] = {"env_vars": {SITE_ROOT_ENV: os.environ[SITE_ROOT_ENV]}}
     return {
         # Flower passes these straight to the actor's ``.options()``. Its pool puts an
         # actor whose process died back in service; without restarts every later
@@ -81,12 +87,14 @@ def simulate(
     resume_from: CheckpointState | None = None,
     client_app: ClientApp | None = None,
     backend: Backend = "ray",
+    wrap_strategy: StrategyWrapper | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` as a Flower simulation (on Ray, or ``local``); return its summary.
 
     ``resume_from`` continues a run after that checkpoint's round
     (:func:`fedrank.server.resume.latest_checkpoint`); ``client_app`` replaces
-    fedrank's ClientApp (tests inject failing clients this way).
+    fedrank's ClientApp (tests inject failing clients this way); ``wrap_strategy``
+    wraps the server's strategy (a privacy audit's self-test; not with an attack).
     """
     from fedrank.server.app import make_server_app
     from fedrank.server.results import check_results_dir
@@ -100,10 +108,35 @@ def simulate(
         scenario.output.results_dir, resume_round=None if resume_from is None else resume_from.round
     )
     attack_client_app, wrap = attack_components(scenario)
+    if wrap_strategy is not None:
+        if wrap is not None:
+            raise ConfigError("attack", "a simulated attack and another strategy wrapper")
+        wrap = wrap_strategy
     client_app = client_app or attack_client_app
     server_app = make_server_app(
         scenario, on_round=on_round, resume_from=resume_from, wrap_strategy=wrap
     )
+    # Each simulated site keeps its own DP ledger (its default policy: the scenario's
+    # request) under <results>/sites.
+    with simulated_sites(scenario.output.results_dir, fresh=resume_from is None):
+        _run(scenario, server_app, client_app, backend=backend, ray_address=ray_address)
+    summary_path = Path(scenario.output.results_dir) / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(
+            f"the simulation ended without writing {summary_path}; see the log above"
+        )
+    summary: dict[str, Any] = json.loads(summary_path.read_text(encoding="utf-8"))
+    return summary
+
+
+def _run(
+    scenario: Scenario,
+    server_app: Any,
+    client_app: ClientApp,
+    *,
+    backend: Backend,
+    ray_address: str | None,
+) -> None:
     if backend == "local":
         from flwr.app import Context, RecordDict
 
@@ -124,10 +157,3 @@ def simulate(
             num_supernodes=scenario.run.num_clients,
             backend_config=backend_config(scenario, ray_address=ray_address),
         )
-    summary_path = Path(scenario.output.results_dir) / "summary.json"
-    if not summary_path.exists():
-        raise RuntimeError(
-            f"the simulation ended without writing {summary_path}; see the log above"
-        )
-    summary: dict[str, Any] = json.loads(summary_path.read_text(encoding="utf-8"))
-    return summary

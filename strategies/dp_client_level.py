@@ -1,19 +1,20 @@
 """Client-level differential privacy around any Flower strategy (DP-FedAvg).
 
-The math lives in :mod:`fedrank.privacy.mechanisms`; this module only moves arrays
-between Flower messages and those functions, and records every release in a
+The math lives in :mod:`fedrank.privacy.mechanisms` (fixed clip) and
+:mod:`fedrank.privacy.adaptive_clipping`; this module only moves arrays between
+Flower messages and those functions, draws every random choice from the run's secret
+:class:`~fedrank.privacy.randomness.RandomSource`, and records every release in a
 :class:`fedrank.privacy.ledger.PrivacyLedger` before it leaves the server.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,20 +23,48 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.errors import ConfigError
+from fedrank.privacy.adaptive_clipping import adaptive_clipping_round, update_noise_multiplier
 from fedrank.privacy.ledger import PrivacyLedger, Release
 from fedrank.privacy.mechanisms import client_level_dp_aggregate, l2_norm
+from fedrank.privacy.randomness import RandomSource
+from fedrank.privacy.release import state_digest
+from fedrank.privacy.sources import CLIENT_NOISE, CLIENT_SAMPLING
 from fedrank.protos.codecs import ArraysCodec
 from fedrank.protos.gate import gate, rejection_metrics
 from fedrank.strategies.sampling import in_partition_order, partition_order
 from fedrank.strategies.wrapping import WrappingStrategy
 
 Sampling = Literal["fixed", "poisson"]
+FloatState = dict[str, npt.NDArray[np.float64]]
 
 _log = logging.getLogger(__name__)
 
-# Independent random streams per round, derived from (seed, round, stream).
-_NOISE_STREAM = 0
-_SAMPLING_STREAM = 1
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveClipping:
+    """Adaptive clipping (Andrew et al. 2021, arXiv 1905.03871) of client-level DP.
+
+    Parameters
+    ----------
+    target_quantile : float
+        gamma: the fraction of updates the clip norm should leave unclipped, in [0, 1].
+    learning_rate : float
+        eta: the geometric step of the clip norm, > 0.
+    count_stddev : float
+        sigma_b: noise std of the unclipped count, > noise multiplier / 2.
+    """
+
+    target_quantile: float
+    learning_rate: float
+    count_stddev: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.target_quantile <= 1.0:
+            raise ConfigError("target_quantile", f"must lie in [0, 1], got {self.target_quantile}")
+        for name in ("learning_rate", "count_stddev"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(name, f"must be a finite number > 0, got {value!r}")
 
 
 class ClientLevelDp(WrappingStrategy):
@@ -44,56 +73,61 @@ class ClientLevelDp(WrappingStrategy):
     McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models",
     arXiv 1710.06963, Algorithm 1 (fixed-denominator estimator). Each round: every
     reply's update (its arrays minus the global arrays sent in ``configure_train``) is
-    clipped to L2 norm ``clip_norm`` over all tensors, the clipped updates are summed,
+    clipped to L2 norm C over all tensors, the clipped updates are summed,
     N(0, (sigma C)^2) is added per coordinate, and the sum is divided by
-    ``expected_clients``: the noise on the average update has std sigma C / m.
+    ``expected_clients``: the noise on the average update has std sigma C / m. With
+    ``adaptive`` the clip norm follows a noised quantile of the update norms
+    (:mod:`fedrank.privacy.adaptive_clipping`); the round is then accounted at the
+    effective noise multiplier ``noise_multiplier`` (the updates get the larger
+    z_delta that leaves room for the count's noise).
 
-    Design: the inner strategy selects clients, builds messages and aggregates
-    evaluations; the wrapper aggregates training itself, with uniform weights, through
-    :func:`fedrank.privacy.mechanisms.client_level_dp_aggregate`. The DP guarantee
-    rests on the sensitivity of the aggregate: a uniform sum of clipped updates has
-    sensitivity C, whereas FedAvg weights by a client-reported ``num-examples`` (one
-    client could raise its own weight) and robust aggregators (median, Krum) have no
-    sensitivity we can bound in general. Flower's ``DifferentialPrivacyServerSide
-    FixedClipping`` instead lets the inner strategy average the clipped models; it
-    also writes clipped arrays into the replies and draws unseeded noise.
+    Design: the inner strategy builds the messages and aggregates evaluations; the
+    wrapper samples clients (Poisson) and aggregates training itself, with uniform
+    weights. The guarantee rests on the sensitivity of the aggregate: a uniform sum of
+    clipped updates has sensitivity C, whereas FedAvg weights by a client-reported
+    ``num-examples`` and robust aggregators (median, Krum) have no sensitivity we can
+    bound in general. Unlike Flower's ``DifferentialPrivacyServerSideFixedClipping``,
+    replies and inputs are never modified, every release is checked against the
+    ledger's budget before anything is released and recorded durably before it is
+    returned, and the noise is drawn from a secret source.
 
-    Differences from Flower's wrapper: noise is seeded by ``(seed, round)``; every
-    release is checked against the ledger's budget before anything is released
-    (:class:`fedrank.errors.PrivacyBudgetExhausted` stops the run with nothing sent)
-    and recorded durably before it is returned; sampling amplification is claimed only
-    for Poisson sampling, which the wrapper then performs itself; replies and inputs
-    are never modified. Client train metrics are not released (they carry no DP
-    guarantee); the returned metrics are epsilon and server-side diagnostics
-    (clip fraction, reply counts), which are outside the guarantee too.
+    Randomness: every draw comes from ``source``, the coordinator's root
+    (:func:`fedrank.privacy.sources.coordinator_source`): secure, its key in the
+    coordinator's private file, so neither the scenario's seed nor any message lets
+    anyone replay the noise or predict the sample. Round r's Poisson sample comes from
+    ``source.derive("client-sampling", r)``, its noise from
+    ``source.derive("client-noise", r, attempt)``: a resumed round given the same
+    replies releases exactly what the crashed one did (the ledger counts it once);
+    given other replies it never reuses that noise (the difference of the two releases
+    would cancel it): ``attempt`` moves on and the release counts again.
 
-    Accounting: ``sampling="poisson"`` samples every connected node independently with
-    q = expected_clients / total_clients (seeded) and accounts the sampled Gaussian
-    with rate q; ``sampling="fixed"`` keeps the inner strategy's fixed-size sampling
-    and accounts with q = 1 (no amplification, conservative). The neighbouring relation
-    is add/remove of one client's data (zero-out, Kairouz et al. 2021, arXiv
-    2103.00039); under replace-one, account with sigma / 2.
+    Accounting, under add/remove of one client's data
+    (:data:`fedrank.privacy.relation.NEIGHBOURING_RELATION`): ``sampling="poisson"``
+    samples every connected node independently with q = m / N and accounts the
+    sampled Gaussian at rate q; ``sampling="fixed"`` (every client every round: m = N,
+    refused otherwise) accounts q = 1.
+
+    Published: ``dp-epsilon``, ``dp-delta``, ``dp-noise-std`` (and, with adaptive
+    clipping, the released clip norm and noised unclipped fraction). The clip fraction
+    and the counts of valid and invalid replies are computed from the clients' data
+    without noise: withheld unless ``publish_diagnostics``.
 
     Parameters
     ----------
     strategy : Strategy
-        The inner strategy (FedAvg or any other new-style Flower strategy). In
-        ``"poisson"`` mode it must send the same content to every node it selects.
+        The inner strategy. In ``"poisson"`` mode it must send the same content to
+        every node it selects.
     ledger : PrivacyLedger
         Where releases are checked and recorded (party ``"server"``, unit ``"client"``).
     clip_norm : float
-        C, > 0.
+        C, > 0 (the first round's, with ``adaptive``).
     noise_multiplier : float
-        sigma, > 0.
+        sigma, > 0: what each round is accounted at.
     expected_clients : int
         m: clients sampled per round (fixed) or expected per round (Poisson); the
         divisor of the sum.
-    seed : int
-        Seed of the noise (and of Poisson sampling); with the round number it fixes
-        every draw, so a resumed round given the same replies releases exactly what the
-        crashed one did, and the ledger counts it once (same digest). Given other
-        replies, the noise of a round already released is never reused: the replay
-        draws fresh noise and is counted as a second release.
+    source : RandomSource
+        The coordinator's root source (never a child drawn from elsewhere).
     sampling : {"fixed", "poisson"}
         See Accounting above.
     total_clients : int | None
@@ -101,9 +135,12 @@ class ClientLevelDp(WrappingStrategy):
     codec : ArraysCodec
         The run's arrays layout: every reply passes its gate before it is clipped.
     partitions : Mapping[int, int] | None
-        Partition id -> node id. Updates are summed in partition order (node ids are
-        drawn anew by each simulation, so a resumed run sums in the same order as an
-        uninterrupted one); without it, in node id order.
+        Partition id -> node id. Nodes are sampled and updates summed in partition
+        order (node ids are drawn anew by each simulation); without it, node id order.
+    adaptive : AdaptiveClipping | None
+        Adaptive clipping, or None for a fixed clip norm.
+    publish_diagnostics : bool
+        Also publish the clip fraction and reply counts (outside the guarantee).
     """
 
     def __init__(
@@ -114,11 +151,13 @@ class ClientLevelDp(WrappingStrategy):
         clip_norm: float,
         noise_multiplier: float,
         expected_clients: int,
-        seed: int,
+        source: RandomSource,
         sampling: Sampling = "fixed",
         total_clients: int | None = None,
         codec: ArraysCodec,
         partitions: Mapping[int, int] | None = None,
+        adaptive: AdaptiveClipping | None = None,
+        publish_diagnostics: bool = False,
     ) -> None:
         if not (math.isfinite(clip_norm) and clip_norm > 0):
             raise ConfigError("clip_norm", f"must be a finite number > 0, got {clip_norm!r}")
@@ -130,8 +169,8 @@ class ClientLevelDp(WrappingStrategy):
             raise ConfigError(
                 "expected_clients", f"must be an integer >= 1, got {expected_clients!r}"
             )
-        if isinstance(seed, bool) or seed < 0:
-            raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}")
+        if not isinstance(source, RandomSource):
+            raise ConfigError("source", f"must be a RandomSource, got {type(source).__name__}")
         if sampling not in ("fixed", "poisson"):
             raise ConfigError("sampling", f"must be 'fixed' or 'poisson', got {sampling!r}")
         if sampling == "poisson" and (total_clients is None or total_clients < expected_clients):
@@ -140,16 +179,23 @@ class ClientLevelDp(WrappingStrategy):
                 f"Poisson sampling needs total_clients >= expected_clients "
                 f"({expected_clients}), got {total_clients!r}",
             )
+        if adaptive is not None:
+            # Fails early when the count's noise leaves no room for the target sigma.
+            update_noise_multiplier(
+                noise_multiplier=noise_multiplier, count_stddev=adaptive.count_stddev
+            )
         super().__init__(strategy)
         self.ledger = ledger
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
         self.expected_clients = int(expected_clients)
-        self.seed = int(seed)
+        self.source = source
         self.sampling: Sampling = sampling
         self.total_clients = total_clients
         self.codec = codec
         self.partitions = dict(partitions or {})
+        self.adaptive = adaptive
+        self.publish_diagnostics = publish_diagnostics
         # Global arrays sent out per configured round: updates are taken against them.
         self._pending: dict[int, dict[str, npt.NDArray[np.floating]]] = {}
 
@@ -162,8 +208,13 @@ class ClientLevelDp(WrappingStrategy):
 
     @property
     def noise_std(self) -> float:
-        """Standard deviation of the noise on the average update: sigma C / m."""
-        return self.noise_multiplier * self.clip_norm / self.expected_clients
+        """Standard deviation of the noise on the average update: sigma C / m (fixed C)."""
+        sigma = self.noise_multiplier
+        if self.adaptive is not None:
+            sigma = update_noise_multiplier(
+                noise_multiplier=sigma, count_stddev=self.adaptive.count_stddev
+            )
+        return sigma * self.clip_norm / self.expected_clients
 
     def _release(self, server_round: int) -> Release:
         return Release(
@@ -177,18 +228,33 @@ class ClientLevelDp(WrappingStrategy):
             party="server",
         )
 
+    def _check_budget(self, server_round: int) -> None:
+        """Raise PrivacyBudgetExhausted if this round's release cannot be made."""
+        self.ledger.check(self._release(server_round))
+
     def summary(self) -> None:
         """Log the DP settings, then the inner strategy's summary."""
         _log.info(
-            "ClientLevelDp: C=%g sigma=%g m=%d sampling=%s q=%g, epsilon so far %.4f",
+            "ClientLevelDp: C=%g%s sigma=%g m=%d sampling=%s q=%g noise=%s, epsilon so far %.4f",
             self.clip_norm,
+            " (adaptive)" if self.adaptive else "",
             self.noise_multiplier,
             self.expected_clients,
             self.sampling,
             self.sample_rate,
+            self.source.kind,
             self.ledger.spent(unit="client", party="server"),
         )
         self.strategy.summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The clip norm of the next round (it moves under adaptive clipping)."""
+        return {"clip_norm": self.clip_norm, **super().state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.clip_norm = float(state.get("clip_norm", self.clip_norm))
+        super().load_state_dict(state)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -220,7 +286,7 @@ class ClientLevelDp(WrappingStrategy):
             return []
         # Refuse the round before any client trains for it: a release it cannot make
         # is not worth the clients' work (aggregate_train checks again).
-        self.ledger.check(self._release(server_round))
+        self._check_budget(server_round)
         if self.sampling == "poisson":
             messages = self._poisson_messages(server_round, messages, grid)
         elif len(messages) != self.expected_clients:
@@ -244,11 +310,12 @@ class ClientLevelDp(WrappingStrategy):
                 "Poisson sampling needs an inner strategy that sends the same content "
                 "to every node",
             )
-        rng = np.random.default_rng([self.seed, server_round, _SAMPLING_STREAM])
-        # One draw per node in partition order: the same partitions in every run.
+        # One secret coin per node, in partition order: the same partitions in a
+        # resumed round as in the crashed one.
         nodes = partition_order(grid.get_node_ids(), self.partitions)
-        draws = rng.random(len(nodes))
-        chosen = [node for node, u in zip(nodes, draws, strict=True) if u < self.sample_rate]
+        chosen = self.source.derive(CLIENT_SAMPLING, server_round).poisson_subset(
+            nodes, self.sample_rate
+        )
         _log.info(
             "ClientLevelDp: Poisson sampling (q=%g) chose %d of %d nodes",
             self.sample_rate,
@@ -281,35 +348,35 @@ class ClientLevelDp(WrappingStrategy):
         self.ledger.check(release)
 
         updates, rejected = self._updates(server_round, replies, reference)
-        clipped = sum(1 for u in updates if l2_norm(u) > self.clip_norm)
         earlier = [r for r in self.ledger.releases if r.key == release.key]
-        new_arrays, digest = self._noised(server_round, updates, reference, attempt=0)
-        if earlier and all(r.digest != digest for r in earlier):
+        outcome = self._noised(server_round, updates, reference, attempt=0)
+        if earlier and all(r.digest != outcome.digest for r in earlier):
             # This round was released before from other replies (a resumed run whose
             # clients trained differently). Reusing its noise would let the difference
             # of the two releases cancel it: draw fresh noise and count a new release.
-            new_arrays, digest = self._noised(
-                server_round, updates, reference, attempt=len(earlier)
-            )
-        release = dataclasses.replace(release, digest=digest)
-        epsilon = self.ledger.record(release)
-        metrics = MetricRecord(
-            {
-                "dp-epsilon": epsilon,
-                "dp-delta": self.ledger.delta,
-                "dp-noise-std": self.noise_std,
-                "dp-clip-fraction": clipped / len(updates) if updates else 0.0,
-                **rejection_metrics(len(updates), rejected),
-            }
-        )
-        return new_arrays, metrics
+            outcome = self._noised(server_round, updates, reference, attempt=len(earlier))
+        epsilon = self.ledger.record(dataclasses.replace(release, digest=outcome.digest))
+        metrics: dict[str, Any] = {
+            "dp-epsilon": epsilon,
+            "dp-delta": self.ledger.delta,
+            "dp-noise-std": self.noise_std,
+        }
+        if self.adaptive is not None:
+            metrics["dp-clip-norm"] = self.clip_norm
+            metrics["dp-unclipped-fraction"] = outcome.unclipped_fraction
+            self.clip_norm = outcome.next_clip_norm
+        if self.publish_diagnostics:
+            clipped = sum(1 for u in updates if l2_norm(u) > release.clip_norm)
+            metrics["dp-clip-fraction"] = clipped / len(updates) if updates else 0.0
+            metrics.update(rejection_metrics(len(updates), rejected))
+        return outcome.arrays, MetricRecord(metrics)
 
     def _updates(
         self,
         server_round: int,
         replies: Iterable[Message],
         reference: Mapping[str, npt.NDArray[np.floating]],
-    ) -> tuple[list[dict[str, npt.NDArray[np.float64]]], Counter[str]]:
+    ) -> tuple[list[FloatState], Counter[str]]:
         """Valid updates (reply minus reference, in partition order) and the rejections.
 
         A fixed order, so that the float sum, hence the result, depends neither on the
@@ -332,28 +399,55 @@ class ClientLevelDp(WrappingStrategy):
     def _noised(
         self,
         server_round: int,
-        updates: list[dict[str, npt.NDArray[np.float64]]],
+        updates: list[FloatState],
         reference: Mapping[str, npt.NDArray[np.floating]],
         *,
         attempt: int,
-    ) -> tuple[ArrayRecord, str]:
-        """New global arrays (reference + noised average update) and their digest."""
-        average = client_level_dp_aggregate(
-            updates,
-            shapes={name: value.shape for name, value in reference.items()},
-            clip_norm=self.clip_norm,
-            noise_multiplier=self.noise_multiplier,
-            rng=np.random.default_rng([self.seed, server_round, _NOISE_STREAM, attempt]),
-            expected_clients=self.expected_clients,
-        )
+    ) -> _Outcome:
+        """New global arrays (reference + noised average update), their digest, and
+        (adaptive clipping) the noised unclipped fraction and the next clip norm."""
+        rng = self.source.derive(CLIENT_NOISE, server_round, attempt)
+        shapes = {name: value.shape for name, value in reference.items()}
+        fraction, next_clip = math.nan, self.clip_norm
+        if self.adaptive is None:
+            average = client_level_dp_aggregate(
+                updates,
+                shapes=shapes,
+                clip_norm=self.clip_norm,
+                noise_multiplier=self.noise_multiplier,
+                rng=rng,
+                expected_clients=self.expected_clients,
+            )
+        else:
+            result = adaptive_clipping_round(
+                updates,
+                shapes=shapes,
+                clip_norm=self.clip_norm,
+                noise_multiplier=self.noise_multiplier,
+                count_stddev=self.adaptive.count_stddev,
+                expected_clients=self.expected_clients,
+                target_quantile=self.adaptive.target_quantile,
+                learning_rate=self.adaptive.learning_rate,
+                rng=rng,
+            )
+            average = result.average
+            fraction, next_clip = result.unclipped_fraction, result.next_clip_norm
         values = {
             name: np.asarray(base.astype(np.float64) + average[name], dtype=base.dtype)
             for name, base in reference.items()
         }
-        digest = hashlib.sha256()
-        for name, value in values.items():
-            digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
-            digest.update(np.ascontiguousarray(value).tobytes())
-        return ArrayRecord(
-            {name: Array(value) for name, value in values.items()}
-        ), digest.hexdigest()
+        extra = () if self.adaptive is None else (fraction,)
+        return _Outcome(
+            arrays=ArrayRecord({name: Array(value) for name, value in values.items()}),
+            digest=state_digest(values, *extra),
+            unclipped_fraction=fraction,
+            next_clip_norm=next_clip,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    arrays: ArrayRecord
+    digest: str
+    unclipped_fraction: float
+    next_clip_norm: float

@@ -1,8 +1,10 @@
-"""``SampleLevelDpAudit``: check and record the clients' own DP-SGD reports.
+"""``SampleLevelDpAudit``: check the clients' own DP-SGD reports and keep an audit copy.
 
-Sample-level DP is applied by each client (Opacus DP-SGD); the server cannot add it,
-but it can refuse updates that do not come with a valid privacy report, record every
-report in the privacy ledger before the update is used, and publish the epsilon.
+Sample-level DP is applied and accounted by each site (Opacus DP-SGD, its own policy
+and ledger: :mod:`fedrank.privacy.site`); the server cannot add it and does not decide
+it. It refuses updates that do not come with a valid privacy report, records every
+report in its audit copy of the releases before the update is used, counts the sites'
+refusals, and publishes the epsilon.
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.errors import InvalidUpdate, PrivacyBudgetExhausted
-from fedrank.privacy.accountant import history_to_array
 from fedrank.privacy.bounds import ABSOLUTE_BOUNDS, AccountantBounds
 from fedrank.privacy.ledger import PrivacyLedger, Release, dp_sgd_release
-from fedrank.protos import PrivacyReportData, keys
+from fedrank.privacy.release import state_digest
+from fedrank.privacy.site import party_of as site_party
+from fedrank.protos import PrivacyReportData
 from fedrank.protos.codecs import ArraysCodec
-from fedrank.protos.records import to_array_record
+from fedrank.protos.gate import read_refusal
 from fedrank.strategies.sampling import in_partition_order
 from fedrank.strategies.wrapping import WrappingStrategy
 
@@ -36,8 +39,8 @@ _AGREEMENT = 1e-9
 
 
 def party_of(partition_id: int) -> str:
-    """The ledger's name for a client."""
-    return f"partition-{partition_id}"
+    """The ledger's name for a client (the name its site's own ledger uses too)."""
+    return site_party(partition_id)
 
 
 def report_release(
@@ -49,8 +52,12 @@ def report_release(
     clip_norm: float,
     noise_multiplier: float | None,
     bounds: AccountantBounds = ABSOLUTE_BOUNDS,
+    digest: str = "",
 ) -> Release:
     """The ledger entry of a report that matches the run's settings and ``bounds``.
+
+    ``digest``: of the tensors the reply carries, so that a round a site trains twice
+    (fresh secure noise each time) counts twice, and a replay of the same reply once.
 
     Raises
     ------
@@ -84,6 +91,7 @@ def report_release(
         steps=report.steps,
         clip_norm=report.clipping_norm,
         bounds=bounds,
+        digest=digest,
     )
 
 
@@ -105,16 +113,13 @@ class SampleLevelDpAudit(WrappingStrategy):
     side of counting: a release recorded for an update the inner strategy later
     refuses still counts.
 
-    The ledger's epsilon for a party comes from the same accountant as the client's
-    (:func:`fedrank.privacy.accountant.compute_epsilon`) over the releases it
-    recorded; a client that reports more (it trained in a round whose reply was lost)
-    is believed, and the disagreement is counted (``dp-record-mismatch``).
-
-    Every train message carries the party's recorded history (releases of earlier
-    rounds, :data:`fedrank.protos.keys.PRIVACY_HISTORY`). A client whose own accountant
-    history was lost (a killed simulation, resumed) starts from it instead of from
-    zero; one whose own history is longer keeps its own
-    (:func:`fedrank.tasks.text_lora.starting_history`).
+    The ledger is an audit copy: each site accounts from its own ledger
+    (:mod:`fedrank.privacy.site`), which also counts rounds whose reply never arrived
+    and other runs the site took part in. The audit copy's epsilon for a party comes
+    from the same accountant code over the releases received; a site that reports
+    more is believed, and the disagreement is counted (``dp-record-mismatch``). The
+    server sends no history: a site's books are its own. A site's refusal (its policy
+    asks for more than the run) is counted under its reason code.
 
     Parameters
     ----------
@@ -178,31 +183,8 @@ class SampleLevelDpAudit(WrappingStrategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The inner strategy's messages, each with its party's recorded history."""
-        messages = self.strategy.configure_train(
-            server_round, arrays, ConfigRecord(dict(config)), grid
-        )
-        return [self._with_history(server_round, m) for m in messages]
-
-    def _with_history(self, server_round: int, message: Message) -> Message:
-        party = self.party_by_node.get(message.metadata.dst_node_id)
-        if party is None:
-            return message
-        history = self.ledger.history(unit="record", party=party, before_round=server_round)
-        if not history:
-            return message
-        # A new RecordDict: the inner strategy's content is shared by every message.
-        content = RecordDict(
-            {
-                **message.content,
-                keys.PRIVACY_HISTORY: to_array_record({keys.HISTORY: history_to_array(history)}),
-            }
-        )
-        return Message(
-            content=content,
-            message_type=message.metadata.message_type,
-            dst_node_id=message.metadata.dst_node_id,
-        )
+        """The inner strategy's messages, unchanged."""
+        return self.strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -217,11 +199,17 @@ class SampleLevelDpAudit(WrappingStrategy):
                 accepted.append(reply)  # the inner strategy counts failures
                 continue
             node = reply.metadata.src_node_id
+            refusal = read_refusal(reply)
+            if refusal is not None:
+                rejected[refusal[0]] += 1
+                log.warning("round %d: node %d refused: [%s] %s", server_round, node, *refusal)
+                continue
             try:
                 party = self.party_by_node.get(node)
                 if party is None:
                     raise InvalidUpdate("unknown_node", f"node {node} has no partition")
-                report = self.codec.decode_reply(server_round, reply).privacy
+                update = self.codec.decode_reply(server_round, reply)
+                report = update.privacy
                 if report is None:
                     raise InvalidUpdate("missing_privacy_report", "sample-level DP needs a report")
                 release = report_release(
@@ -232,6 +220,7 @@ class SampleLevelDpAudit(WrappingStrategy):
                     clip_norm=self.clip_norm,
                     noise_multiplier=self.noise_multiplier,
                     bounds=self.ledger.bounds,
+                    digest=state_digest(update.state),
                 )
                 spent = self.ledger.record(release)
             except InvalidUpdate as err:

@@ -88,8 +88,9 @@ def discover_partitions(
 def wait_for_nodes(grid: Grid, *, expected: int, timeout: float, poll: float = 0.5) -> list[int]:
     """The ids of exactly ``expected`` connected nodes, waiting at most ``timeout`` seconds.
 
-    The count must hold for ``poll`` seconds. Logs what it waits for every few seconds. Raises :class:`FedrankError` naming both
-    numbers at once when more nodes are connected, and after ``timeout`` when fewer are.
+    The count must hold for ``poll`` seconds. Logs what it waits for every few seconds.
+    Raises :class:`FedrankError` naming both numbers at once when more nodes are
+    connected, and after ``timeout`` when fewer are.
     """
     deadline = time.monotonic() + timeout
     next_log = time.monotonic()

@@ -34,6 +34,7 @@ from fedrank.config.sections import (
     TrainConfig,
 )
 from fedrank.errors import ConfigError
+from fedrank.privacy.relation import client_sampling_rate
 from fedrank.tasks.registry import STRATEGIES, StrategySpec
 
 SECTIONS: dict[str, type[Section]] = {
@@ -279,6 +280,13 @@ def _check_across(s: Scenario) -> None:
         raise ConfigError(
             "train-records",
             f"{s.data.train_records} leaves some of {s.run.num_clients} clients empty",
+        )
+    if s.dp.client:
+        # Refuses what add/remove-one accounting cannot bound (fixed sampling, m < N).
+        client_sampling_rate(
+            sampling=s.dp.client_sampling,
+            clients_per_round=s.run.clients_per_round,
+            total_clients=s.run.num_clients,
         )
     if s.dp.client and rule != "mean":
         # ClientLevelDp clips and averages the updates itself (its sensitivity bound is

@@ -87,6 +87,13 @@ def _rdp_total(
     return total
 
 
+def rdp_total(grouped: Grouped) -> npt.NDArray[np.float64]:
+    """The RDP curve (at :data:`RDP_ORDERS`) of the composition of ``grouped``."""
+    if not grouped:
+        return np.zeros(len(RDP_ORDERS), dtype=np.float64)
+    return _rdp_total(grouped)
+
+
 def rdp_epsilon(grouped: Grouped, delta: float, orders: Sequence[float] = RDP_ORDERS) -> float:
     """RDP epsilon of ``grouped`` at ``delta`` over ``orders`` (:data:`RDP_ORDERS` or
     :data:`OPACUS_ALPHAS`): what ``RDPAccountant.get_epsilon`` returns, bit for bit."""

@@ -33,9 +33,11 @@ from fedrank.privacy.bounds import (
     AccountantBounds,
     check_delta,
     check_entry,
+    grouped_history,
     is_number,
 )
 from fedrank.privacy.release import UNIT_OF, Mechanism, Release, Unit, dp_sgd_release
+from fedrank.privacy.rqm_accounting import epsilon_with_rqm
 
 __all__ = ["UNIT_OF", "Mechanism", "PrivacyLedger", "Release", "Unit", "dp_sgd_release"]
 
@@ -165,7 +167,11 @@ class PrivacyLedger:
 
     def _compute(self, history: Sequence[Release], bounds: AccountantBounds) -> float:
         key = tuple((r.noise_multiplier, r.sample_rate, r.steps) for r in history)
-        return _epsilon(key, self.delta, self.accountant, bounds)
+        rqm = tuple((r.rqm_params, r.rqm_coordinates) for r in history if r.rqm_params is not None)
+        if not rqm:
+            return _epsilon(key, self.delta, self.accountant, bounds)
+        # An RQM release's Gaussian part is (0, 0, 0): free there, all its cost here.
+        return epsilon_with_rqm(grouped_history(key, bounds), rqm, delta=self.delta)
 
     def _is_recorded(self, release: Release) -> bool:
         return release in self._releases

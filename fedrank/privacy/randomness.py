@@ -326,7 +326,10 @@ class RandomSource:
         size = _check_count("size", size, minimum=0)
         if high > 1 << 62:
             raise ConfigError("high", f"must be at most 2**62, got {high}")
-        limit = np.uint64(((1 << 64) // high) * high)
+        # Draws at or above the largest multiple of high below 2**64 are rejected; when
+        # high divides 2**64 (a power of two) there is none to reject.
+        spare = (1 << 64) % high
+        limit = None if spare == 0 else np.uint64((1 << 64) - spare)
         out = np.empty(0, dtype=np.uint64)
         # Each draw is accepted with probability > 1/2; 64 rounds all short by one
         # have probability below 2**-64.
@@ -334,7 +337,7 @@ class RandomSource:
             if out.size >= size:
                 break
             draws = self.uint64(2 * (size - out.size) + 8)
-            out = np.concatenate([out, draws[draws < limit]])
+            out = np.concatenate([out, draws if limit is None else draws[draws < limit]])
         if out.size < size:
             raise RuntimeError("rejection sampling did not finish; the stream is broken")
         return (out[:size] % np.uint64(high)).astype(np.int64)

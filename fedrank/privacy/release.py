@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from fedrank.errors import ConfigError, InvalidUpdate
 from fedrank.privacy.bounds import (
@@ -16,13 +21,20 @@ from fedrank.privacy.bounds import (
     check_entry,
     is_number,
 )
+from fedrank.privacy.rqm import RqmParams
 
-Mechanism = Literal["dp-sgd", "client-gaussian"]
+Mechanism = Literal["dp-sgd", "client-gaussian", "client-rqm"]
 Unit = Literal["record", "client"]
 
 # Which privacy unit each mechanism protects: DP-SGD on a client protects its records;
-# the server's clipped-and-noised aggregate protects whole clients.
-UNIT_OF: dict[str, Unit] = {"dp-sgd": "record", "client-gaussian": "client"}
+# the server's clipped-and-noised aggregate, and a client's own randomized
+# quantization, protect whole clients.
+UNIT_OF: dict[str, Unit] = {
+    "dp-sgd": "record",
+    "client-gaussian": "client",
+    "client-rqm": "client",
+}
+_RQM_FIELDS = ("rqm_levels", "rqm_extension", "rqm_keep_probability", "rqm_coordinates")
 
 
 @dataclass(frozen=True)
@@ -33,10 +45,12 @@ class Release:
     ----------
     round : int
         Federated round, >= 0.
-    mechanism : {"dp-sgd", "client-gaussian"}
-        Per-record DP-SGD on a client, or client-level Gaussian noise at the server
+    mechanism : {"dp-sgd", "client-gaussian", "client-rqm"}
+        Per-record DP-SGD on a client, client-level Gaussian noise at the server
         (DP-FedAvg; with adaptive clipping, sigma is the effective noise multiplier of
-        :func:`fedrank.privacy.adaptive_clipping.effective_noise_multiplier`).
+        :func:`fedrank.privacy.adaptive_clipping.effective_noise_multiplier`), or one
+        client's update sent through RQM (:mod:`fedrank.privacy.rqm`; its Gaussian
+        fields are 0, its ``rqm_*`` fields say what was composed).
     noise_multiplier : float
         sigma, noise std over L2 sensitivity, >= 0.
     sample_rate : float
@@ -53,6 +67,10 @@ class Release:
         SHA-256 (hex) of the released values, or ``""`` when not known. Two releases
         with equal fields and digests are the same release (a replay costs nothing);
         the same parameters with another digest are another release and count again.
+    rqm_levels, rqm_extension, rqm_keep_probability, rqm_coordinates : int, float, float, int
+        RQM only (0 otherwise): m, Delta, q and the number of coordinates quantized;
+        ``clip_norm`` is its c. Accounted exactly, coordinate by coordinate
+        (:mod:`fedrank.privacy.rqm_accounting`).
     """
 
     round: int
@@ -64,6 +82,10 @@ class Release:
     unit: Unit
     party: str
     digest: str = ""
+    rqm_levels: int = 0
+    rqm_extension: float = 0.0
+    rqm_keep_probability: float = 0.0
+    rqm_coordinates: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.round, int) or isinstance(self.round, bool) or self.round < 0:
@@ -101,9 +123,39 @@ class Release:
             raise ConfigError(
                 "digest", f"must be '' or 64 lowercase hex digits, got {self.digest!r}"
             )
+        self._check_rqm()
         # JSON may hand back 1 for 1.0; store floats so equal releases compare equal.
-        for name in ("noise_multiplier", "sample_rate", "clip_norm"):
+        for name in ("noise_multiplier", "sample_rate", "clip_norm", "rqm_extension",
+                     "rqm_keep_probability"):  # fmt: skip
             object.__setattr__(self, name, float(getattr(self, name)))
+
+    def _check_rqm(self) -> None:
+        values = [getattr(self, name) for name in _RQM_FIELDS]
+        if self.mechanism != "client-rqm":
+            if any(v != 0 for v in values):
+                raise ConfigError("rqm_levels", f"only a client-rqm release has RQM fields: {self}")
+            return
+        # Its cost is all in the RQM fields: none may be missing, none Gaussian.
+        if (self.noise_multiplier, self.sample_rate, self.steps) != (0.0, 0.0, 0):
+            raise ConfigError("noise_multiplier", "a client-rqm release has no Gaussian part")
+        if self.rqm_params is None:  # validates, or says which field is wrong
+            raise ConfigError("rqm_levels", "a client-rqm release needs its RQM fields")
+        if isinstance(self.rqm_coordinates, bool) or not (
+            isinstance(self.rqm_coordinates, int) and self.rqm_coordinates >= 1
+        ):
+            raise ConfigError("rqm_coordinates", f"must be >= 1, got {self.rqm_coordinates!r}")
+
+    @property
+    def rqm_params(self) -> RqmParams | None:
+        """The RQM parameters of a client-rqm release (None for other mechanisms)."""
+        if self.mechanism != "client-rqm":
+            return None
+        return RqmParams(
+            clip=self.clip_norm,
+            extension=self.rqm_extension,
+            levels=self.rqm_levels,
+            keep_probability=self.rqm_keep_probability,
+        )
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -120,7 +172,8 @@ class Release:
         bad field) if it is not one."""
         data: Any = json.loads(text)
         fields = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or set(data) != fields:
+        required = fields - set(_RQM_FIELDS)  # lines written before RQM lack them
+        if not isinstance(data, dict) or not required <= set(data) <= fields:
             raise ValueError(f"expected an object with exactly the keys {sorted(fields)}")
         return cls(**data)
 
@@ -134,8 +187,11 @@ def dp_sgd_release(
     steps: int,
     clip_norm: float,
     bounds: AccountantBounds = ABSOLUTE_BOUNDS,
+    digest: str = "",
 ) -> Release:
     """The ledger entry of a client's DP-SGD report, or the typed rejection.
+
+    ``digest``: of the tensors the reply carries (:func:`state_digest`).
 
     For values read from a reply: anything that cannot be a release, or lies outside
     ``bounds``, raises :class:`InvalidUpdate` (``privacy_malformed`` or
@@ -152,6 +208,23 @@ def dp_sgd_release(
             clip_norm=clip_norm,
             unit="record",
             party=party,
+            digest=digest,
         )
     except ConfigError as err:
         raise InvalidUpdate(MALFORMED, f"not a DP-SGD release: {err}") from err
+
+
+def state_digest(state: Mapping[str, npt.NDArray[Any]], *extra: float) -> str:
+    """SHA-256 (hex) of released tensors (names, dtypes, shapes, bytes) and scalars.
+
+    What a ledger stores as a release's ``digest``: two releases with equal parameters
+    and equal digests are the same release (a replay, counted once).
+    """
+    digest = hashlib.sha256()
+    for name, value in state.items():
+        array = np.ascontiguousarray(value)
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    for scalar in extra:
+        digest.update(f"|{float(scalar)!r}".encode())
+    return digest.hexdigest()

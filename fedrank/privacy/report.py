@@ -50,7 +50,8 @@ def claim_settings(noise: SourceKind) -> dict[str, Any]:
 
 UNIT_TITLES: dict[Unit, str] = {
     "record": "sample-level DP (unit: one training record; each client spends its own)",
-    "client": "client-level DP (unit: one client's whole data; the server spends)",
+    "client": "client-level DP (unit: one client's whole data; the server spends, or each "
+    "client under RQM)",
 }
 
 
@@ -88,8 +89,17 @@ def ledger_summary(ledger: PrivacyLedger, unit: Unit) -> dict[str, Any]:
             continue
         entry = parties.setdefault(
             release.party,
-            {"releases": 0, "rounds": [], "steps": 0, "noise_multipliers": [], "sample_rates": []},
+            {
+                "releases": 0,
+                "rounds": [],
+                "steps": 0,
+                "noise_multipliers": [],
+                "sample_rates": [],
+                "mechanisms": [],
+            },
         )
+        if release.mechanism not in entry["mechanisms"]:
+            entry["mechanisms"].append(release.mechanism)
         entry["releases"] += 1
         entry["rounds"].append(release.round)
         entry["steps"] += release.steps
@@ -164,6 +174,14 @@ def format_privacy_report(directory: str | Path) -> str:
             f"{'sigma':>8} {'q':>8} {'epsilon':>9}",
         ]
         for party, entry in sorted(part["parties"].items()):
+            if entry.get("mechanisms") == ["client-rqm"]:
+                # RQM has no sigma, q or steps: say what it is instead.
+                lines.append(
+                    f"  {party:<16} {entry['releases']:>8} {_rounds(entry['rounds']):>10} "
+                    f"{'RQM (randomized quantization on the client)':>25} "
+                    f"{entry['epsilon']:>9.4f}"
+                )
+                continue
             lines.append(
                 f"  {party:<16} {entry['releases']:>8} {_rounds(entry['rounds']):>10} "
                 f"{entry['steps']:>7} {_numbers(entry['noise_multipliers']):>8} "

@@ -46,6 +46,7 @@ from opacus.accountants.analysis.rdp import get_privacy_spent
 
 from fedrank.errors import ConfigError
 from fedrank.privacy.accountant import RDP_ORDERS
+from fedrank.privacy.analysis import rdp_total
 from fedrank.privacy.bounds import check_delta
 from fedrank.privacy.rqm import RqmParams, cell_of
 
@@ -185,3 +186,88 @@ def rqm_epsilon(
         warnings.filterwarnings("ignore", message="Optimal order is the")
         eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     return float(eps)
+
+
+def rqm_extension_for_epsilon(
+    *,
+    target_epsilon: float,
+    clip: float,
+    levels: int,
+    keep_probability: float,
+    dimension: int,
+    rounds: int,
+    delta: float,
+    tolerance: float = 0.01,
+) -> float:
+    """The smallest extension Delta (to ``tolerance`` in epsilon) that keeps the budget.
+
+    Epsilon of :func:`rqm_epsilon` falls as Delta grows (the levels spread, every
+    output becomes likelier under every input); a geometric bisection over
+    Delta in [1e-3 c, 1e9 c] returns one whose epsilon our own accounting confirms.
+
+    Raises
+    ------
+    ConfigError
+        Even Delta = 1e9 c spends more than ``target_epsilon``.
+    """
+    if not (isinstance(target_epsilon, int | float) and math.isfinite(target_epsilon)):
+        raise ConfigError("target_epsilon", f"must be a finite number, got {target_epsilon!r}")
+    if target_epsilon <= 0:
+        raise ConfigError("target_epsilon", f"must be > 0, got {target_epsilon!r}")
+
+    def spent(extension: float) -> float:
+        params = RqmParams(
+            clip=clip, extension=extension, levels=levels, keep_probability=keep_probability
+        )
+        return rqm_epsilon(params=params, dimension=dimension, rounds=rounds, delta=delta)
+
+    low, high = 1e-3 * clip, 1e9 * clip
+    high_eps = spent(high)
+    if high_eps > target_epsilon:
+        raise ConfigError(
+            "target_epsilon",
+            f"{target_epsilon} cannot be met: even Delta {high:g} spends {high_eps:.4g}",
+        )
+    if spent(low) <= target_epsilon:
+        return low
+    for _ in range(200):
+        if target_epsilon - high_eps <= tolerance or high / low < 1 + 1e-9:
+            break
+        middle = math.sqrt(low * high)
+        middle_eps = spent(middle)
+        if middle_eps <= target_epsilon:
+            high, high_eps = middle, middle_eps
+        else:
+            low = middle
+    return high
+
+
+def epsilon_with_rqm(
+    gaussian: Sequence[tuple[float, float, int]],
+    rqm: Sequence[tuple[RqmParams, int]],
+    *,
+    delta: float,
+    orders: Sequence[float] = RDP_ORDERS,
+) -> float:
+    """Epsilon of a history of sampled-Gaussian entries and RQM releases together.
+
+    ``gaussian``: (sigma, q, steps) entries, already checked and grouped
+    (:func:`fedrank.privacy.bounds.grouped_history`); ``rqm``: (params, coordinates) of
+    each RQM release. Their RDP curves add (composition), then Opacus' conversion. RDP
+    only: the PRV accountant has no RQM. ``inf`` when a Gaussian entry has no noise.
+    """
+    if any(sigma == 0 for sigma, _, _ in gaussian):
+        return math.inf
+    curve = rdp_total(list(gaussian)) if orders is RDP_ORDERS else None
+    if curve is None:
+        raise ConfigError("orders", "RQM is accounted at RDP_ORDERS only")
+    for params, coordinates in rqm:
+        curve = curve + rqm_rdp_curve(params, orders) * coordinates
+    if not np.any(np.isfinite(curve)):
+        return math.inf
+    delta = check_delta(delta)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        eps, _ = get_privacy_spent(orders=list(orders), rdp=curve, delta=delta)
+    eps = float(eps)
+    return eps if math.isfinite(eps) and eps >= 0 else math.inf

@@ -4,12 +4,13 @@ The server and every client derive the same adapter spec, training subset, parti
 and held-out records from the scenario alone; only adapter tensors and privacy
 reports cross the wire. The base model and the tokenised corpus load once per process.
 
-Under sample-level DP each client runs Opacus DP-SGD and keeps its accountant history
-in the node's persistent state (Flower's ``context.state``): the epsilon it reports is
-cumulative over every round it trained in. That state dies with a killed simulation;
-the server sends each client the history its ledger recorded for it, and the client
-starts from the longer of the two (:func:`starting_history`), so a resumed run never
-restarts a client's epsilon at zero.
+Under sample-level DP each client runs Opacus DP-SGD from the history its site's own
+ledger holds (:mod:`fedrank.privacy.site`: the ClientApp puts it in the node's state
+before training), so the epsilon it reports is cumulative over every round the site
+ever trained in, across restarts and killed simulations. Its noise and Poisson batches
+come from a fresh secure source every round (:func:`fedrank.privacy.sources.site_source`),
+from the seed only under the simulation-only ``dp-reproducible-noise``. Under any DP a
+reply carries no example count and no train loss (both noiseless).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fedrank.data.site import load_site_data
 from fedrank.data.source import DataSource, load_text_data
 from fedrank.data.text import TokenizedText, tokenize
 from fedrank.errors import ConfigError
-from fedrank.lora_training import AccountantHistory, DpSgdConfig, train_lora
+from fedrank.lora_training import DpSgdConfig, train_lora
 from fedrank.models.bases import base_config, load_tokenizer
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.export import export_adapter
@@ -41,18 +42,18 @@ from fedrank.models.lora import (
     trainable_tensors,
 )
 from fedrank.models.model_card import DpGuarantee, ModelCard
-from fedrank.privacy.accountant import history_from_array, history_to_array
-from fedrank.privacy.plan import sample_noise_multiplier
+from fedrank.privacy.canaries import read_site_canaries
+from fedrank.privacy.plan import check_plan, rqm_params, sample_noise_multiplier
+from fedrank.privacy.rqm import rqm_decode_update, rqm_encode_update
+from fedrank.privacy.site import read_history, write_history
+from fedrank.privacy.sources import site_source
 from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
-from fedrank.protos.records import to_array_record
 from fedrank.tasks.base import State
 from fedrank.tasks.data import data_source, partition_spec
 
 ADAPTER_DIR = "adapter"
 """The exported PEFT adapter folder inside the results folder."""
-ACCOUNTANT_KEY = "dp-accountant"
-"""Name of the ArrayRecord in a node's state that holds its accountant history."""
 
 _SPEC_KEYS = {"base": "model", "pooling": "lora-pooling", "target_modules": "lora-targets"}
 
@@ -79,25 +80,6 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
     """Seed of one client's local training in one round (sampling, dropout, DP noise)."""
     state = np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)
     return int(state[0])
-
-
-def starting_history(own: AccountantHistory, recorded: AccountantHistory) -> AccountantHistory:
-    """The history to account from: the one with more steps (``own`` on a tie).
-
-    ``own`` is lost when the simulation is killed; ``recorded`` lacks a round whose
-    reply the server never received. Starting from the longer never undercounts what
-    either side knows; in an uninterrupted run the two are equal.
-    """
-    if sum(t for _, _, t in recorded) > sum(t for _, _, t in own):
-        return recorded
-    return own
-
-
-def _history_in(records: RecordDict, record: str) -> AccountantHistory:
-    found = records.array_records.get(record)
-    if found is None or keys.HISTORY not in found:
-        return ()
-    return history_from_array(found[keys.HISTORY].numpy())
 
 
 class TextLoraTask:
@@ -190,6 +172,7 @@ class TextLoraTask:
                         key,
                         f"{s.effective.dataset} has classes 0..{self.num_classes - 1}, got {value}",
                     )
+        check_plan(s)  # a client-level DP plan that cannot run fails here
         partitions_for(self.source, self.partitions, "text")  # refuses empty partitions
 
     def initial_state(self) -> State:
@@ -199,8 +182,9 @@ class TextLoraTask:
     def codec(self, run_id: object) -> Codec:
         """Adapter arrays; under sample-level DP each reply carries its privacy report."""
         if self._codec is None:
+            dp = self.scenario.dp
             self._codec = ArraysCodec.for_state(
-                self.initial_state(), privacy_report=self.scenario.dp.sample
+                self.initial_state(), privacy_report=dp.sample, private=dp.enabled
             )
         return self._codec
 
@@ -230,13 +214,18 @@ class TextLoraTask:
         message: RecordDict,
         node_state: RecordDict,
     ) -> Reply:
-        """Train the global adapter on ``data`` for one round (DP-SGD under sample DP)."""
+        """Train the global adapter on ``data`` for one round (DP-SGD under sample DP).
+
+        Under DP-SGD it accounts from the history in ``node_state`` (the site's ledger's,
+        put there by the ClientApp) and writes the extended one back.
+        """
         s = self.scenario
         model = build_lora_model(self.spec)
         set_adapter_tensors(model, state)
-        history = starting_history(
-            _history_in(node_state, ACCOUNTANT_KEY), _history_in(message, keys.PRIVACY_HISTORY)
-        )
+        dp = s.dp
+        # A privacy audit's canaries, if this simulated site was given some (its own
+        # state; never from a message): fedrank.privacy.canaries.
+        audit = read_site_canaries(node_state) if dp.sample else None
         result = train_lora(
             model,
             data,
@@ -246,17 +235,30 @@ class TextLoraTask:
             head_lr=s.lora.head_lr or None,
             seed=round_seed(s.run.seed, server_round, partition_id),
             dp=self.dp_sgd(len(data)),
-            accountant_state=history,
+            accountant_state=read_history(node_state),
+            randomness=site_source(
+                reproducible=dp.reproducible_noise,
+                seed=s.run.seed,
+                partition_id=partition_id,
+                server_round=server_round,
+            )
+            if dp.sample
+            else None,
+            canaries=audit,
+            optimizer=audit.optimizer if audit is not None else "adamw",
         )
-        metrics = {
-            keys.TRAIN_LOSS: result.metrics["train_loss"],
-            keys.STEPS: result.metrics["steps"],
-        }
+        # Under DP nothing noiseless about the data leaves: no loss, no example count.
+        metrics = (
+            {}
+            if dp.enabled
+            else {
+                keys.TRAIN_LOSS: result.metrics["train_loss"],
+                keys.STEPS: result.metrics["steps"],
+            }
+        )
         report = None
         if result.privacy is not None:
-            node_state.array_records[ACCOUNTANT_KEY] = to_array_record(
-                {keys.HISTORY: history_to_array(result.accountant_state)}
-            )
+            write_history(node_state, result.accountant_state)
             report = PrivacyReportData(
                 mechanism="dp_sgd",
                 noise_multiplier=float(result.privacy["noise_multiplier"]),
@@ -267,12 +269,32 @@ class TextLoraTask:
                 delta=float(result.privacy["delta"]),
             )
             metrics[keys.DP_EPSILON] = report.epsilon_spent
+        tensors = {name: result.tensors[name] for name in state}
+        if dp.rqm:
+            tensors = self._rqm(state, tensors, server_round, partition_id)
         return Reply(
-            state={name: result.tensors[name] for name in state},
-            num_examples=len(data),
+            state=tensors,
+            num_examples=None if dp.enabled else len(data),
             metrics=metrics,
             privacy=report,
         )
+
+    def _rqm(self, state: State, trained: State, server_round: int, partition_id: int) -> State:
+        """The global state plus this client's update sent through RQM (client-level DP
+        by randomized quantization, with the site's own secure randomness)."""
+        s = self.scenario
+        update = {n: trained[n].astype(np.float64) - state[n].astype(np.float64) for n in state}
+        params = rqm_params(s, sum(v.size for v in state.values()))
+        source = site_source(
+            reproducible=s.dp.reproducible_noise,
+            seed=s.run.seed,
+            partition_id=partition_id,
+            server_round=server_round,
+        ).derive("rqm")
+        sent = rqm_decode_update(
+            rqm_encode_update(update, params=params, norm="l2", source=source), params
+        )
+        return {n: (state[n].astype(np.float64) + sent[n]).astype(state[n].dtype) for n in state}
 
     # -- server side -----------------------------------------------------------------
 

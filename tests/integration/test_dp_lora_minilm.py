@@ -31,6 +31,7 @@ from fedrank.models.lora import (
 from fedrank.models.model_card import ModelCard
 from fedrank.models.pooling import load_pooled_adapter
 from fedrank.privacy.plan import steps_per_epoch
+from fedrank.privacy.randomness import RandomSource
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +68,7 @@ def dp_train_and_export(
         batch_size=batch,
         seed=0,
         dp=dp,  # type: ignore[arg-type]
+        randomness=RandomSource.reproducible(0),  # one fixed draw of the DP noise
     )
 
     trained, _ = evaluate_lora(model, test_data)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import torch
 from fedrank.data.text import load_rotten_tomatoes, tokenize
 from fedrank.lora_training import DpSgdConfig, train_lora
 from fedrank.models.lora import LoraSpec, build_lora_model, load_tokenizer
+from fedrank.privacy.randomness import RandomSource
 
 
 @pytest.mark.integration
@@ -20,7 +21,16 @@ def test_minilm_loads_offline_and_a_dp_step_moves_the_adapter() -> None:
     with torch.no_grad():
         logits = model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
     dp = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, physical_batch_size=8)
-    result = train_lora(model, data, epochs=1, lr=1e-3, batch_size=8, seed=0, dp=dp)
+    result = train_lora(
+        model,
+        data,
+        epochs=1,
+        lr=1e-3,
+        batch_size=8,
+        seed=0,
+        dp=dp,
+        randomness=RandomSource.reproducible(0),
+    )
 
     assert logits.shape == (16, 2)
     assert torch.isfinite(logits).all()

@@ -10,6 +10,7 @@ from fedrank.lora_training import DpSgdConfig, train_lora
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.lora import LoraSpec, adapter_tensors, build_lora_model, load_base_model
 from fedrank.models.pooling import MeanPooledClassifier, masked_mean
+from fedrank.privacy.randomness import RandomSource
 
 MEAN = LoraSpec(base="tiny-bert", r=4, lora_alpha=8, pooling="mean")
 CLS = LoraSpec(base="tiny-bert", r=4, lora_alpha=8, pooling="cls")
@@ -90,7 +91,17 @@ def test_one_dp_step_of_the_mean_pooled_model_equals_the_plain_step() -> None:
     dp = DpSgdConfig(noise_multiplier=1e-12, max_grad_norm=1e3)
 
     expected = train_lora(plain, data, epochs=1, lr=0.5, batch_size=24, seed=0, optimizer="sgd")
-    got = train_lora(private, data, epochs=1, lr=0.5, batch_size=24, seed=0, optimizer="sgd", dp=dp)
+    got = train_lora(
+        private,
+        data,
+        epochs=1,
+        lr=0.5,
+        batch_size=24,
+        seed=0,
+        optimizer="sgd",
+        dp=dp,
+        randomness=RandomSource.reproducible(0),
+    )
 
     assert got.privacy is not None
     for name, value in expected.tensors.items():
@@ -104,7 +115,16 @@ def test_dp_training_of_the_mean_pooled_model_changes_and_helps() -> None:
     before = adapter_tensors(model)
     dp = DpSgdConfig(noise_multiplier=0.5, max_grad_norm=1.0, physical_batch_size=32)
 
-    result = train_lora(model, train, epochs=2, lr=5e-2, batch_size=64, seed=0, dp=dp)
+    result = train_lora(
+        model,
+        train,
+        epochs=2,
+        lr=5e-2,
+        batch_size=64,
+        seed=0,
+        dp=dp,
+        randomness=RandomSource.reproducible(0),
+    )
 
     accuracy, _ = evaluate_lora(model, test)
     assert accuracy > untrained + 0.3

@@ -273,3 +273,11 @@ def test_bad_arguments_name_the_field(make: object, field: str) -> None:
 def test_a_damaged_state_is_a_checkpoint_error(data: dict[str, object]) -> None:
     with pytest.raises(CheckpointError):
         SourceState.from_dict(data)
+
+
+@pytest.mark.parametrize("high", [1, 2, 4, 1 << 20, 1 << 62, 3])
+def test_integers_below_a_power_of_two_need_no_rejection(high: int) -> None:
+    values = RandomSource.reproducible(4).integers(high, 1000)
+
+    assert values.min() >= 0
+    assert values.max() < high

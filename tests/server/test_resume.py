@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedrank.config import Scenario
 from fedrank.errors import CheckpointError, ConfigError
 from fedrank.privacy.ledger import PrivacyLedger
+from fedrank.privacy.randomness import RandomSource
 from fedrank.protos.codecs import ArraysCodec
 from fedrank.server.checkpoint import list_checkpoints, load_checkpoint
 from fedrank.server.results import ResultsWriter
@@ -242,7 +243,7 @@ def dp_strategy(ledger: PrivacyLedger) -> ClientLevelDp:
         clip_norm=1.0,
         noise_multiplier=1.2,
         expected_clients=2,
-        seed=5,
+        source=RandomSource.reproducible(5),
     )
 
 

@@ -16,8 +16,9 @@ from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.privacy.accountant import compute_epsilon
 from fedrank.privacy.ledger import PrivacyLedger
 from fedrank.privacy.mechanisms import l2_norm
+from fedrank.privacy.randomness import RandomSource
 from fedrank.protos.codecs import ArraysCodec
-from fedrank.strategies.dp_client_level import ClientLevelDp
+from fedrank.strategies.dp_client_level import AdaptiveClipping, ClientLevelDp
 
 DELTA = 1e-5
 
@@ -65,7 +66,9 @@ def make_strategy(
     seed: int = 0,
     **kwargs: object,
 ) -> ClientLevelDp:
+    """A wrapper whose noise is replayable from ``seed`` (tests only), diagnostics on."""
     inner = FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
+    options: dict[str, object] = {"publish_diagnostics": True, **kwargs}
     return ClientLevelDp(
         inner,
         codec=ArraysCodec.for_state(GLOBAL),
@@ -73,8 +76,8 @@ def make_strategy(
         clip_norm=clip,
         noise_multiplier=sigma,
         expected_clients=m,
-        seed=seed,
-        **kwargs,  # type: ignore[arg-type]
+        source=RandomSource.reproducible(seed),
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -309,7 +312,7 @@ def test_an_unconfigured_round_releases_nothing(tmp_path: Path) -> None:
         ({"clip": 0.0}, "clip_norm"),
         ({"sigma": 0.0}, "noise_multiplier"),
         ({"m": 0}, "expected_clients"),
-        ({"seed": -1}, "seed"),
+        ({"source": 7}, "source"),
         ({"sampling": "shuffle"}, "sampling"),
         ({"sampling": "poisson"}, "total_clients"),
         ({"sampling": "poisson", "total_clients": 2}, "total_clients"),
@@ -318,6 +321,19 @@ def test_an_unconfigured_round_releases_nothing(tmp_path: Path) -> None:
 def test_configuration_errors_name_the_field(
     tmp_path: Path, kwargs: dict[str, object], field: str
 ) -> None:
+    if "source" in kwargs:
+        with pytest.raises(ConfigError) as info:
+            ClientLevelDp(
+                FedAvg(),
+                codec=ArraysCodec.for_state(GLOBAL),
+                ledger=make_ledger(tmp_path / "l.jsonl"),
+                clip_norm=1.0,
+                noise_multiplier=1.0,
+                expected_clients=2,
+                source=kwargs["source"],  # type: ignore[arg-type]
+            )
+        assert info.value.field == field
+        return
     with pytest.raises(ConfigError) as info:
         make_strategy(make_ledger(tmp_path / "l.jsonl"), **kwargs)  # type: ignore[arg-type]
 
@@ -426,3 +442,53 @@ def test_with_partitions_the_result_does_not_depend_on_the_node_ids(tmp_path: Pa
     assert len(chosen_first) >= 3
     assert chosen_first == chosen_second
     np.testing.assert_array_equal(first, second)
+
+
+def test_by_default_nothing_computed_without_noise_is_published(tmp_path: Path) -> None:
+    strategy = make_strategy(make_ledger(tmp_path / "l.jsonl"), m=2, publish_diagnostics=False)
+    delta = {k: np.full_like(v, 3.0) for k, v in GLOBAL.items()}
+
+    _, metrics, _ = run_round(strategy, 1, GLOBAL, [delta, delta])
+
+    assert metrics is not None
+    assert set(metrics) == {"dp-epsilon", "dp-delta", "dp-noise-std"}
+
+
+def test_secure_noise_differs_between_two_runs_of_the_same_seed(tmp_path: Path) -> None:
+    delta = {k: np.ones_like(v) for k, v in GLOBAL.items()}
+
+    def release(name: str) -> np.ndarray:
+        strategy = make_strategy(make_ledger(tmp_path / name), m=2)
+        strategy.source = RandomSource.secure()
+        arrays, _, _ = run_round(strategy, 4, GLOBAL, [delta, delta])
+        assert arrays is not None
+        return arrays["w"].numpy()
+
+    assert not np.array_equal(release("a"), release("b"))
+
+
+def test_adaptive_clipping_moves_the_clip_norm_and_accounts_the_target_sigma(
+    tmp_path: Path,
+) -> None:
+    # Arrange: every update (norm 4) is over the clip norm 1: the quantile says grow.
+    ledger = make_ledger(tmp_path / "l.jsonl")
+    adaptive = AdaptiveClipping(target_quantile=0.5, learning_rate=0.2, count_stddev=2.0)
+    strategy = make_strategy(ledger, m=4, sigma=1.0, adaptive=adaptive)
+    big = {k: np.full_like(v, 4.0 / math.sqrt(6)) for k, v in GLOBAL.items()}
+
+    # Act
+    _, first, _ = run_round(strategy, 1, GLOBAL, [big] * 4)
+    saved = strategy.state_dict()
+    _, second, _ = run_round(strategy, 2, GLOBAL, [big] * 4)
+
+    # Assert: the clip norm released with round 1 is the next round's; both rounds are
+    # accounted at the target sigma 1 (the updates got the larger z_delta).
+    assert first is not None
+    assert second is not None
+    assert first["dp-clip-norm"] == 1.0
+    assert second["dp-clip-norm"] == saved["clip_norm"] != 1.0
+    assert [(r.noise_multiplier, r.clip_norm) for r in ledger.releases] == [
+        (1.0, 1.0),
+        (1.0, saved["clip_norm"]),
+    ]
+    assert strategy.noise_std > 1.0 * 1.0 / 4  # z_delta > z

@@ -13,10 +13,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedrank.privacy.accountant import compute_epsilon, history_from_array
+from fedrank.privacy.accountant import compute_epsilon
 from fedrank.privacy.ledger import PrivacyLedger
 from fedrank.protos import PrivacyReportData, encode_privacy_report, keys
 from fedrank.protos.codecs import ArraysCodec
+from fedrank.protos.gate import refusal_content
 from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
 from fedrank.strategies.sampling import train_messages
 
@@ -193,23 +194,77 @@ def test_the_ledger_is_read_back_on_restart(tmp_path: Path) -> None:
     assert len(again.ledger.releases) == 2
 
 
-def test_each_train_message_carries_its_partys_recorded_history(tmp_path: Path) -> None:
-    # Arrange: round 1 recorded 4 steps for each party.
+def test_the_server_sends_no_history_a_sites_books_are_its_own(tmp_path: Path) -> None:
     audit, _ = make(tmp_path)
     audit.aggregate_train(1, replies_to(audit, 1, [report(4)] * 2))
     arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
 
-    # Act
-    first = list(audit.configure_train(1, arrays, ConfigRecord({}), None))  # type: ignore[arg-type]
     second = list(audit.configure_train(2, arrays, ConfigRecord({}), None))  # type: ignore[arg-type]
 
-    # Assert: round 1 had no earlier release; round 2 gets round 1's, per party.
-    assert all(keys.PRIVACY_HISTORY not in m.content.array_records for m in first)
     assert sorted(m.metadata.dst_node_id for m in second) == sorted(PARTITIONS.values())
-    for message in second:
-        record = message.content.array_records[keys.PRIVACY_HISTORY]
-        assert history_from_array(record[keys.HISTORY].numpy()) == ((1.0, 0.25, 4),)
-        assert message.content.array_records["arrays"]["w"].numpy().tolist() == [0.0, 0.0]
+    assert all(keys.PRIVACY_HISTORY not in m.content.array_records for m in second)
+
+
+def test_a_sites_refusal_is_counted_by_reason_and_nothing_is_recorded(tmp_path: Path) -> None:
+    audit, inner = make(tmp_path)
+    good, refused = replies_to(audit, 1, [report(4), None])
+    refused = Message(
+        refusal_content("site_policy_noise", "below this site's minimum"),
+        reply_to=next(
+            m
+            for m in audit.configure_train(
+                1,
+                ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))}),
+                ConfigRecord({}),
+                None,  # type: ignore[arg-type]
+            )
+            if m.metadata.dst_node_id == PARTITIONS[1]
+        ),
+    )
+
+    _, metrics = audit.aggregate_train(1, [good, refused])
+
+    assert [m.metadata.src_node_id for m in inner.seen] == [PARTITIONS[0]]
+    assert metrics is not None
+    assert metrics["rejected.site_policy_noise"] == 1
+    assert [r.party for r in audit.ledger.releases] == ["partition-0"]
+
+
+def test_a_replayed_round_with_other_tensors_counts_again(tmp_path: Path) -> None:
+    # A site trains a round twice (a resumed run; fresh secure noise): two releases.
+    audit, _ = make(tmp_path)
+    audit.aggregate_train(1, replies_to(audit, 1, [report(4)] * 2))
+    again = replies_to(audit, 1, [report(4)] * 2)
+    shifted = [
+        Message(
+            RecordDict(
+                {
+                    **reply.content,
+                    "arrays": ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))}),
+                }
+            ),
+            reply_to=message,
+        )
+        for reply, message in zip(
+            again,
+            sorted(
+                audit.configure_train(
+                    1,
+                    ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))}),
+                    ConfigRecord({}),
+                    None,  # type: ignore[arg-type]
+                ),
+                key=lambda m: m.metadata.dst_node_id,
+            ),
+            strict=True,
+        )
+    ]
+
+    with pytest.warns(RuntimeWarning, match="counting both"):
+        audit.aggregate_train(1, shifted)
+    audit.aggregate_train(1, replies_to(audit, 1, [report(4)] * 2))  # the same again: free
+
+    assert len(audit.ledger.releases) == 4
 
 
 def test_state_dict_restores_the_published_epsilons(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 from flwr.serverapp.strategy import FedAvg
 
 from fedrank.privacy.ledger import PrivacyLedger
+from fedrank.privacy.randomness import RandomSource
 from fedrank.protos.codecs import ArraysCodec
 from fedrank.server.resume import SupportsState, ledgers_of
 from fedrank.simulations.attacks.adversary import Adversary
@@ -39,7 +40,7 @@ def test_a_ledger_under_an_adversary_is_still_found(tmp_path: Path) -> None:
         clip_norm=1.0,
         noise_multiplier=1.0,
         expected_clients=2,
-        seed=0,
+        source=RandomSource.secure(),
     )
     audit = SampleLevelDpAudit(
         dp,

@@ -1,4 +1,4 @@
-"""The text LoRA task: one round of training, accountant kept in the node's state."""
+"""The text LoRA task: one round of training, accounted from the history in the node's state."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedrank.artifacts import FINAL_STATE, read_arrays
 from fedrank.config import Scenario
 from fedrank.models.lora import _pristine_model
-from fedrank.privacy.accountant import compute_epsilon, history_from_array, history_to_array
+from fedrank.privacy.accountant import compute_epsilon
 from fedrank.privacy.plan import planned_steps, sample_noise_multiplier, steps_per_epoch
-from fedrank.protos import keys
+from fedrank.privacy.site import read_history, write_history
 from fedrank.protos.codecs import Reply
-from fedrank.protos.records import to_array_record
 from fedrank.simulations.attacks.collusion import malicious_partitions
 from fedrank.simulations.attacks.poisoning import poisoned
 from fedrank.simulations.run import simulate
 from fedrank.tasks import load_task
-from fedrank.tasks.text_lora import ACCOUNTANT_KEY, TextLoraTask, starting_history
+from fedrank.tasks.text_lora import TextLoraTask
 from tests.models.tiny_bases import save_tiny_gpt2
 
 SCENARIO = Scenario.of(
@@ -83,7 +82,7 @@ def lora_train(
 
 
 def load_history(state: RecordDict) -> tuple[tuple[float, float, int], ...]:
-    return history_from_array(state.array_records[ACCOUNTANT_KEY][keys.HISTORY].numpy())
+    return read_history(state)
 
 
 def test_the_accountant_outlives_the_round_in_the_nodes_state() -> None:
@@ -124,40 +123,55 @@ def test_the_noise_for_a_target_keeps_it_over_every_planned_round() -> None:
     assert 7.9 <= spent <= 8.0
 
 
-def test_starting_history_takes_the_longer_of_the_own_and_the_recorded() -> None:
-    own = ((1.0, 0.25, 8),)
-    recorded = ((1.0, 0.25, 4),)
-
-    assert starting_history((), recorded) == recorded  # own state lost: the ledger's
-    assert starting_history(own, recorded) == own  # a reply the server never got
-    assert starting_history(recorded, recorded) == recorded
-
-
-def test_a_client_whose_state_was_lost_resumes_from_the_recorded_history() -> None:
-    # Arrange: round 1 on a node that keeps its state; its round-1 history is recorded.
+def test_a_node_handed_the_history_accounts_from_it_not_from_zero() -> None:
+    # Arrange: round 1 on a node that keeps its state; a fresh node gets that history
+    # written into its state, as the ClientApp does from the site's ledger.
+    reproducible = SCENARIO.replace(dp_reproducible_noise=True)
     kept = RecordDict()
-    first = lora_train(task().initial_state(), kept, SCENARIO, 1, 1)
-    tensors = first.state
-    recorded = RecordDict(
-        {
-            keys.PRIVACY_HISTORY: to_array_record(
-                {keys.HISTORY: history_to_array(load_history(kept))}
-            )
-        }
-    )
+    tensors = lora_train(task(reproducible).initial_state(), kept, reproducible, 1, 1).state
     lost = RecordDict()
+    write_history(lost, load_history(kept))
 
-    # Act: round 2 on the same node, and on a new one that only has the server's record.
-    same = lora_train(tensors, kept, SCENARIO, 2, 1)
-    resumed = lora_train(tensors, lost, SCENARIO, 2, 1, message=recorded)
+    # Act
+    same = lora_train(tensors, kept, reproducible, 2, 1)
+    resumed = lora_train(tensors, lost, reproducible, 2, 1)
 
-    # Assert: the same epsilon, history and adapter, not a restart from zero.
+    # Assert: the same epsilon and history, and (reproducible noise) the same adapter.
     assert same.privacy is not None
     assert resumed.privacy is not None
     assert resumed.privacy.epsilon_spent == same.privacy.epsilon_spent
     assert load_history(lost) == load_history(kept)
     for name, value in same.state.items():
         np.testing.assert_array_equal(resumed.state[name], value)
+
+
+def test_secure_noise_is_fresh_every_time_reproducible_noise_replays() -> None:
+    tensors = task().initial_state()
+
+    def twice(scenario: Scenario) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        first = lora_train(tensors, RecordDict(), scenario, 1, 0).state
+        return first, lora_train(tensors, RecordDict(), scenario, 1, 0).state
+
+    secure = twice(SCENARIO)
+    replayed = twice(SCENARIO.replace(dp_reproducible_noise=True))
+
+    assert any(not np.array_equal(secure[0][n], secure[1][n]) for n in secure[0])
+    for name, value in replayed[0].items():
+        np.testing.assert_array_equal(replayed[1][name], value)
+
+
+def test_a_dp_reply_carries_no_example_count_and_no_loss() -> None:
+    for scenario in (
+        SCENARIO,
+        SCENARIO.replace(dp="client", dp_target_epsilon=0.0, dp_client_noise_multiplier=1.0),
+    ):
+        reply = lora_train(task(scenario).initial_state(), RecordDict(), scenario, 1, 0)
+
+        assert reply.num_examples is None
+        assert set(reply.metrics) <= {"dp-epsilon"}
+    plain = SCENARIO.replace(dp="none", dp_target_epsilon=0.0)
+    reply = lora_train(task(plain).initial_state(), RecordDict(), plain, 1, 0)
+    assert reply.num_examples == len(task(plain).partition_data(0))
 
 
 def test_a_label_flipping_lora_client_trains_on_its_records_with_labels_reversed() -> None:
