@@ -3,6 +3,10 @@
 The same loop trains FRL scores and FedAvg weights: only the parameters that
 require gradients differ (scores for a supermask network, weights for a dense
 one), so the comparison between the two is like for like.
+
+Both run where the model is (:func:`model_device`): the caller puts the model on the
+run's device (:mod:`fedrank.devices`); batches follow it. The shuffling order is drawn
+on the CPU, so it is the same on every device.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
 from fedrank.data.digits import ImageSplit
+from fedrank.devices import model_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +54,16 @@ def train_local(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
-    x = torch.from_numpy(data.images)
-    y = torch.from_numpy(data.labels)
+    device = model_device(model)
+    # The client's examples are small: move them once, not batch by batch.
+    x = torch.from_numpy(data.images).to(device)
+    y = torch.from_numpy(data.labels).to(device)
     model.train()
     total, steps = 0.0, 0
     for _ in range(epochs):
         order = torch.randperm(len(data), generator=generator)
         for start in range(0, len(data), batch_size):
-            idx = order[start : start + batch_size]
+            idx = order[start : start + batch_size].to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x[idx]), y[idx])
             loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
@@ -70,10 +77,11 @@ def train_local(
 def evaluate(model: nn.Module, data: ImageSplit, *, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on ``data``."""
     model.eval()
+    device = model_device(model)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
-        x = torch.from_numpy(data.images[start : start + batch_size])
-        y = torch.from_numpy(data.labels[start : start + batch_size])
+        x = torch.from_numpy(data.images[start : start + batch_size]).to(device)
+        y = torch.from_numpy(data.labels[start : start + batch_size]).to(device)
         logits = model(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
@@ -82,12 +90,12 @@ def evaluate(model: nn.Module, data: ImageSplit, *, batch_size: int = 1024) -> t
 
 
 def numpy_state(model: nn.Module) -> dict[str, np.ndarray]:
-    """Trainable dense weights as numpy arrays (copies), keyed by parameter name."""
-    return {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+    """Trainable dense weights as numpy arrays (copies, on the CPU), keyed by parameter name."""
+    return {name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters()}
 
 
 def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
-    """Load dense weights from numpy arrays (strict: names must match)."""
+    """Load dense weights from numpy arrays (strict: names must match; any device)."""
     model.load_state_dict(
         {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True
     )

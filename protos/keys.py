@@ -35,3 +35,8 @@ DP_EPSILON = "dp-epsilon"
 
 REPLY_METRICS: frozenset[str] = frozenset({NUM_EXAMPLES, TRAIN_LOSS, STEPS, DP_EPSILON})
 """The metric keys a train reply may carry (:data:`NUM_EXAMPLES` is required)."""
+
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+EVAL_METRICS: frozenset[str] = frozenset({NUM_EXAMPLES, EVAL_LOSS, EVAL_ACCURACY})
+"""The metric keys of an evaluation reply (federated evaluation), all required."""

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 
 from fedrank.artifacts import FINAL_STATE, write_arrays
 from fedrank.config import Scenario
+from fedrank.devices import describe_device
 from fedrank.errors import PrivacyBudgetExhausted
 from fedrank.privacy.plan import privacy_settings
 from fedrank.privacy.report import LEDGER_FILES, SETTINGS_FILE, privacy_summary
@@ -140,6 +141,7 @@ def run_federation(
         "resumed_after_round": None if resume_from is None else resume_from.round,
         "model": model,
         "privacy": facts["privacy"],
+        "device": describe_device(task.device),  # where the server evaluated
     }
     results.write_summary(summary)
     return summary

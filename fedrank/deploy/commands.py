@@ -34,11 +34,13 @@ from fedrank.deploy.certs import (
 from fedrank.deploy.check import node_key_problems, server_certificate_problems
 from fedrank.deploy.federation_commands import add_federation_commands
 from fedrank.deploy.launch import Mode, SuperLinkLaunch, SuperNodeLaunch, flower_env
+from fedrank.deploy.run_config import add_check_command
 from fedrank.errors import ConfigError
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``certs``, ``superlink``, ``supernode``, ``federation``, ``status`` to ``sub``."""
+    """Add ``certs``, ``superlink``, ``supernode``, ``federation``, ``check-run-config``,
+    ``status`` to ``sub``."""
     certs = sub.add_parser("certs", help="create or check TLS certificates and SuperNode keys")
     kinds = certs.add_subparsers(dest="certs_command", required=True)
 
@@ -75,6 +77,7 @@ def add_commands(sub: Any) -> None:
 
     _add_launchers(sub)
     add_federation_commands(sub)
+    add_check_command(sub)
 
     status = sub.add_parser("status", help="health and status of a running federation")
     status.add_argument("address", help="the run's status-address, e.g. 127.0.0.1:9095")

@@ -21,8 +21,14 @@ from types import FrameType
 from typing import Any
 
 from fedrank.deploy.federation import local_federation
-from fedrank.deploy.federation_plan import CONNECTION, FederationPlan, parse_data_paths
+from fedrank.deploy.federation_plan import (
+    CONNECTION,
+    FederationPlan,
+    parse_data_paths,
+    with_sites,
+)
 from fedrank.deploy.registration import wait_until_registered
+from fedrank.deploy.run_config import check_run_config
 
 
 def _say(message: str) -> None:
@@ -127,6 +133,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.run is not None:  # a run that cannot start is refused before anything starts
+        check_run_config(with_sites(args.run_config, args.sites), app=Path(args.run))
     plan = FederationPlan(
         directory=args.dir,
         sites=args.sites,

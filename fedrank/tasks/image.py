@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,16 @@ from fedrank.config import Scenario
 from fedrank.data.digits import ImageDataset, ImageSplit, load_dataset
 from fedrank.data.local import load_local_examples
 from fedrank.data.partition import partition
+from fedrank.devices import describe_device, placed, resolve_device
 from fedrank.errors import ConfigError
 from fedrank.models.supermask import build_model, get_rankings, set_rankings, supermask_layers
 from fedrank.protos import keys
 from fedrank.protos.codecs import ArraysCodec, Codec, RankingCodec, Reply
 from fedrank.protos.ranking_wire import RankingWire
-from fedrank.tasks.base import State
+from fedrank.tasks.base import State, heldout_split
 from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
+
+log = logging.getLogger(__name__)
 
 MASK_FILE = "mask.safetensors"
 
@@ -86,6 +90,13 @@ class ImageTask:
         self.dense = scenario.spec.update == "weights"
         self._model: nn.Module | None = None
 
+    @functools.cached_property
+    def device(self) -> torch.device:
+        """Where this process trains and evaluates (the scenario's ``device``, resolved)."""
+        device = resolve_device(self.scenario.run.device)
+        log.info("fedrank: %s runs on %s", self.scenario.run.strategy, describe_device(device))
+        return device
+
     # -- data ----------------------------------------------------------------------
 
     @property
@@ -124,6 +135,17 @@ class ImageTask:
         """A site's own examples at ``path`` (an ``.npz``), validated against the dataset."""
         data = self.dataset
         return load_local_examples(path, image_shape=data.image_shape, num_classes=data.num_classes)
+
+    def split_local(self, data: ImageSplit, *, partition_id: int) -> tuple[ImageSplit, ImageSplit]:
+        """(training, held-out) examples of a site: ``eval-fraction`` held out, seeded."""
+        s = self.scenario
+        train, heldout = heldout_split(
+            len(data), fraction=s.data.eval_fraction, seed=s.run.seed, partition_id=partition_id
+        )
+        held = ImageSplit(data.images[heldout], data.labels[heldout])
+        if len(held) == 0:
+            return data, held  # nothing held out: train on the very examples given
+        return ImageSplit(data.images[train], data.labels[train]), held
 
     # -- model ---------------------------------------------------------------------
 
@@ -173,6 +195,7 @@ class ImageTask:
                     raise ConfigError(
                         key, f"{s.effective.dataset} has classes 0..{classes - 1}, got {value}"
                     )
+        _ = self.device  # `device = cuda` without a GPU is refused here, before anything runs
         for pid in range(s.run.num_clients):
             if len(self.partition_data(pid)) == 0:
                 raise ConfigError(
@@ -223,15 +246,16 @@ class ImageTask:
         s = self.scenario
         model = self.model
         self.load_state(model, state)
-        result = train_local(
-            model,
-            data,
-            epochs=s.train.local_epochs,
-            lr=s.effective.lr,
-            momentum=s.train.momentum,
-            batch_size=s.train.batch_size,
-            generator=training_generator(s.run.seed, server_round, partition_id),
-        )
+        with placed(model, self.device):
+            result = train_local(
+                model,
+                data,
+                epochs=s.train.local_epochs,
+                lr=s.effective.lr,
+                momentum=s.train.momentum,
+                batch_size=s.train.batch_size,
+                generator=training_generator(s.run.seed, server_round, partition_id),
+            )
         return Reply(
             state=self.read_state(model),
             num_examples=result.num_examples,
@@ -242,9 +266,14 @@ class ImageTask:
 
     def evaluate(self, state: State) -> tuple[float, float]:
         """Loss and accuracy of the global model (masked by the global ranking)."""
+        return self.evaluate_local(state, self.dataset.test)
+
+    def evaluate_local(self, state: State, data: ImageSplit) -> tuple[float, float]:
+        """Loss and accuracy of the global model on ``data`` (a site's held-out part)."""
         model = self.model
         self.load_state(model, state)
-        return evaluate(model, self.dataset.test)
+        with placed(model, self.device):
+            return evaluate(model, data)
 
     def export(self, state: State, directory: Path, facts: Mapping[str, Any]) -> dict[str, Any]:
         """FRL: the top-k mask of the global ranking (``mask.safetensors``); with the seed,

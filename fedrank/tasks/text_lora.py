@@ -15,16 +15,19 @@ restarts a client's epsilon at zero.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import RecordDict
 
 from fedrank.config import Scenario
 from fedrank.data.partition import partition
 from fedrank.data.text import TokenizedText, load_rotten_tomatoes, tokenize
+from fedrank.devices import describe_device, resolve_device
 from fedrank.errors import ConfigError
 from fedrank.lora_training import AccountantHistory, DpSgdConfig, train_lora
 from fedrank.models.evaluation import evaluate_lora
@@ -41,7 +44,9 @@ from fedrank.privacy.plan import sample_noise_multiplier
 from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
 from fedrank.protos.records import to_array_record
-from fedrank.tasks.base import State
+from fedrank.tasks.base import State, heldout_split
+
+log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 """The exported PEFT adapter folder inside the results folder."""
@@ -145,6 +150,13 @@ class TextLoraTask:
         self._working: Any = None
         self._codec: ArraysCodec | None = None
 
+    @functools.cached_property
+    def device(self) -> torch.device:
+        """Where this process trains and evaluates (the scenario's ``device``, resolved)."""
+        device = resolve_device(self.scenario.run.device)
+        log.info("fedrank: lora runs on %s", describe_device(device))
+        return device
+
     # -- data ----------------------------------------------------------------------
 
     @property
@@ -175,6 +187,18 @@ class TextLoraTask:
     def site_data(self, path: str) -> TokenizedText:
         """A site's own records: not supported for text yet."""
         raise ConfigError("data-path", f"{path}: a site's own text data is not supported yet")
+
+    def split_local(
+        self, data: TokenizedText, *, partition_id: int
+    ) -> tuple[TokenizedText, TokenizedText]:
+        """(training, held-out) records of a site: ``eval-fraction`` held out, seeded."""
+        s = self.scenario
+        train, heldout = heldout_split(
+            len(data), fraction=s.data.eval_fraction, seed=s.run.seed, partition_id=partition_id
+        )
+        if len(heldout) == 0:
+            return data, data.subset(heldout)  # nothing held out: train on all of it
+        return data.subset(train), data.subset(heldout)
 
     def heldout(self) -> TokenizedText:
         """The held-out test records (all, or ``test-records`` of them)."""
@@ -216,6 +240,7 @@ class TextLoraTask:
                     "num-clients",
                     f"partition {pid} of {s.run.num_clients} is empty; lower num-clients",
                 )
+        _ = self.device  # `device = cuda` without a GPU is refused here, before anything runs
 
     def initial_state(self) -> State:
         """Round 0: the tensors that train, at their seeded values."""
@@ -257,7 +282,7 @@ class TextLoraTask:
     ) -> Reply:
         """Train the global adapter on ``data`` for one round (DP-SGD under sample DP)."""
         s = self.scenario
-        model = build_lora_model(self.spec)
+        model = build_lora_model(self.spec).to(self.device)
         set_adapter_tensors(model, state)
         history = starting_history(
             _history_in(node_state, ACCOUNTANT_KEY), _history_in(message, keys.PRIVACY_HISTORY)
@@ -302,15 +327,19 @@ class TextLoraTask:
     # -- server side -----------------------------------------------------------------
 
     def evaluate(self, state: State) -> tuple[float, float]:
-        """Loss and accuracy of the global adapter on the held-out test records.
+        """Loss and accuracy of the global adapter on the held-out test records."""
+        return self.evaluate_local(state, self.heldout())
 
-        The process keeps one working model (the base loads once) and overwrites every
-        tensor that trains before use; the frozen ones never change.
+    def evaluate_local(self, state: State, data: TokenizedText) -> tuple[float, float]:
+        """Loss and accuracy of the global adapter on ``data`` (a site's held-out part).
+
+        The process keeps one working model on its device (the base loads once) and
+        overwrites every tensor that trains before use; the frozen ones never change.
         """
         if self._working is None:
-            self._working = build_lora_model(self.spec)
+            self._working = build_lora_model(self.spec).to(self.device)
         set_adapter_tensors(self._working, state)
-        accuracy, loss = evaluate_lora(self._working, self.heldout())
+        accuracy, loss = evaluate_lora(self._working, data)
         return loss, accuracy
 
     def export(self, state: State, directory: Path, facts: Mapping[str, Any]) -> dict[str, Any]:
