@@ -95,6 +95,51 @@ def choose_device(
     return "cuda"
 
 
+def check_ray_placement(
+    requested: str, *, num_gpus_per_client: float, local_gpus: int | None
+) -> None:
+    """Refuse a simulation whose clients would not get the GPUs the scenario implies (pure).
+
+    Parameters
+    ----------
+    requested : str
+        The scenario's ``device``.
+    num_gpus_per_client : float
+        GPUs each Ray client reserves (fractions share a GPU).
+    local_gpus : int or None
+        GPUs of this machine when Ray runs here; None on an existing cluster
+        (``RAY_ADDRESS``), whose GPUs only Ray knows.
+
+    Raises
+    ------
+    ConfigError
+        ``device = cuda`` with no GPU reserved per client (Ray would hide every GPU
+        from the clients), or GPUs reserved on a machine without any (Ray would wait
+        for them forever).
+    """
+    if requested == "cuda" and num_gpus_per_client == 0:
+        raise ConfigError(
+            "device",
+            "'cuda' in a Ray simulation needs num-gpus-per-client > 0: a client may use "
+            "only the GPUs Ray reserves for it (0.5 lets two clients share one)",
+        )
+    if num_gpus_per_client > 0 and local_gpus == 0:
+        raise ConfigError(
+            "num-gpus-per-client",
+            f"{num_gpus_per_client:g} GPUs per client, but this machine has no GPU: Ray "
+            "would wait for one forever (set it to 0, or give RAY_ADDRESS of a GPU cluster)",
+        )
+    if num_gpus_per_client > 0 and requested == "cpu":
+        log.warning("num-gpus-per-client reserves GPUs that device 'cpu' leaves unused")
+
+
+def local_gpu_count() -> int:
+    """CUDA devices torch sees on this machine."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
 def resolve_device(requested: str) -> torch.device:
     """The ``torch.device`` this process trains and evaluates on for a ``device`` setting.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from fedrank.config import Scenario
+from fedrank.devices import check_ray_placement, local_gpu_count
 from fedrank.errors import ConfigError
 from fedrank.server.loop import RoundCallback
 
@@ -95,6 +96,13 @@ def simulate(
     if backend not in BACKENDS:
         raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
     load_task(scenario).check()  # a run that cannot run fails here, before Ray starts
+    if backend == "ray":
+        local = not (ray_address or os.environ.get("RAY_ADDRESS"))
+        check_ray_placement(
+            scenario.run.device,
+            num_gpus_per_client=scenario.run.num_gpus_per_client,
+            local_gpus=local_gpu_count() if local else None,
+        )
     attack_client_app, wrap = attack_components(scenario)
     client_app = client_app or attack_client_app
     server_app = make_server_app(

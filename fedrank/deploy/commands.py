@@ -166,7 +166,8 @@ def _run_supernode(args: argparse.Namespace) -> int:
     settings = {
         "superlink": args.superlink,
         "partition_id": args.partition_id,
-        "data_path": args.data_path,
+        # Absolute: the ClientApp that reads it runs in another process and folder.
+        "data_path": str(Path(args.data_path).resolve()) if args.data_path else "",
         "runtime_port": args.runtime_port,
         "health_address": args.health_address,
         "mode": _mode(args),
