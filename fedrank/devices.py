@@ -17,9 +17,7 @@ what crosses the wire is always CPU numpy.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
 from fedrank.errors import ConfigError
@@ -171,17 +169,3 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
     first = next(iter(model.parameters()), None)
     return first.device if first is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def placed(model: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
-    """``model`` moved to ``device`` for the block, and back to the CPU after it.
-
-    A task keeps its working copy on the CPU, where global states are read and written
-    (rank vectors, numpy arrays), and computes on ``device``.
-    """
-    model.to(device)
-    try:
-        yield model
-    finally:
-        model.to("cpu")
