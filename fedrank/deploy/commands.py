@@ -35,6 +35,7 @@ from fedrank.deploy.check import node_key_problems, server_certificate_problems
 from fedrank.deploy.federation_commands import add_federation_commands
 from fedrank.deploy.launch import Mode, SuperLinkLaunch, SuperNodeLaunch, flower_env
 from fedrank.deploy.run_config import add_check_command
+from fedrank.deploy.site_data import check_site_data
 from fedrank.errors import ConfigError
 
 
@@ -166,8 +167,9 @@ def _run_supernode(args: argparse.Namespace) -> int:
     settings = {
         "superlink": args.superlink,
         "partition_id": args.partition_id,
-        # Absolute: the ClientApp that reads it runs in another process and folder.
-        "data_path": str(Path(args.data_path).resolve()) if args.data_path else "",
+        # Checked now (exists, reads as a dataset) and absolute: the ClientApp that reads
+        # it runs in another process and folder.
+        "data_path": str(check_site_data(args.data_path)) if args.data_path else "",
         "runtime_port": args.runtime_port,
         "health_address": args.health_address,
         "mode": _mode(args),

@@ -29,6 +29,7 @@ from fedrank.deploy.federation_plan import (
 )
 from fedrank.deploy.registration import wait_until_registered
 from fedrank.deploy.run_config import check_run_config
+from fedrank.deploy.site_data import check_site_data
 
 
 def _say(message: str) -> None:
@@ -135,10 +136,13 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def _up(args: argparse.Namespace) -> int:
     if args.run is not None:  # a run that cannot start is refused before anything starts
         check_run_config(with_sites(args.run_config, args.sites), app=Path(args.run))
+    data_paths = {
+        site: check_site_data(path) for site, path in parse_data_paths(args.data_path).items()
+    }
     plan = FederationPlan(
         directory=args.dir,
         sites=args.sites,
-        data_paths=parse_data_paths(args.data_path),
+        data_paths=data_paths,
         port=args.port,
         timeout=args.timeout,
         connection=args.connection,
