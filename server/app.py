@@ -13,12 +13,13 @@ last checkpoint (:func:`deployed_scenario`).
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager
 from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import Context
-from flwr.common.logger import log
+from flwr.common.logger import LOGGER_NAME, log, set_logger_propagation
 from flwr.serverapp import Grid, ServerApp
 
 from fedrank.config import FIELDS, Scenario
@@ -139,6 +140,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: the scenario comes from the run config."""
+    # Opacus configures the root logger when imported (logging.basicConfig), so every
+    # line of Flower's logger would reach the stream twice; Flower's own handler prints
+    # it once (Flower turns propagation off for the same reason in its simulation).
+    set_logger_propagation(logging.getLogger(LOGGER_NAME), False)
     scenario, checkpoint = deployed_scenario(dict(context.run_config))
     eff, run = scenario.effective, scenario.run
     log(

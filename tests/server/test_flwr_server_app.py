@@ -94,11 +94,17 @@ def test_resume_from_a_folder_without_a_run_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_deployed_app_logs_each_round_and_resumes_a_run(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     results = tmp_path / "run-1"
-    with caplog.at_level(logging.INFO, logger="flwr"):
+    flower = logging.getLogger("flwr")
+    monkeypatch.setattr(flower, "propagate", flower.propagate)  # the app turns it off
+    flower.addHandler(caplog.handler)
+    try:
         serve(run_config(results))
+    finally:
+        flower.removeHandler(caplog.handler)
+    assert flower.propagate is False  # so that no line reaches the stream twice
     lines = [r.getMessage() for r in caplog.records if "fedrank: round" in r.getMessage()]
     assert [line.split(":")[1] for line in lines] == [" round 0/1", " round 1/1"]
     assert "federated accuracy" in lines[1]
