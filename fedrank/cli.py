@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedrank.config import FIELDS, Scenario
@@ -67,7 +68,24 @@ def _scenario_from_args(args: argparse.Namespace) -> Scenario:
 
     base = Scenario.from_toml(scenario_path(args.scenario)) if args.scenario else Scenario()
     changes = _overrides(args)
+    # A dataset or model folder given relative to where fedrank runs: every process of
+    # the run (Ray's workers included) must find the same one.
+    for key in ("dataset", "model"):
+        value = changes.get(key, base.to_run_config()[key])
+        if isinstance(value, str) and value and Path(value).exists():
+            changes[key] = str(Path(value).resolve())
     return base.replace(**changes) if changes else base
+
+
+def _user_project_on_path() -> None:
+    """Make ``package.module:factory`` models importable from the folder fedrank runs in,
+    in this process and in the Ray workers it starts (they inherit ``PYTHONPATH``)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *filter(None, paths)])
 
 
 def _resume_from_args(args: argparse.Namespace) -> tuple[Scenario, CheckpointState]:
@@ -83,6 +101,7 @@ def _resume_from_args(args: argparse.Namespace) -> tuple[Scenario, CheckpointSta
 
 def _simulate(args: argparse.Namespace) -> int:
     # Validated (and a resumed run's checkpoint read) before anything starts.
+    _user_project_on_path()
     checkpoint: CheckpointState | None = None
     if args.resume:
         scenario, checkpoint = _resume_from_args(args)
@@ -159,6 +178,7 @@ def _robustness(args: argparse.Namespace) -> int:
 
     from fedrank.simulations import robustness as grid
 
+    _user_project_on_path()
     base = _scenario_from_args(args)
     cells = grid.grid_cells(
         grid.parse_aggregators(args.aggregators),

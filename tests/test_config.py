@@ -6,6 +6,7 @@ import pytest
 from fedrank.cli import _scenario_from_args, build_parser
 from fedrank.config import FIELDS, Scenario
 from fedrank.config.app_config import app_config_toml
+from fedrank.config.scenario import config_reference
 from fedrank.errors import ConfigError
 from fedrank.simulations.run import list_scenarios, scenario_path
 from fedrank.tasks.registry import STRATEGIES
@@ -176,3 +177,8 @@ def test_the_flower_app_config_lists_every_key_and_is_current() -> None:
     table = tomllib.loads(text)["tool"]["flwr"]["app"]["config"]
     assert list(table) == list(FIELDS)
     Scenario.from_mapping(table)  # a runnable scenario
+
+
+def test_the_configuration_reference_is_current() -> None:
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert doc.read_text() == config_reference()  # else: python scripts/gen_config_doc.py

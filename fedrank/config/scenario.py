@@ -230,6 +230,25 @@ class Scenario:
         return self.effective.spec
 
 
+def config_reference() -> str:
+    """``docs/configuration.md``: every key by section, its default and description."""
+    lines = [
+        "# Scenario settings",
+        "",
+        "Every key a scenario file, `fedrank simulate --KEY`, and `flwr run --run-config` "
+        "accept (generated from `fedrank.config` by `python scripts/gen_config_doc.py`; a "
+        "test checks it is current). Empty strings and zeros marked so mean the strategy's "
+        "default.",
+    ]
+    for section in SECTIONS:
+        lines += ["", f"## {section}", "", "| key | default | what |", "|---|---|---|"]
+        for key, info in FIELDS.items():
+            if info.section == section:
+                choices = f" (one of: {', '.join(info.choices)})" if info.choices else ""
+                lines.append(f"| `{key}` | `{info.default!r}` | {info.help}{choices} |")
+    return "\n".join(lines) + "\n"
+
+
 def _did_you_mean(key: str) -> str:
     close = sorted(k for k in FIELDS if k[:3] == key[:3])
     return f" (did you mean {', '.join(close)}?)" if close else ""
