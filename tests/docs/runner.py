@@ -65,8 +65,8 @@ class DocumentRun:
             MPLBACKEND="Agg",
         )
         (tmp / "home").mkdir(exist_ok=True)
-        self.group = ProcessGroup(self.logs, new_session=True)
-        self.daemons = ProcessGroup(self.logs / "daemons", new_session=True)
+        self.group = ProcessGroup(self.logs, new_session=True, die_with_parent=True)
+        self.daemons = ProcessGroup(self.logs / "daemons", new_session=True, die_with_parent=True)
         self.every: list[tuple[str, str]] = []  # replace-all pairs so far
         self.count = 0
 
@@ -112,7 +112,9 @@ class DocumentRun:
             return  # checked by test_command_blocks.py
         if block.of("stop-daemons"):
             self.daemons.stop_all(grace=10)
-            self.daemons = ProcessGroup(self.logs / f"daemons-{block.line}", new_session=True)
+            self.daemons = ProcessGroup(
+                self.logs / f"daemons-{block.line}", new_session=True, die_with_parent=True
+            )
         text = self.prepared(block)
         if block.of("write"):
             path = Path(self.expand(self.globally(block.of("write")[0].args)))
