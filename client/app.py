@@ -15,6 +15,10 @@ A site's DP policy (``dp-policy`` or ``dp-*`` keys in its node config,
 one line) and before every round: a train message asking for less is answered with a
 refusal and a reason code, nothing trained; every DP-SGD release is recorded in the
 site's own ledger before the reply leaves.
+
+With ``eval-fraction`` > 0 a seeded share of the site's examples is held out: it
+never trains, and each round's global state is evaluated on it when the server asks
+(an ``evaluate`` message; federated evaluation, :mod:`fedrank.strategies.evaluation`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from fedrank.config import Scenario
 from fedrank.errors import ConfigError, FedrankError
 from fedrank.privacy.site import SiteGuard
 from fedrank.protos import keys
+from fedrank.protos.evaluation import SiteEvaluation, evaluation_reply
 from fedrank.protos.gate import refusal_content
 from fedrank.tasks import load_task
 from fedrank.tasks.base import Task
@@ -90,16 +95,57 @@ def site_data(task: Task, context: Context) -> Any:
     return task.site_data(path)
 
 
+def local_examples(task: Task, context: Context) -> tuple[Any, Any]:
+    """This site's examples as (training, held out for federated evaluation): its own
+    ``data-path``, or its partition of the scenario's dataset."""
+    pid = partition_id(context)
+    data = site_data(task, context)
+    if data is None:
+        data = task.partition_data(pid)
+    return task.split_local(data, partition_id=pid)
+
+
+def message_round(msg: Message) -> int:
+    """The ``server-round`` a train or evaluate message names."""
+    config = msg.content.config_records.get(keys.CONFIG)
+    server_round = config.get(keys.SERVER_ROUND) if config is not None else None
+    if isinstance(server_round, bool) or not isinstance(server_round, int):
+        raise FedrankError(f"the message names no round ({keys.SERVER_ROUND})")
+    return server_round
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Discovery: keep the run's settings, check this site's data, name the partition."""
+    """Discovery: keep the run's settings, check this site's data and device, name the
+    partition."""
     pid = partition_id(context)
     scenario = run_settings(msg, context)
     task = load_task(scenario)
+    _ = task.device  # `device = cuda` on a site without a GPU is refused now
     site_data(task, context)  # a site whose data cannot serve the run says so now
     SiteGuard.for_node(context.node_config, scenario, pid)  # and one whose DP policy is bad
     content = RecordDict({keys.CONFIG: ConfigRecord({keys.PARTITION_ID: pid})})
     return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Federated evaluation: the global state on this site's held-out examples."""
+    scenario = run_settings(msg, context)
+    server_round = message_round(msg)
+    torch.set_num_threads(max(1, int(scenario.run.num_cpus_per_client)))
+    task = load_task(scenario)
+    state = task.codec(msg.metadata.run_id).decode_global(server_round, msg.content)
+    _, heldout = local_examples(task, context)
+    if len(heldout) == 0:
+        raise FedrankError(
+            "this site holds no example out for evaluation (eval-fraction is 0, or it has "
+            "fewer than two examples)"
+        )
+    loss, accuracy = task.evaluate_local(state, heldout)
+    return Message(
+        content=evaluation_reply(SiteEvaluation(loss, accuracy, len(heldout))), reply_to=msg
+    )
 
 
 @app.train()
@@ -111,10 +157,7 @@ def train(msg: Message, context: Context) -> Message:
 def train_reply(msg: Message, context: Context, *, data_hook: DataHook | None = None) -> Message:
     """The train handler around any data hook (simulated poisoning replaces the data)."""
     scenario = run_settings(msg, context)
-    config = msg.content.config_records.get(keys.CONFIG)
-    server_round = config.get(keys.SERVER_ROUND) if config is not None else None
-    if isinstance(server_round, bool) or not isinstance(server_round, int):
-        raise FedrankError(f"the train message names no round ({keys.SERVER_ROUND})")
+    server_round = message_round(msg)
     pid = partition_id(context)
     # This process serves one client at a time: its CPU share sets torch's threads (and
     # float sums depend on the count, so it is the same on every backend).
@@ -122,9 +165,7 @@ def train_reply(msg: Message, context: Context, *, data_hook: DataHook | None = 
     task = load_task(scenario)
     codec = task.codec(msg.metadata.run_id)
     state = codec.decode_global(server_round, msg.content)
-    data = site_data(task, context)
-    if data is None:
-        data = task.partition_data(pid)
+    data, _ = local_examples(task, context)
     if data_hook is not None:
         data = data_hook(task, pid, data)
     guard = SiteGuard.for_node(context.node_config, scenario, pid)

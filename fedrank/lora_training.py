@@ -11,6 +11,9 @@ The client's privacy accountant outlives the round: its history (a tuple of
 restored into each round's new ``PrivacyEngine``, and goes back out extended, so
 the epsilon reported is cumulative over every round the client took part in
 (a new engine per round, as in Flower's Opacus example, counts one round only).
+
+Training runs where the model is: the caller puts it on the run's device
+(:mod:`fedrank.devices`); batches follow it, and DP-SGD draws its noise there.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch.nn import functional as F  # noqa: N812 (the usual alias)
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrank.data.text import TokenizedText
+from fedrank.devices import model_device
 from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.models.evaluation import classifier_logits as _logits
 from fedrank.models.evaluation import evaluate_lora as evaluate_lora
@@ -251,8 +255,10 @@ def train_lora(
             else randomness.derive("batches").torch_generator()
         ),
     )
-    # Dropout draws from the global RNG: fork it so the caller's stream is untouched.
-    with torch.random.fork_rng(devices=[]):
+    device = model_device(model)
+    # Dropout draws from the global RNG (of the model's device): fork it so the
+    # caller's stream is untouched.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model.train()
         if dp is None or randomness is None:
@@ -272,12 +278,18 @@ def train_lora(
     return LoraTrainResult(trainable_tensors(model), metrics, privacy, new_state)
 
 
+def _to(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(device, non_blocking=True) for t in tensors]
+
+
 def _train_plain(
     model: Any, opt: torch.optim.Optimizer, loader: DataLoader[Any], epochs: int
 ) -> list[float]:
+    device = model_device(model)
     losses: list[float] = []
     for _ in range(epochs):
-        for ids, mask, labels in loader:
+        for batch in loader:
+            ids, mask, labels = _to(device, *batch)
             opt.zero_grad()
             loss = F.cross_entropy(_logits(model, ids, mask), labels)
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
@@ -296,6 +308,7 @@ def _train_dp(
     randomness: RandomSource,
     canaries: GradientCanaries | None = None,
 ) -> tuple[list[float], dict[str, float | str], AccountantHistory]:
+    device = model_device(model)
     sample_rate = 1.0 / len(loader)
     planned = epochs * len(loader)
     if dp.epsilon_budget is not None:
@@ -322,7 +335,8 @@ def _train_dp(
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True,
-        noise_generator=randomness.derive("noise").torch_generator(),
+        # Opacus draws the noise on the parameters' device, with a generator of that device.
+        noise_generator=randomness.derive("noise").torch_generator(device),
     )
     inserter = _CanaryInserter(model, canaries, dp, sample_rate, randomness) if canaries else None
     if canaries is not None and canaries.noise_scale == 0.0:
@@ -335,14 +349,17 @@ def _train_dp(
             with BatchMemoryManager(
                 data_loader=dp_loader, max_physical_batch_size=physical, optimizer=dp_opt
             ) as batches:
-                for ids, mask, labels in batches:
+                for batch in batches:
+                    ids, mask, labels = _to(device, *batch)
                     dp_opt.zero_grad()
                     if len(labels) == 0:
                         # Poisson sampling drew nobody. BERT cannot run an empty batch, but
                         # the step must still happen (noise only) or skipping it would leak
                         # that the batch was empty: hand Opacus empty per-example grads.
                         for p in dp_opt.params:
-                            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                            p.grad_sample = torch.zeros(
+                                (0, *p.shape), dtype=p.dtype, device=p.device
+                            )
                         if inserter is not None:
                             inserter.insert(dp_opt)
                         dp_opt.step()

@@ -2,8 +2,11 @@
 
 The same loop trains FRL scores and FedAvg weights: only the parameters that
 require gradients differ (scores for a supermask network, weights for a dense
-one), so the comparison between the two is like for like. Batches go to the
-model's device.
+one), so the comparison between the two is like for like.
+
+Both run where the model is (:func:`~fedrank.devices.model_device`): the caller puts
+the model on the run's device (:mod:`fedrank.devices`); batches follow it. The
+shuffling order is drawn on the CPU, so it is the same on every device.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
 from fedrank.data.splits import ImageSplit
+from fedrank.devices import model_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +31,6 @@ class TrainResult:
     num_examples: int
     loss: float
     steps: int
-
-
-def _device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -73,7 +72,7 @@ def train_local(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
-    device = _device(model)
+    device = model_device(model)
     x = torch.from_numpy(data.images).to(device)
     y = torch.from_numpy(data.labels).to(device)
     model.train()
@@ -96,7 +95,7 @@ def train_local(
 def evaluate(model: nn.Module, data: ImageSplit, *, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on ``data``."""
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
         x = torch.from_numpy(data.images[start : start + batch_size]).to(device)

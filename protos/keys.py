@@ -54,3 +54,8 @@ REFUSAL_REASONS: frozenset[str] = frozenset(
 )
 """Reason codes a site refuses a train message with (its DP policy,
 :mod:`fedrank.privacy.site`); any other code is counted as ``refused``."""
+
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+EVAL_METRICS: frozenset[str] = frozenset({NUM_EXAMPLES, EVAL_LOSS, EVAL_ACCURACY})
+"""The metric keys of an evaluation reply (federated evaluation), all required."""

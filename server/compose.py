@@ -5,6 +5,8 @@ From the inside out, by wrapping, never by flags:
 1. the strategy's own aggregation (:attr:`StrategySpec.strategy
    <fedrank.tasks.registry.StrategySpec.strategy>`): the FRL vote, a FedAvg-family
    aggregator of Flower, or the LoRA aggregation, each behind the task codec's gate;
+   with ``eval-fraction`` > 0, ``FederatedEvaluation`` around it (every site evaluates
+   the global state on its held-out examples each round);
 2. client-level DP (``dp`` = client or both): ``ClientLevelDp`` around it;
 3. sample-level DP (``dp`` = sample or both): ``SampleLevelDpAudit``, so that every
    client's DP-SGD report is checked and recorded before its update is used;
@@ -39,6 +41,7 @@ from fedrank.protos.codecs import ArraysCodec, Codec
 from fedrank.strategies.dp_client_level import AdaptiveClipping, ClientLevelDp
 from fedrank.strategies.dp_client_rqm import ClientLevelRqm
 from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
+from fedrank.strategies.evaluation import FederatedEvaluation
 from fedrank.strategies.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,8 @@ def compose_strategy(
     module_name, _, function = scenario.spec.strategy.partition(":")
     build = cast("StrategyBuilder", getattr(importlib.import_module(module_name), function))
     strategy = build(scenario, codec=codec, partitions=partitions)
+    if scenario.data.eval_fraction > 0:
+        strategy = FederatedEvaluation(strategy, codec=codec, partitions=partitions)
     dp = scenario.dp
     if dp.enabled and not isinstance(codec, ArraysCodec):
         raise TypeError(f"DP needs float arrays on the wire, not a {type(codec).__name__}")

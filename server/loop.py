@@ -20,6 +20,7 @@ from fedrank.protos import keys
 from fedrank.protos.records import content_bytes
 from fedrank.server.failures import failure_counts, split_replies
 from fedrank.server.results import ResultsWriter
+from fedrank.strategies.evaluation import FEDERATED_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def run_rounds(
         if new_arrays is not None:
             arrays = new_arrays
         loss, accuracy = evaluate(arrays)
+        federated = federated_evaluation(grid, strategy, server_round, arrays, config, timeout)
         row: dict[str, Any] = {
             "round": server_round,
             "accuracy": accuracy,
@@ -105,6 +107,7 @@ def run_rounds(
             "bytes_up_per_client": _mean(content_bytes(r.content) for r in answered),
         }
         row.update(dict(train_metrics or {}))
+        row.update(federated)
         for key, count in failure_counts(failures).items():
             row[key] = int(row.get(key, 0)) + count
         row["rejected"] = int(row.get("rejected", 0)) + len(failures)
@@ -122,6 +125,27 @@ def run_rounds(
         if on_round:
             on_round(row)
     return arrays
+
+
+def federated_evaluation(
+    grid: Grid,
+    strategy: Strategy,
+    server_round: int,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    timeout: float,
+) -> dict[str, Any]:
+    """The strategy's federated evaluation of ``arrays`` (empty if it has none); a site
+    that does not answer in time counts in ``federated_rejected``."""
+    messages = list(strategy.configure_evaluate(server_round, arrays, config, grid))
+    if not messages:
+        return {}
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    figures: dict[str, Any] = dict(strategy.aggregate_evaluate(server_round, replies) or {})
+    missing = len(messages) - len(replies)
+    if missing:
+        figures[FEDERATED_REJECTED] = figures.get(FEDERATED_REJECTED, 0) + missing
+    return figures
 
 
 def _mean(values: Any) -> float:

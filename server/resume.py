@@ -58,7 +58,8 @@ CHECKPOINT_FOLDER = "checkpoints"
 KEEP_CHECKPOINTS = 2  # the newest, and the one to fall back to if it is damaged
 
 # Fields a resumed run may change: they do not change what is computed. (The results
-# folder is the one resumed, wherever it has moved.)
+# folder is the one resumed, wherever it has moved.) The status service and the
+# deployed ServerApp's resume-from are about serving and finding the run.
 RESUMABLE_FIELDS = frozenset(
     {
         "rounds",
@@ -70,6 +71,7 @@ RESUMABLE_FIELDS = frozenset(
         "num-gpus-per-client",
         "device",
     }
+    | {"status-address", "status-linger", "resume-from"}
 )
 
 

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 
 from fedrank.artifacts import FINAL_STATE, write_arrays
 from fedrank.config import Scenario
+from fedrank.devices import describe_device
 from fedrank.errors import PrivacyBudgetExhausted
 from fedrank.privacy.plan import privacy_settings
 from fedrank.privacy.report import (
@@ -150,6 +151,7 @@ def run_federation(
         "resumed_after_round": None if resume_from is None else resume_from.round,
         "model": model,
         "privacy": _privacy_totals(facts["privacy"]) if facts["privacy"] else None,
+        "device": describe_device(task.device),  # where the server evaluated
     }
     results.write_summary(summary)
     return summary

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from fedrank.config import Scenario
+from fedrank.devices import check_ray_placement, local_gpu_count
 from fedrank.errors import ConfigError
 from fedrank.privacy.site import SITE_ROOT_ENV, simulated_sites
 from fedrank.server.loop import RoundCallback
@@ -107,6 +108,13 @@ def simulate(
     check_results_dir(
         scenario.output.results_dir, resume_round=None if resume_from is None else resume_from.round
     )
+    if backend == "ray":
+        local = not (ray_address or os.environ.get("RAY_ADDRESS"))
+        check_ray_placement(
+            scenario.run.device,
+            num_gpus_per_client=scenario.run.num_gpus_per_client,
+            local_gpus=local_gpu_count() if local else None,
+        )
     attack_client_app, wrap = attack_components(scenario)
     if wrap_strategy is not None:
         if wrap is not None:

@@ -132,6 +132,14 @@ class DataConfig:
     )
     train_records: int = setting(0, "a seeded subset of the training split; 0: all", low=0)
     test_records: int = setting(0, "the first N of the fixed test order; 0: all", low=0)
+    eval_fraction: float = setting(
+        0.0,
+        "share of each client's examples held out, never trained on, to evaluate the "
+        "global model on every round (federated evaluation); 0: off",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -167,6 +175,12 @@ class OutputConfig:
     )
     status_linger: float = setting(
         30.0, "seconds the status keeps answering finished/failed after the run", low=0.0
+    )
+    resume_from: str = setting(
+        "",
+        "flwr run: the results folder of an earlier run to continue after its last "
+        "checkpoint (the same settings; only rounds, round-timeout, resources, device "
+        "may change); empty: a new run",
     )
 
     def __post_init__(self) -> None:

@@ -11,7 +11,6 @@ import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from fedrank.data import splits
 from fedrank.data.splits import TextSplit
 from fedrank.errors import ConfigError
+from fedrank.resources import packaged_file
 
 CORPUS_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 LABELS: tuple[str, str] = ("rotten", "fresh")
@@ -70,7 +70,8 @@ def read_corpus() -> TextDataset:
     TextDataset
         12,808 snippets; label 1 = fresh, 0 = rotten.
     """
-    raw = resources.files("fedrank.data").joinpath("rotten_tomatoes", CORPUS_FILE).read_bytes()
+    # Found in the installed package when an app bundle (flwr run) left the data file out.
+    raw = packaged_file("fedrank.data", "rotten_tomatoes", CORPUS_FILE).read_bytes()
     reader = csv.DictReader(io.StringIO(bz2.decompress(raw).decode("utf-8")))
     texts: list[str] = []
     labels: list[int] = []

@@ -34,11 +34,14 @@ from fedrank.deploy.certs import (
 from fedrank.deploy.check import node_key_problems, server_certificate_problems
 from fedrank.deploy.federation_commands import add_federation_commands
 from fedrank.deploy.launch import Mode, SuperLinkLaunch, SuperNodeLaunch, flower_env
+from fedrank.deploy.run_config import add_check_command
+from fedrank.deploy.site_data import check_site_data
 from fedrank.errors import ConfigError
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``certs``, ``superlink``, ``supernode``, ``federation``, ``status`` to ``sub``."""
+    """Add ``certs``, ``superlink``, ``supernode``, ``federation``, ``check-run-config``,
+    ``status`` to ``sub``."""
     certs = sub.add_parser("certs", help="create or check TLS certificates and SuperNode keys")
     kinds = certs.add_subparsers(dest="certs_command", required=True)
 
@@ -75,6 +78,7 @@ def add_commands(sub: Any) -> None:
 
     _add_launchers(sub)
     add_federation_commands(sub)
+    add_check_command(sub)
 
     status = sub.add_parser("status", help="health and status of a running federation")
     status.add_argument("address", help="the run's status-address, e.g. 127.0.0.1:9095")
@@ -177,7 +181,9 @@ def _run_supernode(args: argparse.Namespace) -> int:
     settings = {
         "superlink": args.superlink,
         "partition_id": args.partition_id,
-        "data_path": args.data_path,
+        # Checked now (exists, reads as a dataset) and absolute: the ClientApp that reads
+        # it runs in another process and folder.
+        "data_path": str(check_site_data(args.data_path)) if args.data_path else "",
         "runtime_port": args.runtime_port,
         "health_address": args.health_address,
         "mode": _mode(args),

@@ -21,8 +21,15 @@ from types import FrameType
 from typing import Any
 
 from fedrank.deploy.federation import local_federation
-from fedrank.deploy.federation_plan import CONNECTION, FederationPlan, parse_data_paths
+from fedrank.deploy.federation_plan import (
+    CONNECTION,
+    FederationPlan,
+    parse_data_paths,
+    with_sites,
+)
 from fedrank.deploy.registration import wait_until_registered
+from fedrank.deploy.run_config import check_run_config
+from fedrank.deploy.site_data import check_site_data
 
 
 def _say(message: str) -> None:
@@ -127,10 +134,15 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.run is not None:  # a run that cannot start is refused before anything starts
+        check_run_config(with_sites(args.run_config, args.sites), app=Path(args.run))
+    data_paths = {
+        site: check_site_data(path) for site, path in parse_data_paths(args.data_path).items()
+    }
     plan = FederationPlan(
         directory=args.dir,
         sites=args.sites,
-        data_paths=parse_data_paths(args.data_path),
+        data_paths=data_paths,
         port=args.port,
         timeout=args.timeout,
         connection=args.connection,

@@ -59,8 +59,8 @@ class FederationPlan:
                 raise ConfigError(
                     "data-path", f"site {site} does not exist (sites are 0..{self.sites - 1})"
                 )
-            if not Path(path).is_file():
-                raise ConfigError("data-path", f"site {site}: no such file: {path}")
+            if not Path(path).exists():  # a file or a folder (the data layer reads both)
+                raise ConfigError("data-path", f"site {site}: no such file or folder: {path}")
 
 
 def parse_data_paths(items: Sequence[str]) -> dict[int, Path]:

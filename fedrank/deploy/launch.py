@@ -198,8 +198,8 @@ class SuperNodeLaunch:
         if not self.superlink:
             raise ConfigError("superlink", "must be the SuperLink's host:port")
         node_config(partition_id=self.partition_id, data_path=self.data_path)
-        if self.data_path and not Path(self.data_path).is_file():
-            raise ConfigError("data-path", f"no such file on this site: {self.data_path}")
+        if self.data_path and not Path(self.data_path).exists():  # a file or a folder
+            raise ConfigError("data-path", f"no such file or folder on this site: {self.data_path}")
         if self.mode == "secure":
             _require_files(
                 "tls",

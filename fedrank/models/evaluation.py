@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
 from fedrank.data.text import TokenizedText
+from fedrank.devices import model_device
 from fedrank.errors import ConfigError
 
 
@@ -28,7 +29,8 @@ def classifier_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torc
 
 @torch.no_grad()
 def evaluate_lora(model: Any, data: TokenizedText, *, batch_size: int = 256) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``data`` (eval mode).
+    """Accuracy and mean cross-entropy of ``model`` on ``data`` (eval mode, on the
+    model's device).
 
     Returns
     -------
@@ -38,14 +40,16 @@ def evaluate_lora(model: Any, data: TokenizedText, *, batch_size: int = 256) -> 
     if len(data) == 0:
         raise ConfigError("data", "nothing to evaluate")
     model.eval()
+    device = model_device(model)
     correct = 0
     total_loss = 0.0
     # Records of similar length share a batch, so little padding is computed.
     order = torch.argsort(data.attention_mask.sum(dim=1), stable=True)
     for start in range(0, len(data), batch_size):
         part = order[start : start + batch_size]
-        logits = classifier_logits(model, data.input_ids[part], data.attention_mask[part])
-        labels = data.labels[part]
+        ids, mask = data.input_ids[part].to(device), data.attention_mask[part].to(device)
+        logits = classifier_logits(model, ids, mask)
+        labels = data.labels[part].to(device)
         total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=-1) == labels).sum())
     return correct / len(data), total_loss / len(data)

@@ -21,6 +21,27 @@ from fedrank.protos.codecs import Codec, Reply
 
 State = dict[str, np.ndarray]
 
+_HELDOUT_STREAM = 0x45564C  # keeps these draws apart from every other use of (seed, partition)
+
+
+def heldout_split(
+    count: int, *, fraction: float, seed: int, partition_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a site's ``count`` examples: (training, held out for evaluation).
+
+    A seeded ``fraction`` of them (at least one, and never all) is held out, the same
+    every round (seeded by the run's seed and the partition), so no held-out example
+    is ever trained on. ``fraction`` 0, or fewer than two examples: nothing is held out.
+    Both index arrays are ascending.
+    """
+    if fraction <= 0.0 or count < 2:
+        return np.arange(count), np.arange(0)
+    held = min(count - 1, max(1, round(fraction * count)))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, partition_id, _HELDOUT_STREAM]))
+    chosen = np.zeros(count, dtype=bool)
+    chosen[rng.permutation(count)[:held]] = True
+    return np.flatnonzero(~chosen), np.flatnonzero(chosen)
+
 
 class Task(Protocol):
     """One kind of learning (image classification with FRL or FedAvg, text LoRA, ...).
@@ -35,6 +56,18 @@ class Task(Protocol):
     @property
     def num_classes(self) -> int:
         """Classes of the scenario's dataset."""
+        ...
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` this process trains and evaluates on
+        (:func:`fedrank.devices.resolve_device` of the scenario's ``device``).
+
+        Raises
+        ------
+        ConfigError
+            ``device = cuda`` where this process has no usable GPU.
+        """
         ...
 
     # -- both sides -------------------------------------------------------------
@@ -74,6 +107,14 @@ class Task(Protocol):
         """
         ...
 
+    def split_local(self, data: Any, *, partition_id: int) -> tuple[Any, Any]:
+        """A site's examples as (training, held-out for federated evaluation).
+
+        The held-out part is the seeded ``eval-fraction`` of :func:`heldout_split`; it
+        never trains. Without federated evaluation it is empty.
+        """
+        ...
+
     def train(
         self,
         state: State,
@@ -90,6 +131,11 @@ class Task(Protocol):
         recorded privacy history); ``node_state`` is the node's persistent state
         (Flower's ``context.state``), kept across the rounds of a run.
         """
+        ...
+
+    def evaluate_local(self, state: State, data: Any) -> tuple[float, float]:
+        """Loss and accuracy of the global ``state`` on a site's held-out ``data``
+        (federated evaluation; ``data`` is not empty)."""
         ...
 
     # -- server side --------------------------------------------------------------

@@ -8,6 +8,8 @@ weights (FedAvg) cross the wire.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,18 @@ from fedrank.data.federation import image_partition, partitions_for
 from fedrank.data.site import load_site_data
 from fedrank.data.source import load_image_data
 from fedrank.data.splits import ImageData, ImageSplit
+from fedrank.devices import describe_device, resolve_device
 from fedrank.errors import ConfigError
 from fedrank.models.factory import build_network
 from fedrank.models.supermask import get_rankings, layer_sizes, set_rankings
 from fedrank.protos import keys
 from fedrank.protos.codecs import ArraysCodec, Codec, RankingCodec, Reply
 from fedrank.protos.ranking_wire import RankingWire
-from fedrank.tasks.base import State
+from fedrank.tasks.base import State, heldout_split
 from fedrank.tasks.data import data_source, partition_spec
 from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
+
+log = logging.getLogger(__name__)
 
 MASK_FILE = "mask.safetensors"
 
@@ -68,6 +73,13 @@ class ImageTask:
         self.partitions = partition_spec(scenario)
         self._model: nn.Module | None = None
 
+    @functools.cached_property
+    def device(self) -> torch.device:
+        """Where this process trains and evaluates (the scenario's ``device``, resolved)."""
+        device = resolve_device(self.scenario.run.device)
+        log.info("fedrank: %s runs on %s", self.scenario.run.strategy, describe_device(device))
+        return device
+
     # -- data ----------------------------------------------------------------------
 
     @property
@@ -102,6 +114,16 @@ class ImageTask:
             columns=self.source,
         )
 
+    def split_local(self, data: ImageSplit, *, partition_id: int) -> tuple[ImageSplit, ImageSplit]:
+        """(training, held-out) examples of a site: ``eval-fraction`` held out, seeded."""
+        s = self.scenario
+        train, heldout = heldout_split(
+            len(data), fraction=s.data.eval_fraction, seed=s.run.seed, partition_id=partition_id
+        )
+        if len(heldout) == 0:
+            return data, data.subset(heldout)  # nothing held out: train on all of it
+        return data.subset(train), data.subset(heldout)
+
     # -- model ---------------------------------------------------------------------
 
     def build_model(self) -> nn.Module:
@@ -118,9 +140,10 @@ class ImageTask:
 
     @property
     def model(self) -> nn.Module:
-        """This process's working copy, built once; every user overwrites its state first."""
+        """This process's working copy on its device, built once; every user overwrites its
+        state first (rank vectors and weights are read and written from the CPU)."""
         if self._model is None:
-            self._model = self.build_model()
+            self._model = self.build_model().to(self.device)
         return self._model
 
     def load_state(self, model: nn.Module, state: Mapping[str, np.ndarray]) -> None:
@@ -151,6 +174,7 @@ class ImageTask:
                         key, f"{s.effective.dataset} has classes 0..{classes - 1}, got {value}"
                     )
         partitions_for(self.source, self.partitions, "image")  # refuses empty partitions
+        _ = self.device  # `device = cuda` without a GPU is refused here, before anything runs
         self.initial_state()
 
     def initial_state(self) -> State:
@@ -213,9 +237,13 @@ class ImageTask:
 
     def evaluate(self, state: State) -> tuple[float, float]:
         """Loss and accuracy of the global model (masked by the global ranking)."""
+        return self.evaluate_local(state, self.dataset.test)
+
+    def evaluate_local(self, state: State, data: ImageSplit) -> tuple[float, float]:
+        """Loss and accuracy of the global model on ``data`` (a site's held-out part)."""
         model = self.model
         self.load_state(model, state)
-        return evaluate(model, self.dataset.test)
+        return evaluate(model, data)
 
     def load_model(self, state: State) -> nn.Module:
         """A fresh network holding ``state`` (FRL: the seed's weights under the voted mask)."""

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import RecordDict
 
 from fedrank.config import Scenario
@@ -29,6 +31,7 @@ from fedrank.data.federation import partitions_for
 from fedrank.data.site import load_site_data
 from fedrank.data.source import DataSource, load_text_data
 from fedrank.data.text import TokenizedText, tokenize
+from fedrank.devices import describe_device, resolve_device
 from fedrank.errors import ConfigError
 from fedrank.lora_training import DpSgdConfig, train_lora
 from fedrank.models.bases import base_config, load_tokenizer
@@ -49,8 +52,10 @@ from fedrank.privacy.site import read_history, write_history
 from fedrank.privacy.sources import site_source
 from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
-from fedrank.tasks.base import State
+from fedrank.tasks.base import State, heldout_split
 from fedrank.tasks.data import data_source, partition_spec
+
+log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 """The exported PEFT adapter folder inside the results folder."""
@@ -107,6 +112,13 @@ class TextLoraTask:
         self._working: Any = None
         self._codec: ArraysCodec | None = None
 
+    @functools.cached_property
+    def device(self) -> torch.device:
+        """Where this process trains and evaluates (the scenario's ``device``, resolved)."""
+        device = resolve_device(self.scenario.run.device)
+        log.info("fedrank: lora runs on %s", describe_device(device))
+        return device
+
     # -- data ----------------------------------------------------------------------
 
     @property
@@ -142,6 +154,18 @@ class TextLoraTask:
         base = self.spec.base
         return tokenize(texts, load_tokenizer(base), max_length=self.scenario.model.max_length)
 
+    def split_local(
+        self, data: TokenizedText, *, partition_id: int
+    ) -> tuple[TokenizedText, TokenizedText]:
+        """(training, held-out) records of a site: ``eval-fraction`` held out, seeded."""
+        s = self.scenario
+        train, heldout = heldout_split(
+            len(data), fraction=s.data.eval_fraction, seed=s.run.seed, partition_id=partition_id
+        )
+        if len(heldout) == 0:
+            return data, data.subset(heldout)  # nothing held out: train on all of it
+        return data.subset(train), data.subset(heldout)
+
     def heldout(self) -> TokenizedText:
         """The held-out test records (all, or ``test-records`` of them)."""
         return self._tokens("test")
@@ -174,6 +198,7 @@ class TextLoraTask:
                     )
         check_plan(s)  # a client-level DP plan that cannot run fails here
         partitions_for(self.source, self.partitions, "text")  # refuses empty partitions
+        _ = self.device  # `device = cuda` without a GPU is refused here, before anything runs
 
     def initial_state(self) -> State:
         """Round 0: the tensors that train, at their seeded values."""
@@ -220,7 +245,7 @@ class TextLoraTask:
         put there by the ClientApp) and writes the extended one back.
         """
         s = self.scenario
-        model = build_lora_model(self.spec)
+        model = build_lora_model(self.spec).to(self.device)
         set_adapter_tensors(model, state)
         dp = s.dp
         # A privacy audit's canaries, if this simulated site was given some (its own
@@ -299,15 +324,19 @@ class TextLoraTask:
     # -- server side -----------------------------------------------------------------
 
     def evaluate(self, state: State) -> tuple[float, float]:
-        """Loss and accuracy of the global adapter on the held-out test records.
+        """Loss and accuracy of the global adapter on the held-out test records."""
+        return self.evaluate_local(state, self.heldout())
 
-        The process keeps one working model (the base loads once) and overwrites every
-        tensor that trains before use; the frozen ones never change.
+    def evaluate_local(self, state: State, data: TokenizedText) -> tuple[float, float]:
+        """Loss and accuracy of the global adapter on ``data`` (a site's held-out part).
+
+        The process keeps one working model on its device (the base loads once) and
+        overwrites every tensor that trains before use; the frozen ones never change.
         """
         if self._working is None:
-            self._working = build_lora_model(self.spec)
+            self._working = build_lora_model(self.spec).to(self.device)
         set_adapter_tensors(self._working, state)
-        accuracy, loss = evaluate_lora(self._working, self.heldout())
+        accuracy, loss = evaluate_lora(self._working, data)
         return loss, accuracy
 
     def load_model(self, state: State) -> Any:
