@@ -32,6 +32,7 @@ from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.models.evaluation import classifier_logits as _logits
 from fedrank.models.evaluation import evaluate_lora as evaluate_lora
 from fedrank.models.lora import trainable_tensors
+from fedrank.models.proximal import ProximalTerm
 from fedrank.privacy.accountant import compute_epsilon, noise_multiplier_for_epsilon
 
 AccountantHistory = tuple[tuple[float, float, int], ...]
@@ -177,6 +178,7 @@ def train_lora(
     head_lr: float | None = None,
     dp: DpSgdConfig | None = None,
     accountant_state: AccountantHistory = (),
+    proximal_mu: float = 0.0,
 ) -> LoraTrainResult:
     """Train the adapter of ``model`` (in place) on ``data``.
 
@@ -202,6 +204,9 @@ def train_lora(
         None trains without privacy.
     accountant_state : AccountantHistory
         The client's accountant history from earlier rounds (empty at first).
+    proximal_mu : float
+        FedProx: ``(mu / 2) ||w - w_start||^2`` over the trained tensors is added to the
+        loss (0: none). Not under DP-SGD, whose per-example gradients would drop it.
 
     Returns
     -------
@@ -222,6 +227,9 @@ def train_lora(
         raise ConfigError("data", "the client has no records")
     if head_lr is not None and not head_lr > 0:
         raise ConfigError("head_lr", f"must be positive or None, got {head_lr}")
+    if dp is not None and proximal_mu:
+        raise ConfigError("proximal-mu", "DP-SGD would drop the proximal term; use 0 under DP")
+    proximal = ProximalTerm([p for p in model.parameters() if p.requires_grad], proximal_mu)
     opt = _optimizer(_param_groups(model, lr, head_lr), optimizer, lr, weight_decay)
     dataset = TensorDataset(data.input_ids, data.attention_mask, data.labels)
     loader = DataLoader(
@@ -235,7 +243,7 @@ def train_lora(
         torch.manual_seed(seed)
         model.train()
         if dp is None:
-            losses = _train_plain(model, opt, loader, epochs)
+            losses = _train_plain(model, opt, loader, epochs, proximal)
             privacy = None
             new_state = tuple(accountant_state)
         else:
@@ -252,14 +260,18 @@ def train_lora(
 
 
 def _train_plain(
-    model: Any, opt: torch.optim.Optimizer, loader: DataLoader[Any], epochs: int
+    model: Any,
+    opt: torch.optim.Optimizer,
+    loader: DataLoader[Any],
+    epochs: int,
+    proximal: ProximalTerm,
 ) -> list[float]:
     losses: list[float] = []
     for _ in range(epochs):
         for ids, mask, labels in loader:
             opt.zero_grad()
             loss = F.cross_entropy(_logits(model, ids, mask), labels)
-            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+            proximal.add_to(loss).backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             opt.step()
             losses.append(float(loss.detach()))
     return losses

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
 from fedrank.data.digits import ImageSplit
+from fedrank.models.proximal import ProximalTerm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,7 @@ def train_local(
     momentum: float,
     batch_size: int,
     generator: torch.Generator,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train the model's trainable parameters with SGD + momentum for ``epochs``.
 
@@ -46,8 +48,12 @@ def train_local(
         The client's examples.
     generator : torch.Generator
         Draws the shuffling order; the same seed gives the same training.
+    proximal_mu : float
+        FedProx: ``(mu / 2) ||w - w_start||^2`` is added to the loss (0: plain training).
+        The reported loss is the cross-entropy alone.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    proximal = ProximalTerm(params, proximal_mu)
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
     x = torch.from_numpy(data.images)
     y = torch.from_numpy(data.labels)
@@ -59,7 +65,7 @@ def train_local(
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
+            proximal.add_to(loss).backward()  # type: ignore[no-untyped-call]  # untyped in torch
             optimizer.step()
             total += float(loss.detach())
             steps += 1

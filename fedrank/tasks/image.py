@@ -28,7 +28,7 @@ from fedrank.models.supermask import build_model, get_rankings, set_rankings, su
 from fedrank.protos import keys
 from fedrank.protos.codecs import ArraysCodec, Codec, RankingCodec, Reply
 from fedrank.protos.ranking_wire import RankingWire
-from fedrank.tasks.base import State
+from fedrank.tasks.base import State, proximal_mu
 from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
 
 MASK_FILE = "mask.safetensors"
@@ -231,6 +231,7 @@ class ImageTask:
             momentum=s.train.momentum,
             batch_size=s.train.batch_size,
             generator=training_generator(s.run.seed, server_round, partition_id),
+            proximal_mu=proximal_mu(message),
         )
         return Reply(
             state=self.read_state(model),

@@ -41,7 +41,7 @@ from fedrank.privacy.plan import sample_noise_multiplier
 from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
 from fedrank.protos.records import to_array_record
-from fedrank.tasks.base import State
+from fedrank.tasks.base import State, proximal_mu
 
 ADAPTER_DIR = "adapter"
 """The exported PEFT adapter folder inside the results folder."""
@@ -272,6 +272,7 @@ class TextLoraTask:
             seed=round_seed(s.run.seed, server_round, partition_id),
             dp=self.dp_sgd(len(data)),
             accountant_state=history,
+            proximal_mu=proximal_mu(message),
         )
         metrics = {
             keys.TRAIN_LOSS: result.metrics["train_loss"],
