@@ -204,7 +204,8 @@ class ImageTask:
                 model=s.effective.model,
                 seed=s.run.seed,
                 k=s.frl.k,
-            )
+            ),
+            reply_bits=s.frl.rank_bits,
         )
 
     # -- client side -----------------------------------------------------------------
