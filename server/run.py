@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
@@ -120,7 +119,8 @@ def run_federation(
     facts: dict[str, Any] = {
         "rounds": rows[-1]["round"],
         "final_accuracy": rows[-1]["accuracy"],
-        "privacy": _privacy_totals(directory) if scenario.dp.enabled else None,
+        "stopped": stopped,
+        "privacy": privacy_summary(directory) if scenario.dp.enabled else None,
     }
     final = from_array_record(released["arrays"])
     write_arrays(directory / FINAL_STATE, final)
@@ -139,14 +139,13 @@ def run_federation(
         "seconds": time.perf_counter() - started,
         "resumed_after_round": None if resume_from is None else resume_from.round,
         "model": model,
-        "privacy": facts["privacy"],
+        "privacy": _privacy_totals(facts["privacy"]) if facts["privacy"] else None,
     }
     results.write_summary(summary)
     return summary
 
 
-def _privacy_totals(directory: Path) -> dict[str, Any]:
-    summary = privacy_summary(directory)
+def _privacy_totals(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         unit: {"releases": summary[unit]["releases"], "max_epsilon": summary[unit]["max_epsilon"]}
         for unit in LEDGER_FILES

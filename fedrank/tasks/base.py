@@ -100,6 +100,10 @@ class Task(Protocol):
         """Loss and accuracy of the global ``state`` on the held-out test split."""
         ...
 
+    def load_model(self, state: State) -> Any:
+        """A ready torch module holding the global ``state`` (eval mode)."""
+        ...
+
     def export(self, state: State, directory: Path, facts: Mapping[str, Any]) -> dict[str, Any]:
         """Write the final model into the results ``directory``; return its summary.
 

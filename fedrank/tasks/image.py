@@ -8,7 +8,6 @@ weights (FedAvg) cross the wire.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,40 +19,21 @@ from torch import nn
 
 from fedrank.artifacts import top_k_mask, write_arrays
 from fedrank.config import Scenario
-from fedrank.data.digits import ImageDataset, ImageSplit, load_dataset
-from fedrank.data.local import load_local_examples
-from fedrank.data.partition import partition
+from fedrank.data.federation import image_partition, partitions_for
+from fedrank.data.site import load_site_data
+from fedrank.data.source import load_image_data
+from fedrank.data.splits import ImageData, ImageSplit
 from fedrank.errors import ConfigError
-from fedrank.models.supermask import build_model, get_rankings, set_rankings, supermask_layers
+from fedrank.models.factory import build_network
+from fedrank.models.supermask import get_rankings, layer_sizes, set_rankings
 from fedrank.protos import keys
 from fedrank.protos.codecs import ArraysCodec, Codec, RankingCodec, Reply
 from fedrank.protos.ranking_wire import RankingWire
 from fedrank.tasks.base import State, proximal_mu
+from fedrank.tasks.data import data_source, partition_spec
 from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
 
 MASK_FILE = "mask.safetensors"
-
-
-@functools.cache
-def _partitions(
-    dataset: str,
-    test_fraction: float,
-    scheme: str,
-    num_clients: int,
-    alpha: float,
-    classes_per_client: int,
-    seed: int,
-) -> tuple[np.ndarray, ...]:
-    labels = load_dataset(dataset, test_fraction=test_fraction).train.labels
-    parts = partition(
-        labels,
-        scheme=scheme,
-        num_clients=num_clients,
-        rng=np.random.default_rng(seed),
-        alpha=alpha,
-        classes_per_client=classes_per_client,
-    )
-    return tuple(parts)
 
 
 def training_generator(seed: int, server_round: int, partition_id: int) -> torch.Generator:
@@ -84,16 +64,16 @@ class ImageTask:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
         self.dense = scenario.spec.update == "weights"
+        self.source = data_source(scenario)
+        self.partitions = partition_spec(scenario)
         self._model: nn.Module | None = None
 
     # -- data ----------------------------------------------------------------------
 
     @property
-    def dataset(self) -> ImageDataset:
+    def dataset(self) -> ImageData:
         """The scenario's dataset with its fixed held-out split."""
-        return load_dataset(
-            self.scenario.effective.dataset, test_fraction=self.scenario.data.test_fraction
-        )
+        return load_image_data(self.source, seed=self.scenario.run.seed)
 
     @property
     def num_classes(self) -> int:
@@ -108,35 +88,32 @@ class ImageTask:
                 "partition-id",
                 f"{partition_id} outside [0, {s.run.num_clients - 1}] (num-clients)",
             )
-        idx = _partitions(
-            s.effective.dataset,
-            s.data.test_fraction,
-            s.data.partitioner,
-            s.run.num_clients,
-            s.data.alpha,
-            s.data.classes_per_client,
-            s.run.seed,
-        )[partition_id]
-        train = self.dataset.train
-        return ImageSplit(train.images[idx], train.labels[idx])
+        return image_partition(self.source, self.partitions, partition_id)
 
     def site_data(self, path: str) -> ImageSplit:
-        """A site's own examples at ``path`` (an ``.npz``), validated against the dataset."""
+        """A site's own examples at ``path`` (any format of the data layer), validated."""
         data = self.dataset
-        return load_local_examples(path, image_shape=data.image_shape, num_classes=data.num_classes)
+        return load_site_data(
+            path,
+            kind="image",
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            columns=self.source,
+        )
 
     # -- model ---------------------------------------------------------------------
 
     def build_model(self) -> nn.Module:
         """A fresh copy of the network as the seed defines it."""
         data = self.dataset
-        return build_model(
+        return build_network(
             self.scenario.effective.model,
-            image_shape=data.image_shape,
+            input_shape=data.input_shape,
             num_classes=data.num_classes,
             seed=self.scenario.run.seed,
             k=self.scenario.frl.k,
-            dense=self.dense,
+            supermask=not self.dense,
         )
 
     @property
@@ -173,13 +150,7 @@ class ImageTask:
                     raise ConfigError(
                         key, f"{s.effective.dataset} has classes 0..{classes - 1}, got {value}"
                     )
-        for pid in range(s.run.num_clients):
-            if len(self.partition_data(pid)) == 0:
-                raise ConfigError(
-                    "num-clients",
-                    f"partition {pid} of {s.run.num_clients} is empty; lower num-clients "
-                    "or change the partitioner",
-                )
+        partitions_for(self.source, self.partitions, "image")  # refuses empty partitions
         self.initial_state()
 
     def initial_state(self) -> State:
@@ -188,7 +159,7 @@ class ImageTask:
 
     def layer_sizes(self) -> dict[str, int]:
         """Edges per supermask layer (what a valid FRL reply must contain)."""
-        return {name: layer.weight.numel() for name, layer in supermask_layers(self.model).items()}
+        return layer_sizes(self.model)
 
     def codec(self, run_id: object) -> Codec:
         """Bit-packed rankings (FRL) or arrays of the network's layout (FedAvg)."""
@@ -247,6 +218,12 @@ class ImageTask:
         model = self.model
         self.load_state(model, state)
         return evaluate(model, self.dataset.test)
+
+    def load_model(self, state: State) -> nn.Module:
+        """A fresh network holding ``state`` (FRL: the seed's weights under the voted mask)."""
+        model = self.build_model()
+        self.load_state(model, state)
+        return model.eval()
 
     def export(self, state: State, directory: Path, facts: Mapping[str, Any]) -> dict[str, Any]:
         """FRL: the top-k mask of the global ranking (``mask.safetensors``); with the seed,

@@ -14,8 +14,9 @@ restarts a client's epsilon at zero.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,76 +24,55 @@ import numpy as np
 from flwr.app import RecordDict
 
 from fedrank.config import Scenario
-from fedrank.data.partition import partition
-from fedrank.data.text import TokenizedText, load_rotten_tomatoes, tokenize
+from fedrank.data.federation import partitions_for
+from fedrank.data.site import load_site_data
+from fedrank.data.source import DataSource, load_text_data
+from fedrank.data.text import TokenizedText, tokenize
 from fedrank.errors import ConfigError
 from fedrank.lora_training import AccountantHistory, DpSgdConfig, train_lora
+from fedrank.models.bases import base_config, load_tokenizer
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.export import export_adapter
 from fedrank.models.lora import (
     LoraSpec,
     build_lora_model,
-    load_tokenizer,
+    resolved_target_modules,
     set_adapter_tensors,
     trainable_tensors,
 )
+from fedrank.models.model_card import DpGuarantee, ModelCard
 from fedrank.privacy.accountant import history_from_array, history_to_array
 from fedrank.privacy.plan import sample_noise_multiplier
 from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
 from fedrank.protos.records import to_array_record
 from fedrank.tasks.base import State, proximal_mu
+from fedrank.tasks.data import data_source, partition_spec
 
 ADAPTER_DIR = "adapter"
 """The exported PEFT adapter folder inside the results folder."""
 ACCOUNTANT_KEY = "dp-accountant"
 """Name of the ArrayRecord in a node's state that holds its accountant history."""
 
-# The test records a run evaluates on (``test-records``) are a prefix of one fixed
-# permutation, the same for every run and seed, so every table row sees the same ones.
-_TEST_ORDER_SEED = 20240601
-_MAX_POSITIONS = {"minilm": 512, "tiny-bert": 128}
+_SPEC_KEYS = {"base": "model", "pooling": "lora-pooling", "target_modules": "lora-targets"}
 
 
-@functools.cache
-def _train_tokens(train_records: int, seed: int, max_length: int) -> TokenizedText:
-    texts = load_rotten_tomatoes("train")
-    if train_records:
-        # A seeded random subset: the file is ordered, a prefix would not be a sample.
-        chosen = np.random.default_rng(seed).permutation(len(texts))[:train_records]
-        texts = texts.subset(np.sort(chosen))
-    return tokenize(texts, load_tokenizer(), max_length=max_length)
+@functools.lru_cache(maxsize=8)
+def _tokens(source: DataSource, seed: int, base: str, max_length: int, split: str) -> TokenizedText:
+    """The tokenised ``split`` of ``source`` (tokenised once per process, base and length)."""
+    data = load_text_data(source, seed=seed)
+    texts = data.train if split == "train" else data.test
+    return tokenize(texts, load_tokenizer(base), max_length=max_length)
 
 
-@functools.cache
-def _test_tokens(test_records: int, max_length: int) -> TokenizedText:
-    texts = load_rotten_tomatoes("test")
-    if test_records:
-        order = np.random.default_rng(_TEST_ORDER_SEED).permutation(len(texts))
-        texts = texts.subset(np.sort(order[:test_records]))
-    return tokenize(texts, load_tokenizer(), max_length=max_length)
-
-
-@functools.cache
-def _partitions(
-    train_records: int,
-    seed: int,
-    max_length: int,
-    scheme: str,
-    num_clients: int,
-    alpha: float,
-    classes_per_client: int,
-) -> tuple[np.ndarray, ...]:
-    labels = _train_tokens(train_records, seed, max_length).labels.numpy()
-    parts = partition(
-        labels,
-        scheme=scheme,
-        num_clients=num_clients,
-        rng=np.random.default_rng(seed),
-        alpha=alpha,
-        classes_per_client=classes_per_client,
-    )
-    return tuple(parts)
+@contextlib.contextmanager
+def _as_scenario_keys() -> Iterator[None]:
+    """Name the scenario key when the model layer refuses a base, pooling or targets."""
+    try:
+        yield
+    except ConfigError as err:
+        key = _SPEC_KEYS.get(err.field, err.field)
+        raise ConfigError(key, str(err).split(": ", 1)[-1]) from err
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -126,22 +106,22 @@ class TextLoraTask:
     client-level DP at the server (arXiv 2312.17493 for the federated setting)."""
 
     def __init__(self, scenario: Scenario) -> None:
-        model = scenario.effective.model
-        if model not in _MAX_POSITIONS:
-            raise ConfigError(
-                "model", f"strategy lora needs one of {sorted(_MAX_POSITIONS)}, got {model!r}"
-            )
         self.scenario = scenario
-        self.spec = LoraSpec(
-            base=scenario.effective.model,  # type: ignore[arg-type]  # checked in check()
-            r=scenario.lora.rank,
-            lora_alpha=scenario.lora.alpha,
-            lora_dropout=scenario.lora.dropout,
-            target_modules=scenario.lora.target_modules or ("query", "value"),
-            mode="ffa" if scenario.lora.aggregation == "ffa" else "lora",
-            init_seed=scenario.run.seed,
-            pooling=scenario.lora.pooling,
-        )
+        self.source = data_source(scenario)
+        self.partitions = partition_spec(scenario)
+        with _as_scenario_keys():
+            self.base_config = base_config(scenario.effective.model, pooling=scenario.lora.pooling)
+            self.spec = LoraSpec(
+                base=scenario.effective.model,
+                r=scenario.lora.rank,
+                lora_alpha=scenario.lora.alpha,
+                lora_dropout=scenario.lora.dropout,
+                target_modules=scenario.lora.target_modules or None,
+                mode="ffa" if scenario.lora.aggregation == "ffa" else "lora",
+                init_seed=scenario.run.seed,
+                pooling=scenario.lora.pooling,
+                num_labels=self.num_classes,
+            )
         self._working: Any = None
         self._codec: ArraysCodec | None = None
 
@@ -150,11 +130,11 @@ class TextLoraTask:
     @property
     def num_classes(self) -> int:
         """Classes of the corpus (the head's labels)."""
-        return self.spec.num_labels
+        return load_text_data(self.source, seed=self.scenario.run.seed).num_classes
 
-    def _key(self) -> tuple[int, int, int]:
+    def _tokens(self, split: str) -> TokenizedText:
         s = self.scenario
-        return s.data.train_records, s.run.seed, s.model.max_length
+        return _tokens(self.source, s.run.seed, self.spec.base, s.model.max_length, split)
 
     def partition_data(self, partition_id: int) -> TokenizedText:
         """The tokenised training records of one partition, from the seed."""
@@ -163,42 +143,42 @@ class TextLoraTask:
             raise ConfigError(
                 "partition-id", f"{partition_id} outside [0, {s.run.num_clients - 1}] (num-clients)"
             )
-        idx = _partitions(
-            *self._key(),
-            s.data.partitioner,
-            s.run.num_clients,
-            s.data.alpha,
-            s.data.classes_per_client,
-        )[partition_id]
-        return _train_tokens(*self._key()).subset(idx)
+        rows = partitions_for(self.source, self.partitions, "text").indices(partition_id)
+        return self._tokens("train").subset(rows)
 
     def site_data(self, path: str) -> TokenizedText:
-        """A site's own records: not supported for text yet."""
-        raise ConfigError("data-path", f"{path}: a site's own text data is not supported yet")
+        """A site's own labelled texts at ``path`` (any format of the data layer), tokenised."""
+        data = load_text_data(self.source, seed=self.scenario.run.seed)
+        texts = load_site_data(
+            path,
+            kind="text",
+            input_shape=(),
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            columns=self.source,
+        )
+        base = self.spec.base
+        return tokenize(texts, load_tokenizer(base), max_length=self.scenario.model.max_length)
 
     def heldout(self) -> TokenizedText:
         """The held-out test records (all, or ``test-records`` of them)."""
-        return _test_tokens(self.scenario.data.test_records, self.scenario.model.max_length)
+        return self._tokens("test")
 
     # -- both sides ----------------------------------------------------------------
 
     def check(self) -> None:
         """Refuse what cannot run: an unknown base, too long texts, empty partitions."""
         s = self.scenario
-        model = s.effective.model
-        if model not in _MAX_POSITIONS:
-            raise ConfigError(
-                "model", f"strategy lora needs one of {sorted(_MAX_POSITIONS)}, got {model!r}"
-            )
-        if s.effective.dataset != "rotten-tomatoes":
-            raise ConfigError(
-                "dataset", f"strategy lora needs 'rotten-tomatoes', got {s.effective.dataset!r}"
-            )
-        if s.model.max_length > _MAX_POSITIONS[model]:
+        positions = getattr(self.base_config, "max_position_embeddings", None) or getattr(
+            self.base_config, "n_positions", None
+        )
+        if positions is not None and s.model.max_length > positions:
             raise ConfigError(
                 "max-length",
-                f"{s.model.max_length} exceeds {model}'s {_MAX_POSITIONS[model]} positions",
+                f"{s.model.max_length} exceeds {s.effective.model}'s {positions} positions",
             )
+        with _as_scenario_keys():
+            self.initial_state()  # targets that match nothing, a head that cannot be built
         attack = s.attack
         if attack.kind == "label_flip" and attack.flip_rule == "targeted":
             for key, value in (
@@ -210,12 +190,7 @@ class TextLoraTask:
                         key,
                         f"{s.effective.dataset} has classes 0..{self.num_classes - 1}, got {value}",
                     )
-        for pid in range(s.run.num_clients):
-            if len(self.partition_data(pid)) == 0:
-                raise ConfigError(
-                    "num-clients",
-                    f"partition {pid} of {s.run.num_clients} is empty; lower num-clients",
-                )
+        partitions_for(self.source, self.partitions, "text")  # refuses empty partitions
 
     def initial_state(self) -> State:
         """Round 0: the tensors that train, at their seeded values."""
@@ -314,18 +289,67 @@ class TextLoraTask:
         accuracy, loss = evaluate_lora(self._working, self.heldout())
         return loss, accuracy
 
+    def load_model(self, state: State) -> Any:
+        """The base classifier with the global adapter (a PEFT model, eval mode)."""
+        model = build_lora_model(self.spec)
+        set_adapter_tensors(model, state)
+        return model.eval()
+
     def export(self, state: State, directory: Path, facts: Mapping[str, Any]) -> dict[str, Any]:
-        """The global adapter as a PEFT folder (``adapter/``); its settings for the summary."""
-        export_adapter(self.spec, state, directory / ADAPTER_DIR)
+        """The global adapter as a PEFT folder (``adapter/``) with its model card."""
+        s = self.scenario
+        with _as_scenario_keys():
+            export_adapter(
+                self.spec,
+                state,
+                directory / ADAPTER_DIR,
+                card=self.model_card(facts),
+                max_length=s.model.max_length,
+            )
+            targets = resolved_target_modules(self.load_model(state))
         spec = self.spec
         return {
             "base": spec.base,
             "adapter": ADAPTER_DIR,
             "r": spec.r,
             "lora_alpha": spec.lora_alpha,
-            "target_modules": list(spec.target_modules),
+            # As resolved: PEFT's default for the architecture unless the scenario names them.
+            "target_modules": targets if isinstance(targets, str) else list(targets),
             "mode": spec.mode,
             "pooling": spec.pooling,
-            "aggregation": self.scenario.lora.aggregation,
+            "aggregation": s.lora.aggregation,
             "init_seed": spec.init_seed,
         }
+
+    def model_card(self, facts: Mapping[str, Any]) -> ModelCard:
+        """The facts of the run for the exported adapter's model card."""
+        s, dp = self.scenario, self.scenario.dp
+        privacy = []
+        summary = facts.get("privacy") or {}
+        for unit in ("record", "client"):
+            figures = summary.get(unit)
+            if figures and figures["releases"]:
+                sigmas = [s for p in figures["parties"].values() for s in p["noise_multipliers"]]
+                privacy.append(
+                    DpGuarantee(
+                        unit,
+                        epsilon=figures["max_epsilon"],
+                        delta=dp.delta,
+                        clip_norm=dp.clip_norm if unit == "record" else dp.client_clip_norm,
+                        noise_multiplier=min(sigmas),
+                        accountant=dp.accountant,
+                    )
+                )
+        stopped = facts.get("stopped")
+        return ModelCard(
+            data=f"{s.effective.dataset} ({s.data.train_records or 'all'} training records, "
+            f"{s.data.partitioner} partition)",
+            rounds=int(facts["rounds"]),
+            clients=s.run.num_clients,
+            clients_per_round=s.run.clients_per_round,
+            aggregation=s.lora.aggregation,
+            accuracy=float(facts["final_accuracy"]),
+            test_records=len(self.heldout()),
+            privacy=tuple(privacy),
+            notes=f"The run stopped early: {stopped.rstrip('.')}." if stopped else "",
+        )

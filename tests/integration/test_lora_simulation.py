@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 from opacus.accountants import RDPAccountant
-from peft import PeftModel
 
 from fedrank.cli import main
 from fedrank.config import Scenario
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.export import load_exported_adapter
 from fedrank.models.lora import adapter_tensors, load_base_model
+from fedrank.models.pooling import load_pooled_adapter
 from fedrank.privacy.accountant import RDP_ORDERS, compute_epsilon
 from fedrank.privacy.plan import steps_per_epoch
 from fedrank.simulations.run import simulate
@@ -122,7 +122,7 @@ def test_the_exported_folder_loads_with_peft_and_reproduces_the_accuracy(
     s, summary, _ = run
     task = lora_task(s)
     folder = Path(s.output.results_dir) / "adapter"
-    model = PeftModel.from_pretrained(load_base_model(task.spec), str(folder))
+    model = load_pooled_adapter(load_base_model(task.spec), folder)
     accuracy, loss = evaluate_lora(model, task.heldout())
 
     assert accuracy == summary["final_accuracy"]

@@ -8,7 +8,7 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
-from fedrank.data.digits import ImageSplit
+from fedrank.data.splits import ImageSplit
 from fedrank.data.text import TokenizedText
 from fedrank.errors import ConfigError
 from fedrank.models.proximal import ProximalTerm
