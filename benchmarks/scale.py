@@ -1,8 +1,11 @@
 """Scale: start-up, time per round and peak memory against the number of registered clients.
 
-Each configuration is one ``fedrank simulate`` in a process (and session) of its own:
-FRL, the MLP on ``synthetic-digits`` (250,000 8x8 images), 1% of the clients sampled
-per round, on the local backend and on Ray. Measured from outside, so nothing of the
+Each configuration (registered clients : clients per round) is one ``fedrank simulate``
+in a process (and session) of its own: FRL, the MLP on ``synthetic-digits`` (250,000
+8x8 images), on the local backend and on Ray. The default configurations are the
+federations of issue 15 (1,000 clients with 10 a round, 10,000 with 100) and 10,000 with
+10 a round: start-up and time per round must not depend on the registered clients, so
+1,000:10 and 10,000:10 are the pair compared. Measured from outside, so nothing of the
 measurement weighs on the run:
 
 - peak memory of the whole process tree (the driver and every child: Ray's GCS, raylet,
@@ -14,10 +17,11 @@ measurement weighs on the run:
 - time per round: the median ``seconds`` of the rounds after the first (the first one
   also pays for each Ray worker importing torch).
 
-Ratios 10,000 / 1,000 clients are printed per backend (same process tree, same rounds).
+Ratios between the configurations with the same clients per round are printed per
+backend (largest / smallest registered count).
 
-Run: ``python -m benchmarks.scale`` (``--clients 1000,10000 --backends local,ray
---rounds 4 --out results/scale``).
+Run: ``python -m benchmarks.scale`` (``--configs 1000:10,10000:10,10000:100 --backends
+local,ray --rounds 4 --out results/scale``).
 """
 
 from __future__ import annotations
@@ -86,11 +90,11 @@ def _stop(process: subprocess.Popen[bytes], root: psutil.Process) -> None:
 
 
 def measure(
-    clients: int, backend: str, *, rounds: int, out: Path, limit: float = 3600.0
+    clients: int, per_round: int, backend: str, *, rounds: int, out: Path, limit: float = 3600.0
 ) -> dict[str, Any]:
     """Run one configuration; return its figures."""
-    results = out / f"{backend}-{clients}"
-    per_round = max(1, clients // 100)
+    name = f"{backend}-{clients}-{per_round}"
+    results = out / name
     command = [
         sys.executable, "-m", "fedrank.cli", "simulate", "--quiet", "--backend", backend,
         "--dataset", "synthetic-digits", "--model", "mlp", "--partitioner", "iid",
@@ -99,7 +103,7 @@ def measure(
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.monotonic()
-    log = (out / f"{backend}-{clients}.log").open("wb")
+    log = (out / f"{name}.log").open("wb")
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -121,7 +125,7 @@ def measure(
     if process.returncode != 0 or len(trained) < rounds:
         raise RuntimeError(
             f"{backend} with {clients} clients did not finish (exit {process.returncode}); "
-            f"see {out / f'{backend}-{clients}.log'}"
+            f"see {out / f'{name}.log'}"
         )
     later = [float(r["seconds"]) for r in trained[1:]] or [float(trained[0]["seconds"])]
     return {
@@ -138,7 +142,7 @@ def measure(
 
 
 def table(figures: list[dict[str, Any]]) -> str:
-    """Markdown: one line per configuration, then the 10,000 / 1,000 ratios per backend."""
+    """Markdown: one line per configuration, then the ratios at equal clients per round."""
     lines = [
         "| backend | clients | per round | start-up (s) | first round (s) | later rounds (s) "
         "| peak memory, process tree (MiB) | processes |",
@@ -150,12 +154,16 @@ def table(figures: list[dict[str, Any]]) -> str:
             f"| {f['first_round_s']:.1f} | {f['round_s']:.2f} | {f['peak_mb']:.0f} "
             f"| {f['processes']} |"
         )
-    for backend in dict.fromkeys(f["backend"] for f in figures):
-        mine = sorted((f for f in figures if f["backend"] == backend), key=lambda f: f["clients"])
+    pairs = dict.fromkeys((f["backend"], f["per_round"]) for f in figures)
+    for backend, per_round in pairs:
+        mine = sorted(
+            (f for f in figures if (f["backend"], f["per_round"]) == (backend, per_round)),
+            key=lambda f: f["clients"],
+        )
         if len(mine) >= 2:
             small, large = mine[0], mine[-1]
             lines.append(
-                f"| {backend} ratio | {large['clients']:,} / {small['clients']:,} | "
+                f"| {backend} ratio | {large['clients']:,} / {small['clients']:,} | {per_round} "
                 f"| {large['startup_s'] / small['startup_s']:.2f}x "
                 f"| {large['first_round_s'] / small['first_round_s']:.2f}x "
                 f"| {large['round_s'] / small['round_s']:.2f}x "
@@ -166,7 +174,9 @@ def table(figures: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", default="1000,10000")
+    parser.add_argument(
+        "--configs", default="1000:10,10000:10,10000:100", help="clients:per-round list"
+    )
     parser.add_argument("--backends", default="local,ray")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", default="results/scale")
@@ -174,9 +184,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     figures = []
+    configs = [tuple(int(x) for x in c.split(":")) for c in args.configs.split(",")]
     for backend in args.backends.split(","):
-        for clients in (int(c) for c in args.clients.split(",")):
-            figures.append(measure(clients, backend, rounds=args.rounds, out=out))
+        for clients, per_round in configs:
+            figures.append(measure(clients, per_round, backend, rounds=args.rounds, out=out))
             print(json.dumps(figures[-1]), flush=True)
     text = table(figures)
     (out / "scale.md").write_text(text, encoding="utf-8")
