@@ -61,7 +61,7 @@ class AggregationConfig:
         low=0.0,
     )
     server_momentum: float = setting(
-        0.9, "fedavgm: server momentum", low=0.0, high=1.0, high_open=True
+        0.5, "fedavgm: server momentum", low=0.0, high=1.0, high_open=True
     )
     server_beta1: float = setting(
         0.9, "fedadam, fedyogi: first-moment decay", low=0.0, high=1.0, high_open=True

@@ -251,7 +251,7 @@ def test_a_scenario_builds_flowers_strategy_with_its_settings() -> None:
     assert isinstance(momentum, SeededFedAvgM)
     assert (momentum.server_learning_rate, momentum.server_momentum, momentum.server_opt) == (
         0.5,
-        0.9,
+        0.5,
         True,
     )
     bulyan = fedavg_strategy(
