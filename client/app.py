@@ -24,6 +24,7 @@ never trains, and each round's global state is evaluated on it when the server a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -63,24 +64,56 @@ def partition_id(context: Context) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=16)
+def _parsed(items: tuple[tuple[str, Any], ...], source: str) -> tuple[Scenario, str]:
+    scenario = Scenario.from_mapping(dict(items), source=source)
+    return scenario, scenario.settings_digest()
+
+
+def _scenario_of(record: ConfigRecord, source: str) -> tuple[Scenario, str]:
+    """The settings in ``record`` as a scenario, and its digest: parsed once per process.
+
+    A simulation's thousands of nodes share a few processes and the same settings;
+    parsing and hashing them for each node made discovery grow with the federation.
+    """
+    items = tuple(sorted(record.items()))
+    try:
+        return _parsed(items, source)
+    except TypeError:  # an unhashable value: not valid settings, say why uncached
+        scenario = Scenario.from_mapping(dict(items), source=source)
+        return scenario, scenario.settings_digest()
+
+
+def _config_record(records: RecordDict, name: str) -> ConfigRecord | None:
+    """The ConfigRecord called ``name`` in ``records``, if there is one.
+
+    (``RecordDict.config_records`` builds a checked view of every record on each use:
+    the larger part of a discovery query's cost.)
+    """
+    record = records.get(name)
+    return record if isinstance(record, ConfigRecord) else None
+
+
 def run_settings(msg: Message, context: Context) -> Scenario:
     """The run's client settings: from the message if it carries them (kept in the node's
     state for later rounds), else from the node's state; checked against the digest the
     message names."""
-    record = msg.content.config_records.get(keys.RUN)
+    record = _config_record(msg.content, keys.RUN)
     if record is not None:
-        scenario = Scenario.from_mapping(dict(record), source="the server's run settings")
-        context.state.config_records[SETTINGS_STATE] = ConfigRecord(dict(record))
-    elif SETTINGS_STATE in context.state.config_records:
-        stored = dict(context.state.config_records[SETTINGS_STATE])
-        scenario = Scenario.from_mapping(stored, source="this node's run settings")
+        scenario, own_digest = _scenario_of(record, "the server's run settings")
+        # The record itself, not a copy: building a ConfigRecord checks each of its values
+        # again, which every node of a large federation paid for at discovery. Nothing
+        # writes to it; Flower copies a message's content wherever it crosses a process.
+        context.state[SETTINGS_STATE] = record
+    elif (stored := _config_record(context.state, SETTINGS_STATE)) is not None:
+        scenario, own_digest = _scenario_of(stored, "this node's run settings")
     else:
         raise FedrankError(
             "this node has no settings for the run (it lost its state); they are re-sent"
         )
-    config = msg.content.config_records.get(keys.CONFIG)
+    config = _config_record(msg.content, keys.CONFIG)
     digest = config.get(keys.SETTINGS_DIGEST) if config is not None else None
-    if digest is not None and digest != scenario.settings_digest():
+    if digest is not None and digest != own_digest:
         raise FedrankError("this node holds the settings of another run; they are re-sent")
     return scenario
 

@@ -8,7 +8,9 @@ defaults) with any field overridden by a flag of the same name::
 ``fedrank simulate --resume RESULTS_DIR`` continues an interrupted run from its
 last complete round (the scenario is read from the folder).
 ``fedrank experiment robustness`` runs a grid of aggregator x attack x malicious
-fraction x seed around such a scenario (docs/robustness.md).
+fraction x seed around such a scenario (docs/robustness.md); ``fedrank experiment
+baselines`` compares FRL with Flower's baselines per round and per uplink byte
+(docs/baselines.md).
 """
 
 from __future__ import annotations
@@ -244,6 +246,43 @@ def _robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baselines(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedrank.simulations import comparison
+
+    base = _scenario_from_args(args)
+    variants = comparison.parse_variants(args.variants)
+    seeds = [_number(args.seeds, x, int) for x in args.seeds.split(",")]
+    if not args.verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    from fedrank.simulations.run import simulate
+
+    def runner(scenario: Scenario) -> dict[str, Any]:
+        return simulate(scenario, ray_address=args.ray_address, backend=args.backend)
+
+    def on_run(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            print(
+                f"fedrank: {row['variant']} seed {row['seed']}: "
+                f"{100 * row['final_accuracy']:.2f}% ({row['seconds']:.0f} s)",
+                flush=True,
+            )
+
+    out = Path(args.out)
+    runs = len(variants) * len(seeds)
+    print(f"fedrank: baselines comparison of {runs} runs ({args.backend}); results in {out}")
+    rows = comparison.run_comparison(base, variants, seeds, out, runner=runner, on_run=on_run)
+    table = comparison.table_markdown(rows)
+    (out / "baselines.md").write_text(table, encoding="utf-8")
+    comparison.plot_comparison(rows, out / "baselines.png")
+    print(table)
+    print(f"fedrank: wrote {out / comparison.CSV_FILE}, baselines.md, baselines.png")
+    return 0
+
+
 def _number(text: str, item: str, kind: type[float] | type[int]) -> Any:
     try:
         return kind(item)
@@ -251,11 +290,17 @@ def _number(text: str, item: str, kind: type[float] | type[int]) -> Any:
         raise ConfigError("grid", f"{item!r} in {text!r} is not a {kind.__name__}") from err
 
 
+BASELINE_VARIANTS = (
+    "frl:borda,fedavg:mean,fedavg:fedavgm,fedavg:fedadam,fedavg:fedyogi,fedavg:fedprox,"
+    "fedavg:bulyan+trim-fraction=0.1"
+)
+
+
 def _add_experiments(sub: Any) -> None:
-    """``fedrank experiment robustness`` (one block: the grids live in ``simulations``)."""
+    """``fedrank experiment robustness`` and ``baselines`` (the grids live in ``simulations``)."""
     from fedrank.config import RANKING_ATTACKS
 
-    exp = sub.add_parser("experiment", help="experiment grids (robustness, privacy)")
+    exp = sub.add_parser("experiment", help="experiment grids (robustness, baselines, privacy)")
     grids = exp.add_subparsers(dest="grid", required=True)
     rob = grids.add_parser(
         "robustness",
@@ -283,6 +328,25 @@ def _add_experiments(sub: Any) -> None:
     rob.set_defaults(func=_robustness)
     privacy_commands.add_privacy_grid(grids, _add_scenario_flags, _scenario_from_args)
     privacy_commands.add_rqm_table(grids)
+    bas = grids.add_parser(
+        "baselines",
+        help="FRL against Flower's baselines: accuracy per round and per uplink byte",
+    )
+    bas.add_argument("--scenario", help="base scenario (packaged name or TOML path)")
+    bas.add_argument(
+        "--variants",
+        default=BASELINE_VARIANTS,
+        help="strategy:aggregator[+key=value...] list; the first is the reference of the "
+        f"equal-uplink column (default: {BASELINE_VARIANTS})",
+    )
+    bas.add_argument("--seeds", default="0", help="seeds")
+    bas.add_argument("--backend", choices=("ray", "local"), default="ray")
+    bas.add_argument("--out", default="results/baselines", help="output folder")
+    bas.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS)")
+    bas.add_argument("--quiet", action="store_true", help="no line per finished run")
+    bas.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    _add_scenario_flags(bas)
+    bas.set_defaults(func=_baselines)
 
 
 def _add_version(parser: argparse.ArgumentParser) -> None:

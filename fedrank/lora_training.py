@@ -36,6 +36,7 @@ from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.models.evaluation import classifier_logits as _logits
 from fedrank.models.evaluation import evaluate_lora as evaluate_lora
 from fedrank.models.lora import trainable_tensors
+from fedrank.models.proximal import ProximalTerm
 from fedrank.privacy.accountant import compute_epsilon, noise_multiplier_for_epsilon
 from fedrank.privacy.canaries import GradientCanaries
 from fedrank.privacy.randomness import RandomSource
@@ -185,6 +186,7 @@ def train_lora(
     accountant_state: AccountantHistory = (),
     randomness: RandomSource | None = None,
     canaries: GradientCanaries | None = None,
+    proximal_mu: float = 0.0,
 ) -> LoraTrainResult:
     """Train the adapter of ``model`` (in place) on ``data``.
 
@@ -218,6 +220,9 @@ def train_lora(
     canaries : GradientCanaries, optional
         Privacy audits only: gradient canaries inserted into DP-SGD
         (:mod:`fedrank.privacy.canaries`).
+    proximal_mu : float
+        FedProx: ``(mu / 2) ||w - w_start||^2`` over the trained tensors is added to the
+        loss (0: none). Not under DP-SGD, whose per-example gradients would drop it.
 
     Returns
     -------
@@ -242,6 +247,9 @@ def train_lora(
         raise ConfigError("canaries", "gradient canaries audit DP-SGD: give dp too")
     if dp is not None and not isinstance(randomness, RandomSource):
         raise ConfigError("randomness", "DP-SGD needs a RandomSource for noise and batches")
+    if dp is not None and proximal_mu:
+        raise ConfigError("proximal-mu", "DP-SGD would drop the proximal term; use 0 under DP")
+    proximal = ProximalTerm([p for p in model.parameters() if p.requires_grad], proximal_mu)
     opt = _optimizer(_param_groups(model, lr, head_lr), optimizer, lr, weight_decay)
     dataset = TensorDataset(data.input_ids, data.attention_mask, data.labels)
     loader = DataLoader(
@@ -262,7 +270,7 @@ def train_lora(
         torch.manual_seed(seed)
         model.train()
         if dp is None or randomness is None:
-            losses = _train_plain(model, opt, loader, epochs)
+            losses = _train_plain(model, opt, loader, epochs, proximal)
             privacy = None
             new_state = tuple(accountant_state)
         else:
@@ -283,7 +291,11 @@ def _to(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _train_plain(
-    model: Any, opt: torch.optim.Optimizer, loader: DataLoader[Any], epochs: int
+    model: Any,
+    opt: torch.optim.Optimizer,
+    loader: DataLoader[Any],
+    epochs: int,
+    proximal: ProximalTerm,
 ) -> list[float]:
     device = model_device(model)
     losses: list[float] = []
@@ -292,7 +304,7 @@ def _train_plain(
             ids, mask, labels = _to(device, *batch)
             opt.zero_grad()
             loss = F.cross_entropy(_logits(model, ids, mask), labels)
-            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+            proximal.add_to(loss).backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             opt.step()
             losses.append(float(loss.detach()))
     return losses

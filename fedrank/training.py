@@ -22,6 +22,7 @@ from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
 from fedrank.data.splits import ImageSplit
 from fedrank.devices import model_device
+from fedrank.models.proximal import ProximalTerm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ def train_local(
     momentum: float,
     batch_size: int,
     generator: torch.Generator,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train the model's trainable parameters with SGD + momentum for ``epochs``.
 
@@ -69,8 +71,12 @@ def train_local(
     generator : torch.Generator
         Draws the shuffling order, and seeds torch's global generator for the
         model's own draws (dropout); the same seed gives the same training.
+    proximal_mu : float
+        FedProx: ``(mu / 2) ||w - w_start||^2`` is added to the loss (0: plain training).
+        The reported loss is the cross-entropy alone.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    proximal = ProximalTerm(params, proximal_mu)
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
     device = model_device(model)
     x = torch.from_numpy(data.images).to(device)
@@ -84,7 +90,7 @@ def train_local(
                 idx = order[start : start + batch_size]
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(x[idx]), y[idx])
-                loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
+                proximal.add_to(loss).backward()  # type: ignore[no-untyped-call]  # untyped in torch
                 optimizer.step()
                 total += float(loss.detach())
                 steps += 1

@@ -29,6 +29,7 @@ from numpy.lib import format as npy_format
 from fedrank.errors import InvalidUpdate
 from fedrank.protos import keys
 from fedrank.protos.gate import RecordType, check_records, read_metrics
+from fedrank.protos.packing import rank_buckets
 from fedrank.protos.ranking_wire import RankingWire
 from fedrank.protos.records import to_array_record
 from fedrank.protos.serde import decode_privacy_report, encode_privacy_report
@@ -114,9 +115,21 @@ def _metrics_record(reply: Reply) -> MetricRecord:
 
 @dataclasses.dataclass(frozen=True)
 class RankingCodec:
-    """FRL rank vectors, bit-packed (see :class:`RankingWire`)."""
+    """FRL rank vectors, bit-packed (see :class:`RankingWire`).
+
+    Parameters
+    ----------
+    wire : RankingWire
+        The run's layers, run id and model fingerprint.
+    reply_bits : int
+        0: clients reply with full rankings. ``b`` >= 1: with each edge's rank bucket
+        ``floor(rank * 2**b / n)`` in ``b`` bits (:mod:`fedrank.protos.coarse`); the
+        decoded reply state is then the bucket vectors. The global ranking the server
+        sends is always full.
+    """
 
     wire: RankingWire
+    reply_bits: int = 0
 
     def encode_global(self, server_round: int, state: Mapping[str, np.ndarray]) -> RecordDict:
         """The global ranking in the ``update`` record."""
@@ -127,13 +140,18 @@ class RankingCodec:
         return self.wire.decode(server_round, content)
 
     def encode_reply(self, server_round: int, reply: Reply) -> RecordDict:
-        """The client's ranking and metrics."""
-        content = self.wire.encode(server_round, reply.state)
+        """The client's ranking (full, or its buckets) and metrics."""
+        if self.reply_bits:
+            buckets = {n: rank_buckets(r, self.reply_bits) for n, r in reply.state.items()}
+            content = self.wire.encode_buckets(server_round, buckets, bits=self.reply_bits)
+        else:
+            content = self.wire.encode(server_round, reply.state)
         content[keys.METRICS] = _metrics_record(reply)
         return content
 
     def decode_reply(self, server_round: int, message: Message) -> Update:
-        """The reply's validated ranking (a permutation per layer) and metrics."""
+        """The reply's validated ranking (a permutation per layer, or bucket vectors each
+        bucket holding its share) and metrics."""
         content = message.content
         check_records(content, required={keys.UPDATE: ConfigRecord, keys.METRICS: MetricRecord})
         if set(content[keys.UPDATE]) != {keys.RANKING}:
@@ -141,9 +159,13 @@ class RankingCodec:
                 "malformed", f"the {keys.UPDATE!r} record must hold only {keys.RANKING!r}"
             )
         metrics = read_metrics(content.metric_records[keys.METRICS])
+        if self.reply_bits:
+            state = self.wire.decode_buckets(server_round, content, bits=self.reply_bits)
+        else:
+            state = self.wire.decode(server_round, content)
         return Update(
             node=message.metadata.src_node_id,
-            state=self.wire.decode(server_round, content),
+            state=state,
             weight=metrics[keys.NUM_EXAMPLES],
             metrics=metrics,
         )

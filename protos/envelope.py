@@ -238,7 +238,9 @@ def header_from_proto(
     )
 
 
-def check_body(update: update_pb2.Update, kind: Literal["ranking", "adapter"]) -> None:
+def check_body(
+    update: update_pb2.Update, kind: Literal["ranking", "adapter", "coarse_ranking"]
+) -> None:
     """``wrong_kind`` unless the envelope carries a body of ``kind``."""
     got = update.WhichOneof("body")
     if got != kind:

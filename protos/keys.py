@@ -31,6 +31,9 @@ DETAIL = "detail"
 # Keys inside records.
 SERVER_ROUND = "server-round"
 SETTINGS_DIGEST = "settings-digest"
+PROXIMAL_MU = "proximal-mu"
+"""Config key of a FedProx train message: the weight mu of the client's proximal term
+(the name Flower's ``FedProx`` sends it under)."""
 PARTITION_ID = "partition-id"
 ASK = "ask"
 NUM_EXAMPLES = "num-examples"

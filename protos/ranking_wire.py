@@ -1,8 +1,9 @@
 """FRL rankings in Flower messages, in both directions, through the ``fedrank.v1`` codec.
 
 The server sends the global rank vectors and every client answers with its own,
-each as one bit-packed ``fedrank.v1.Update`` (ceil(log2 n) bits per edge) in the
-message's ``update`` config record. Both directions go through the same strict
+each as one bit-packed ``fedrank.v1.Update`` (ceil(log2 n) bits per edge, or a coarse
+ranking of ``rank-bits`` bits per edge: :mod:`fedrank.protos.coarse`) in the message's
+``update`` config record. Both directions go through the same strict
 decoder, so a client never trains from, and the server never votes on, anything
 but a permutation of the right size for this run, round and model.
 """
@@ -18,6 +19,11 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedrank.errors import InvalidUpdate
 from fedrank.protos import keys
+from fedrank.protos.coarse import (
+    coarse_size_limit,
+    decode_coarse_ranking_update,
+    encode_coarse_ranking_update,
+)
 from fedrank.protos.serde import decode_ranking_update, encode_ranking_update, ranking_size_limit
 from fedrank.protos.updates import (
     RankingExpectation,
@@ -75,14 +81,7 @@ class RankingWire:
 
     def decode(self, server_round: int, content: RecordDict) -> dict[str, np.ndarray]:
         """The validated rank vectors in ``content``; raises ``InvalidUpdate`` otherwise."""
-        records = content.config_records
-        if UPDATE_RECORD not in records or RANKING_KEY not in records[UPDATE_RECORD]:
-            raise InvalidUpdate(
-                "malformed", f"message has no '{UPDATE_RECORD}.{RANKING_KEY}' payload"
-            )
-        payload = records[UPDATE_RECORD][RANKING_KEY]
-        if not isinstance(payload, bytes):
-            raise InvalidUpdate("malformed", f"payload is a {type(payload).__name__}, not bytes")
+        payload = _payload(content)
         expect = RankingExpectation(
             run_id=self.run_id,
             round=server_round,
@@ -91,3 +90,38 @@ class RankingWire:
             max_bytes=self.max_bytes,
         )
         return dict(decode_ranking_update(payload, expect=expect))
+
+    def encode_buckets(
+        self, server_round: int, buckets: Mapping[str, np.ndarray], *, bits: int
+    ) -> RecordDict:
+        """The ``update`` record carrying a coarse ranking (bucket vectors, ``bits`` each)."""
+        header = UpdateHeader(
+            run_id=self.run_id, round=server_round, model_fingerprint=self.fingerprint
+        )
+        payload = encode_coarse_ranking_update(header, buckets, bits=bits)
+        return RecordDict({UPDATE_RECORD: ConfigRecord({RANKING_KEY: payload})})
+
+    def decode_buckets(
+        self, server_round: int, content: RecordDict, *, bits: int
+    ) -> dict[str, np.ndarray]:
+        """The validated bucket vectors in ``content`` (every bucket holds its share)."""
+        expect = RankingExpectation(
+            run_id=self.run_id,
+            round=server_round,
+            model_fingerprint=self.fingerprint,
+            layer_sizes=self.layer_sizes,
+            max_bytes=coarse_size_limit(self.layer_sizes, bits),
+            bucket_bits=bits,
+        )
+        return dict(decode_coarse_ranking_update(_payload(content), expect=expect))
+
+
+def _payload(content: RecordDict) -> bytes:
+    """The bytes under ``update.ranking`` (``malformed`` when there are none)."""
+    records = content.config_records
+    if UPDATE_RECORD not in records or RANKING_KEY not in records[UPDATE_RECORD]:
+        raise InvalidUpdate("malformed", f"message has no '{UPDATE_RECORD}.{RANKING_KEY}' payload")
+    payload = records[UPDATE_RECORD][RANKING_KEY]
+    if not isinstance(payload, bytes):
+        raise InvalidUpdate("malformed", f"payload is a {type(payload).__name__}, not bytes")
+    return payload

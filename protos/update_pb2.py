@@ -24,27 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64rank/v1/update.proto\x12\nfedrank.v1\"`\n\x0cUpdateHeader\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x19\n\x11model_fingerprint\x18\x04 \x01(\t\"T\n\x0cLayerRanking\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x16\n\x0e\x62its_per_index\x18\x03 \x01(\r\x12\x0e\n\x06packed\x18\x04 \x01(\x0c\"9\n\rRankingUpdate\x12(\n\x06layers\x18\x01 \x03(\x0b\x32\x18.fedrank.v1.LayerRanking\"\\\n\rAdapterTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.fedrank.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8f\x01\n\rAdapterUpdate\x12\x11\n\tlora_rank\x18\x01 \x01(\r\x12\x12\n\nlora_alpha\x18\x02 \x01(\x01\x12+\n\x07\x66\x61\x63tors\x18\x03 \x01(\x0e\x32\x1a.fedrank.v1.AdapterFactors\x12*\n\x07tensors\x18\x04 \x03(\x0b\x32\x19.fedrank.v1.AdapterTensor\"\x96\x01\n\x06Update\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedrank.v1.UpdateHeader\x12,\n\x07ranking\x18\x02 \x01(\x0b\x32\x19.fedrank.v1.RankingUpdateH\x00\x12,\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32\x19.fedrank.v1.AdapterUpdateH\x00\x42\x06\n\x04\x62ody*W\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT16\x10\x01\x12\x11\n\rDTYPE_FLOAT32\x10\x02\x12\x11\n\rDTYPE_FLOAT64\x10\x03*`\n\x0e\x41\x64\x61pterFactors\x12\x1f\n\x1b\x41\x44\x41PTER_FACTORS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x44\x41PTER_FACTORS_AB\x10\x01\x12\x15\n\x11\x41\x44\x41PTER_FACTORS_B\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64rank/v1/update.proto\x12\nfedrank.v1\"`\n\x0cUpdateHeader\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x19\n\x11model_fingerprint\x18\x04 \x01(\t\"T\n\x0cLayerRanking\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x16\n\x0e\x62its_per_index\x18\x03 \x01(\r\x12\x0e\n\x06packed\x18\x04 \x01(\x0c\"9\n\rRankingUpdate\x12(\n\x06layers\x18\x01 \x03(\x0b\x32\x18.fedrank.v1.LayerRanking\"U\n\x0cLayerBuckets\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x17\n\x0f\x62its_per_bucket\x18\x03 \x01(\r\x12\x0e\n\x06packed\x18\x04 \x01(\x0c\"?\n\x13\x43oarseRankingUpdate\x12(\n\x06layers\x18\x01 \x03(\x0b\x32\x18.fedrank.v1.LayerBuckets\"\\\n\rAdapterTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.fedrank.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x8f\x01\n\rAdapterUpdate\x12\x11\n\tlora_rank\x18\x01 \x01(\r\x12\x12\n\nlora_alpha\x18\x02 \x01(\x01\x12+\n\x07\x66\x61\x63tors\x18\x03 \x01(\x0e\x32\x1a.fedrank.v1.AdapterFactors\x12*\n\x07tensors\x18\x04 \x03(\x0b\x32\x19.fedrank.v1.AdapterTensor\"\xd1\x01\n\x06Update\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedrank.v1.UpdateHeader\x12,\n\x07ranking\x18\x02 \x01(\x0b\x32\x19.fedrank.v1.RankingUpdateH\x00\x12,\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32\x19.fedrank.v1.AdapterUpdateH\x00\x12\x39\n\x0e\x63oarse_ranking\x18\x04 \x01(\x0b\x32\x1f.fedrank.v1.CoarseRankingUpdateH\x00\x42\x06\n\x04\x62ody*W\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT16\x10\x01\x12\x11\n\rDTYPE_FLOAT32\x10\x02\x12\x11\n\rDTYPE_FLOAT64\x10\x03*`\n\x0e\x41\x64\x61pterFactors\x12\x1f\n\x1b\x41\x44\x41PTER_FACTORS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x44\x41PTER_FACTORS_AB\x10\x01\x12\x15\n\x11\x41\x44\x41PTER_FACTORS_B\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedrank.v1.update_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=675
-  _globals['_DTYPE']._serialized_end=762
-  _globals['_ADAPTERFACTORS']._serialized_start=764
-  _globals['_ADAPTERFACTORS']._serialized_end=860
+  _globals['_DTYPE']._serialized_start=886
+  _globals['_DTYPE']._serialized_end=973
+  _globals['_ADAPTERFACTORS']._serialized_start=975
+  _globals['_ADAPTERFACTORS']._serialized_end=1071
   _globals['_UPDATEHEADER']._serialized_start=39
   _globals['_UPDATEHEADER']._serialized_end=135
   _globals['_LAYERRANKING']._serialized_start=137
   _globals['_LAYERRANKING']._serialized_end=221
   _globals['_RANKINGUPDATE']._serialized_start=223
   _globals['_RANKINGUPDATE']._serialized_end=280
-  _globals['_ADAPTERTENSOR']._serialized_start=282
-  _globals['_ADAPTERTENSOR']._serialized_end=374
-  _globals['_ADAPTERUPDATE']._serialized_start=377
-  _globals['_ADAPTERUPDATE']._serialized_end=520
-  _globals['_UPDATE']._serialized_start=523
-  _globals['_UPDATE']._serialized_end=673
+  _globals['_LAYERBUCKETS']._serialized_start=282
+  _globals['_LAYERBUCKETS']._serialized_end=367
+  _globals['_COARSERANKINGUPDATE']._serialized_start=369
+  _globals['_COARSERANKINGUPDATE']._serialized_end=432
+  _globals['_ADAPTERTENSOR']._serialized_start=434
+  _globals['_ADAPTERTENSOR']._serialized_end=526
+  _globals['_ADAPTERUPDATE']._serialized_start=529
+  _globals['_ADAPTERUPDATE']._serialized_end=672
+  _globals['_UPDATE']._serialized_start=675
+  _globals['_UPDATE']._serialized_end=884
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,24 @@ class RankingUpdate(_message.Message):
     layers: _containers.RepeatedCompositeFieldContainer[LayerRanking]
     def __init__(self, layers: _Optional[_Iterable[_Union[LayerRanking, _Mapping]]] = ...) -> None: ...
 
+class LayerBuckets(_message.Message):
+    __slots__ = ("name", "length", "bits_per_bucket", "packed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    BITS_PER_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    length: int
+    bits_per_bucket: int
+    packed: bytes
+    def __init__(self, name: _Optional[str] = ..., length: _Optional[int] = ..., bits_per_bucket: _Optional[int] = ..., packed: _Optional[bytes] = ...) -> None: ...
+
+class CoarseRankingUpdate(_message.Message):
+    __slots__ = ("layers",)
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerBuckets]
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerBuckets, _Mapping]]] = ...) -> None: ...
+
 class AdapterTensor(_message.Message):
     __slots__ = ("name", "shape", "dtype", "data")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -82,11 +100,13 @@ class AdapterUpdate(_message.Message):
     def __init__(self, lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., factors: _Optional[_Union[AdapterFactors, str]] = ..., tensors: _Optional[_Iterable[_Union[AdapterTensor, _Mapping]]] = ...) -> None: ...
 
 class Update(_message.Message):
-    __slots__ = ("header", "ranking", "adapter")
+    __slots__ = ("header", "ranking", "adapter", "coarse_ranking")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     RANKING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    COARSE_RANKING_FIELD_NUMBER: _ClassVar[int]
     header: UpdateHeader
     ranking: RankingUpdate
     adapter: AdapterUpdate
-    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., ranking: _Optional[_Union[RankingUpdate, _Mapping]] = ..., adapter: _Optional[_Union[AdapterUpdate, _Mapping]] = ...) -> None: ...
+    coarse_ranking: CoarseRankingUpdate
+    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., ranking: _Optional[_Union[RankingUpdate, _Mapping]] = ..., adapter: _Optional[_Union[AdapterUpdate, _Mapping]] = ..., coarse_ranking: _Optional[_Union[CoarseRankingUpdate, _Mapping]] = ...) -> None: ...

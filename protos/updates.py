@@ -79,6 +79,8 @@ class RankingExpectation:
     reply must carry exactly these layers, each a permutation of ``0..n-1``.
     ``max_bytes`` bounds the payload before it is parsed
     (:func:`fedrank.protos.serde.ranking_size_limit` gives a tight bound).
+    ``bucket_bits`` > 0 expects a coarse ranking instead: each edge's rank bucket in
+    that many bits (:mod:`fedrank.protos.coarse`).
     """
 
     run_id: str
@@ -87,6 +89,7 @@ class RankingExpectation:
     layer_sizes: Mapping[str, int]
     max_bytes: int
     schema_version: int = SCHEMA_VERSION
+    bucket_bits: int = 0
 
     def __post_init__(self) -> None:
         _check_identity(self.run_id, self.round, self.model_fingerprint, self.schema_version)
@@ -100,6 +103,12 @@ class RankingExpectation:
             "max_bytes",
             self.max_bytes,
             "an int > 0",
+        )
+        _require(
+            isinstance(self.bucket_bits, int) and 0 <= self.bucket_bits <= 16,
+            "bucket_bits",
+            self.bucket_bits,
+            "an int in 0..16",
         )
         object.__setattr__(self, "layer_sizes", MappingProxyType(sizes))
 

@@ -159,9 +159,12 @@ def _run(
     else:
         from flwr.simulation import run_simulation
 
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=scenario.run.num_clients,
-            backend_config=backend_config(scenario, ray_address=ray_address),
-        )
+        from fedrank.simulations.ray_engine import fast_dispatch
+
+        with fast_dispatch():  # Flower's dispatcher scans every node for every message
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=scenario.run.num_clients,
+                backend_config=backend_config(scenario, ray_address=ray_address),
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -46,6 +47,9 @@ class SeededFedAvg(FedAvg):
     min_replies : int
         Fewer valid replies than this and the round is skipped (global weights
         kept), as in ``FrlVote``.
+    **flower : Any
+        Settings of the Flower strategy a subclass adds (``server_momentum``, ``eta``,
+        ``proximal_mu``, ...), handed to its own constructor.
     """
 
     def __init__(
@@ -56,8 +60,9 @@ class SeededFedAvg(FedAvg):
         clients_per_round: int,
         seed: int = 0,
         min_replies: int = 1,
+        **flower: Any,
     ) -> None:
-        super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+        super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1, **flower)
         self.codec = codec
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round

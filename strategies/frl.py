@@ -23,6 +23,7 @@ from fedrank.config import Scenario
 from fedrank.protos.codecs import RankingCodec
 from fedrank.protos.gate import gate, rejection_metrics
 from fedrank.protos.records import from_array_record, to_array_record
+from fedrank.strategies.coarse import coarse_vote
 from fedrank.strategies.sampling import train_messages
 from fedrank.strategies.votes import RankVote, rank_vote
 
@@ -129,16 +130,22 @@ class FrlVote(Strategy):
 def frl_strategy(
     scenario: Scenario, *, codec: RankingCodec, partitions: Mapping[int, int]
 ) -> FrlVote:
-    """The scenario's FRL strategy: its vote (``aggregator``) over seeded client samples."""
+    """The scenario's FRL strategy: its vote (``aggregator``) over seeded client samples;
+    with ``rank-bits`` > 0, Borda on the coarse replies' bucket midpoints."""
+    vote = (
+        coarse_vote(scenario.frl.rank_bits)
+        if scenario.frl.rank_bits
+        else rank_vote(
+            scenario.effective.aggregator,
+            trim_fraction=scenario.aggregation.trim_fraction,
+            filter_mads=scenario.aggregation.filter_mads,
+        )
+    )
     return FrlVote(
         partitions=partitions,
         clients_per_round=scenario.run.clients_per_round,
         codec=codec,
         min_replies=scenario.run.min_replies,
         seed=scenario.run.seed,
-        vote=rank_vote(
-            scenario.effective.aggregator,
-            trim_fraction=scenario.aggregation.trim_fraction,
-            filter_mads=scenario.aggregation.filter_mads,
-        ),
+        vote=vote,
     )

@@ -20,6 +20,7 @@ from fedrank.config import Scenario
 from fedrank.protos.codecs import ArraysCodec
 from fedrank.protos.gate import gate, rejection_metrics
 from fedrank.protos.records import from_array_record, to_array_record
+from fedrank.strategies.baselines import BASELINES, baseline_strategy
 from fedrank.strategies.fedavg import train_loss
 from fedrank.strategies.lora_aggregation import (
     fedit_average,
@@ -204,8 +205,15 @@ class LoraAggregation(Strategy):
 
 def lora_strategy(
     scenario: Scenario, *, codec: ArraysCodec, partitions: Mapping[int, int]
-) -> LoraAggregation:
-    """The scenario's LoRA aggregation (``lora-aggregation``, ``aggregator``)."""
+) -> Strategy:
+    """The scenario's LoRA aggregation (``lora-aggregation``, ``aggregator``).
+
+    Flower's FedAvgM, FedAdam, FedYogi, FedProx and Bulyan act on the adapter tensors
+    as on any float arrays (:mod:`fedrank.strategies.baselines`): per tensor, so on A
+    and B separately under FedIT and on B alone under FFA-LoRA (A never travels).
+    """
+    if scenario.effective.aggregator in BASELINES:
+        return baseline_strategy(scenario, codec=codec, partitions=partitions)
     return LoraAggregation(
         codec=codec,
         partitions=partitions,

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from fedrank.config import Scenario
 from fedrank.protos.codecs import ArraysCodec
+from fedrank.strategies.baselines import BASELINES, baseline_strategy
 from fedrank.strategies.fedavg import SeededFedAvg
 from fedrank.strategies.robust_vote import trim_count
 
@@ -179,7 +180,13 @@ def seeded_fedavg(
 def fedavg_strategy(
     scenario: Scenario, *, codec: ArraysCodec, partitions: Mapping[int, int]
 ) -> SeededFedAvg:
-    """The scenario's FedAvg-family strategy (``aggregator``) over seeded client samples."""
+    """The scenario's FedAvg-family strategy (``aggregator``) over seeded client samples.
+
+    Flower's FedAvgM, FedAdam, FedYogi, FedProx and Bulyan come from
+    :func:`fedrank.strategies.baselines.baseline_strategy`.
+    """
+    if scenario.effective.aggregator in BASELINES:
+        return baseline_strategy(scenario, codec=codec, partitions=partitions)
     return seeded_fedavg(
         scenario.effective.aggregator,
         codec=codec,

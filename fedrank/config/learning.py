@@ -19,6 +19,13 @@ class FrlConfig:
     PREFIX: ClassVar[str] = ""
 
     k: float = setting(0.5, "kept fraction of each layer's edges", low=0.0, high=1.0, low_open=True)
+    rank_bits: int = setting(
+        0,
+        "uplink: each edge's rank bucket in this many bits (2**b equal buckets, "
+        "floor(rank * 2**b / n)); 0: the full ranking",
+        low=0,
+        high=16,
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -33,7 +40,7 @@ class AggregationConfig:
     rule: str = setting(
         "auto",
         "frl: borda, filtered, trimmed, median; fedavg and lora: mean, median, trimmed, krum, "
-        "multikrum; auto: the strategy's plain rule",
+        "multikrum, bulyan, fedavgm, fedadam, fedyogi, fedprox; auto: the strategy's plain rule",
         key="aggregator",
     )
     trim_fraction: float = setting(
@@ -46,6 +53,29 @@ class AggregationConfig:
     filter_mads: float = setting(
         5.0, "filtered vote: set a reply aside this many MADs below the median", low=0.0,
         low_open=True,
+    )  # fmt: skip
+    server_lr: float = setting(
+        0.0,
+        "fedavgm, fedadam, fedyogi: the server's learning rate on the pseudo-gradient; "
+        "0: the aggregator's default (fedavgm 1, fedadam and fedyogi 0.01)",
+        low=0.0,
+    )
+    server_momentum: float = setting(
+        0.5, "fedavgm: server momentum", low=0.0, high=1.0, high_open=True
+    )
+    server_beta1: float = setting(
+        0.9, "fedadam, fedyogi: first-moment decay", low=0.0, high=1.0, high_open=True
+    )
+    server_beta2: float = setting(
+        0.99, "fedadam, fedyogi: second-moment decay", low=0.0, high=1.0, high_open=True
+    )
+    server_tau: float = setting(
+        1e-3, "fedadam, fedyogi: adaptivity (added to the root of the second moment)", low=0.0,
+        low_open=True,
+    )  # fmt: skip
+    proximal_mu: float = setting(
+        0.01, "fedprox: weight of the clients' proximal term (mu / 2) ||w - w_global||^2",
+        low=0.0,
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ from fedrank.config.sections import (
 )
 from fedrank.errors import ConfigError
 from fedrank.privacy.relation import client_sampling_rate
-from fedrank.tasks.registry import STRATEGIES, StrategySpec
+from fedrank.tasks.registry import FLOWER_BASELINES, STRATEGIES, StrategySpec
 
 SECTIONS: dict[str, type[Section]] = {
     "run": RunConfig,
@@ -255,6 +255,25 @@ def _did_you_mean(key: str) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
+def _check_coarse_rankings(s: Scenario) -> None:
+    """``rank-bits`` > 0 (coarse uplink rankings): FRL, plain Borda, no ranking attack."""
+    if s.frl.rank_bits == 0:
+        return
+    if s.spec.update != "ranking":
+        raise ConfigError("rank-bits", f"coarse rankings need strategy frl, got {s.spec.name!r}")
+    if s.effective.aggregator != "borda":
+        raise ConfigError(
+            "rank-bits",
+            f"coarse rankings are voted by Borda on bucket midpoints; aggregator "
+            f"{s.effective.aggregator!r} needs full rankings (rank-bits = 0)",
+        )
+    if s.attack.kind in RANKING_ATTACKS:
+        raise ConfigError(
+            "rank-bits",
+            f"the {s.attack.kind!r} attack crafts full rankings; use rank-bits = 0 with it",
+        )
+
+
 def _check_across(s: Scenario) -> None:
     """The rules that tie sections together (each section checked itself already)."""
     spec, rule = s.spec, s.effective.aggregator
@@ -264,14 +283,22 @@ def _check_across(s: Scenario) -> None:
         raise ConfigError(
             "attack", f"{s.attack.kind!r} attacks float updates: it needs strategy fedavg or lora"
         )
-    if rule in ("krum", "multikrum"):
-        byzantine = math.floor(s.aggregation.trim_fraction * s.run.clients_per_round + 1e-9)
-        if s.run.clients_per_round < 2 * byzantine + 3:
-            raise ConfigError(
-                "trim-fraction",
-                f"krum needs clients-per-round >= 2 f + 3; f = {byzantine} "
-                f"of {s.run.clients_per_round}",
-            )
+    byzantine = math.floor(s.aggregation.trim_fraction * s.run.clients_per_round + 1e-9)
+    if rule in ("krum", "multikrum") and s.run.clients_per_round < 2 * byzantine + 3:
+        raise ConfigError(
+            "trim-fraction",
+            f"krum needs clients-per-round >= 2 f + 3; f = {byzantine} "
+            f"of {s.run.clients_per_round}",
+        )
+    if rule == "bulyan" and s.run.clients_per_round < 4 * byzantine + 3:
+        m = s.run.clients_per_round
+        fix = f"trim-fraction {(m - 3) // 4 / m:g}" if m >= 3 else "clients-per-round >= 3"
+        raise ConfigError(
+            "trim-fraction",
+            f"bulyan needs clients-per-round >= 4 f + 3 (f = floor(trim-fraction x "
+            f"clients-per-round) = {byzantine} of {m}); use {fix} or sample more clients",
+        )
+    _check_coarse_rankings(s)
     if not spec.privacy:
         if s.dp.enabled:
             raise ConfigError("dp", f"only strategy 'lora' supports DP, got strategy {spec.name!r}")
@@ -298,6 +325,22 @@ def _check_across(s: Scenario) -> None:
             f"{rule!r} acts on the factors A and B; it cannot feed lora-aggregation "
             "'svd' (use fedit or ffa, or krum/multikrum)",
         )
+    if rule in FLOWER_BASELINES and s.lora.aggregation == "svd":
+        # SVD re-compression returns factors in a new basis every round: a pseudo-gradient
+        # (global minus aggregate) of such factors, or Bulyan's per-coordinate choice among
+        # them, means nothing.
+        raise ConfigError(
+            "aggregator",
+            f"{rule!r} acts on the adapter tensors (A and B); it cannot follow "
+            "lora-aggregation 'svd' (use fedit or ffa)",
+        )
+    if rule == "fedprox" and s.dp.sample:
+        # Opacus builds each step from per-example gradients of the modules' outputs: a
+        # term on the parameters alone (the proximal term) would be silently dropped.
+        raise ConfigError(
+            "aggregator", "'fedprox' cannot run under sample-level DP (DP-SGD drops its "
+            "proximal term); use fedavgm, fedadam or fedyogi"
+        )  # fmt: skip
     if s.dp.client and s.lora.aggregation == "svd":
         # Client-level DP averages the clipped updates itself; an SVD of the clients'
         # products has no sensitivity bound, so the two do not compose.

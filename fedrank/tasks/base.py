@@ -17,6 +17,8 @@ import numpy as np
 from flwr.app import RecordDict
 
 from fedrank.config import Scenario
+from fedrank.errors import ConfigError
+from fedrank.protos import keys
 from fedrank.protos.codecs import Codec, Reply
 
 State = dict[str, np.ndarray]
@@ -154,3 +156,19 @@ class Task(Protocol):
         ``facts`` are the run's figures (rounds, accuracy, privacy) for model cards.
         """
         ...
+
+
+def proximal_mu(message: RecordDict) -> float:
+    """FedProx's ``mu`` in a train message (``proximal-mu`` in its config, the key Flower's
+    ``FedProx`` sends); 0 when the server sends none.
+
+    Raises
+    ------
+    ConfigError
+        The value is not a number (its range is checked where it is used).
+    """
+    config = message.config_records.get(keys.CONFIG)
+    value = config.get(keys.PROXIMAL_MU, 0.0) if config is not None else 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(keys.PROXIMAL_MU, f"must be a number, got {value!r}")
+    return float(value)

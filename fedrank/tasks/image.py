@@ -32,7 +32,7 @@ from fedrank.models.supermask import get_rankings, layer_sizes, set_rankings
 from fedrank.protos import keys
 from fedrank.protos.codecs import ArraysCodec, Codec, RankingCodec, Reply
 from fedrank.protos.ranking_wire import RankingWire
-from fedrank.tasks.base import State, heldout_split
+from fedrank.tasks.base import State, heldout_split, proximal_mu
 from fedrank.tasks.data import data_source, partition_spec
 from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
 
@@ -199,7 +199,8 @@ class ImageTask:
                 model=s.effective.model,
                 seed=s.run.seed,
                 k=s.frl.k,
-            )
+            ),
+            reply_bits=s.frl.rank_bits,
         )
 
     # -- client side -----------------------------------------------------------------
@@ -226,6 +227,7 @@ class ImageTask:
             momentum=s.train.momentum,
             batch_size=s.train.batch_size,
             generator=training_generator(s.run.seed, server_round, partition_id),
+            proximal_mu=proximal_mu(message),
         )
         return Reply(
             state=self.read_state(model),

@@ -63,6 +63,9 @@ class StrategySpec:
 
 
 _FEDAVG_RULES = ("mean", "trimmed", "median", "krum", "multikrum")
+FLOWER_BASELINES: tuple[str, ...] = ("bulyan", "fedavgm", "fedadam", "fedyogi", "fedprox")
+"""Flower's Bulyan, server optimizers and FedProx (:mod:`fedrank.strategies.baselines`):
+aggregators of every task whose state is float arrays (dense weights, LoRA adapters)."""
 
 STRATEGIES: dict[str, StrategySpec] = {
     spec.name: spec
@@ -86,7 +89,7 @@ STRATEGIES: dict[str, StrategySpec] = {
             update="weights",
             data="image",
             default_lr=0.1,
-            aggregators=_FEDAVG_RULES,
+            aggregators=(*_FEDAVG_RULES, *FLOWER_BASELINES),
             default_model="mlp",
             default_dataset="mnist5k",
         ),
@@ -98,9 +101,11 @@ STRATEGIES: dict[str, StrategySpec] = {
             data="text",
             # AdamW on the adapter and the head: the usual LoRA fine-tuning rate.
             default_lr=5e-4,
-            # "mean" is the lora-aggregation average; the others are Flower's rules
-            # applied to the validated adapters (fedrank.strategies.lora_robust).
-            aggregators=_FEDAVG_RULES,
+            # "mean" is the lora-aggregation average; median, trimmed and the Krums are
+            # Flower's rules applied to the validated adapters (strategies.lora_robust);
+            # the baselines are Flower's strategies on the adapter tensors (FedIT: A and
+            # B per tensor; FFA: B only), refused with svd and under client-level DP.
+            aggregators=(*_FEDAVG_RULES, *FLOWER_BASELINES),
             default_model="minilm",
             default_dataset="rotten-tomatoes",
             sections=("lora", "dp"),

@@ -52,7 +52,7 @@ from fedrank.privacy.site import read_history, write_history
 from fedrank.privacy.sources import site_source
 from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
-from fedrank.tasks.base import State, heldout_split
+from fedrank.tasks.base import State, heldout_split, proximal_mu
 from fedrank.tasks.data import data_source, partition_spec
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,7 @@ class TextLoraTask:
             else None,
             canaries=audit,
             optimizer=audit.optimizer if audit is not None else "adamw",
+            proximal_mu=proximal_mu(message),
         )
         # Under DP nothing noiseless about the data leaves: no loss, no example count.
         metrics = (

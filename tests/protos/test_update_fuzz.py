@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from fedrank.errors import InvalidUpdate
-from fedrank.protos.packing import permutation_problem
+from fedrank.protos.coarse import (
+    coarse_size_limit,
+    decode_coarse_ranking_update,
+    encode_coarse_ranking_update,
+)
+from fedrank.protos.packing import bucket_problem, permutation_problem, rank_buckets
 from fedrank.protos.serde import (
     decode_adapter_update,
     decode_privacy_report,
@@ -41,6 +46,14 @@ RANKING = RankingExpectation(
     model_fingerprint="0123abcd",
     layer_sizes=SIZES,
     max_bytes=ranking_size_limit(SIZES),
+)
+COARSE = RankingExpectation(
+    run_id="fuzz",
+    round=3,
+    model_fingerprint="0123abcd",
+    layer_sizes=SIZES,
+    max_bytes=coarse_size_limit(SIZES, 3),
+    bucket_bits=3,
 )
 SHAPES = {"lora_A": (2, 3), "lora_B": (3, 2)}
 ADAPTER = AdapterExpectation(
@@ -195,6 +208,13 @@ def check_ranking(payload: bytes) -> None:
         assert permutation_problem(decoded[name], n=n) is None
 
 
+def check_coarse(payload: bytes) -> None:
+    decoded = decode_coarse_ranking_update(payload, expect=COARSE)
+    assert list(decoded) == list(SIZES)
+    for name, n in SIZES.items():
+        assert bucket_problem(decoded[name], n=n, bits=3) is None
+
+
 def check_adapter(payload: bytes) -> None:
     decoded = decode_adapter_update(payload, expect=ADAPTER)
     assert (decoded.lora_rank, decoded.lora_alpha, decoded.factors) == (2, 8.0, "AB")
@@ -214,6 +234,12 @@ def ranking_payload() -> bytes:
     return encode_ranking_update(HEADER, {name: rng.permutation(n) for name, n in SIZES.items()})
 
 
+def coarse_payload() -> bytes:
+    rng = np.random.default_rng(13)
+    buckets = {name: rank_buckets(rng.permutation(n), 3) for name, n in SIZES.items()}
+    return encode_coarse_ranking_update(HEADER, buckets, bits=3)
+
+
 def adapter_payload() -> bytes:
     rng = np.random.default_rng(12)
     tensors = {
@@ -224,6 +250,7 @@ def adapter_payload() -> bytes:
 
 KINDS: dict[str, tuple[Callable[[], bytes], Callable[[bytes], None]]] = {
     "ranking": (ranking_payload, check_ranking),
+    "coarse": (coarse_payload, check_coarse),
     "adapter": (adapter_payload, check_adapter),
     "privacy": (lambda: encode_privacy_report(REPORT), check_report),
 }
