@@ -47,11 +47,27 @@ def ranks_from_order(order: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def borda_sums(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-edge sum of positions over rank vectors of one layer, without stacking them.
+
+    Equal to ``np.stack(rows).sum(axis=0)`` in int64, minus the ``(m, n)`` copy.
+    """
+    if not rows:
+        raise ValueError("rows: need at least one rank vector")
+    votes = np.zeros(rows[0].shape, dtype=np.int64)
+    for row in rows:
+        np.add(votes, row, out=votes, casting="unsafe")  # int32 or int64 positions
+    return votes
+
+
 def vote_layers(updates: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Borda vote of every layer over the clients' rank-vector updates."""
     if not updates:
         raise ValueError("updates: need at least one client update to vote")
-    return {name: borda_vote(np.stack([u[name] for u in updates])) for name in updates[0]}
+    return {
+        name: ranks_from_order(np.argsort(borda_sums([u[name] for u in updates]), kind="stable"))
+        for name in updates[0]
+    }
 
 
 def top_k_mask(ranks: np.ndarray, k: float) -> np.ndarray:
