@@ -101,6 +101,9 @@ class Scenario:
     aggregator: Aggregator = "auto"  # auto: borda (frl) or mean (fedavg, lora)
     trim_fraction: float = 0.2  # trimmed Borda / FedTrimmedAvg cut; Krum's f share
     filter_mads: float = 5.0  # filtered vote: drop replies this many MADs below the median
+    # FRL under heterogeneous data (docs/robustness.md, "Heterogeneous data"): in round t the
+    # vote counts the global ranking it sent as vote-smoothing x t mean replies.
+    vote_smoothing: float = 0.1
     attack: Attack = "none"
     malicious_fraction: float = 0.0
     attack_seed: int = 0
@@ -308,6 +311,10 @@ def _check_robustness(scenario: Scenario) -> None:
             )
     if not (_finite(scenario.filter_mads) and scenario.filter_mads > 0.0):
         raise ConfigError("filter-mads", f"must be a positive number, got {scenario.filter_mads}")
+    if not (_finite(scenario.vote_smoothing) and scenario.vote_smoothing >= 0.0):
+        raise ConfigError(
+            "vote-smoothing", f"must be a finite number >= 0, got {scenario.vote_smoothing}"
+        )
     if not (_finite(scenario.attack_scale) and scenario.attack_scale != 0.0):
         raise ConfigError(
             "attack-scale", f"must be finite and non-zero, got {scenario.attack_scale}"

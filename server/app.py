@@ -61,6 +61,7 @@ def make_strategy(scenario: Scenario, partitions: dict[int, int], *, run_id: int
             trim_fraction=scenario.trim_fraction,
             filter_mads=scenario.filter_mads,
         ),
+        smoothing=scenario.vote_smoothing,
     )
 
 

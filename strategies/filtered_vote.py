@@ -91,7 +91,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from fedrank.strategies.ranking import vote_layers
+from fedrank.strategies.ranking import anchored_ranks, borda_sums
 
 __all__ = [
     "MAD_TO_SIGMA",
@@ -338,6 +338,7 @@ def filtered_vote(
     reference: Mapping[str, npt.NDArray[np.integer]],
     *,
     mads: float,
+    anchor: float = 0.0,
 ) -> FilteredVote:
     """Drop the replies that disagree with the reference, Borda-vote the rest.
 
@@ -388,4 +389,10 @@ def filtered_vote(
     kept = np.zeros(len(updates), dtype=np.bool_)
     kept[candidates[keep_agreeing(z, mads=mads)]] = True
     survivors = [u for u, keep in zip(updates, kept, strict=True) if keep]
-    return FilteredVote(state=vote_layers(survivors), kept=kept, agreement=agreement)
+    state = {
+        name: anchored_ranks(
+            borda_sums([u[name] for u in survivors]), len(survivors), reference[name], anchor=anchor
+        )
+        for name in names
+    }
+    return FilteredVote(state=state, kept=kept, agreement=agreement)

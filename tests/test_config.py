@@ -40,6 +40,8 @@ def test_defaults_are_the_reference_scenario() -> None:
         ({"trim-fraction": 0.5}, "trim-fraction"),
         ({"strategy": "fedavg", "aggregator": "krum", "trim-fraction": 0.4}, "trim-fraction"),
         ({"filter-mads": 0.0}, "filter-mads"),
+        ({"vote-smoothing": -0.1}, "vote-smoothing"),
+        ({"vote-smoothing": float("inf")}, "vote-smoothing"),
         ({"attack-seed": -1}, "attack-seed"),
         ({"attack-scale": 0.0}, "attack-scale"),
         ({"attack-knowledge": "some"}, "attack-knowledge"),
