@@ -85,9 +85,9 @@ def main() -> None:
             replies, {"l": reference}, mads=5.0
         ).state["l"],
         # As FrlVote calls them: one mapping per reply, nothing stacked beforehand.
-        "rank_vote('borda') on the replies": lambda: rank_vote("borda")(replies, {"l": reference})[
-            0
-        ]["l"],
+        "rank_vote('borda') on the replies": lambda: rank_vote("borda")(
+            replies, {"l": reference}, 0.0
+        )[0]["l"],
     }
     # The variants must agree before their times mean anything.
     trimmed = votes[f"trimmed Borda, trim {fraction} (sort)"]()
