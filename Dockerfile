@@ -5,6 +5,7 @@
 #   CPU:  docker build --build-arg TORCH_VARIANT=cpu \
 #           --build-arg TORCH_INDEX_URL=<PyTorch CPU wheel index> -t fedrank:0.1.0-cpu .
 #   CUDA: docker build --build-arg TORCH_VARIANT=cuda -t fedrank:0.1.0-cuda .
+# then push both where the cluster pulls from (docs/kubernetes.md, step 1).
 #
 # The two variants differ only in the torch wheel: the CUDA build bundles its
 # CUDA runtime libraries (the node's NVIDIA driver is mounted in by the NVIDIA
@@ -42,9 +43,11 @@ COPY strategies strategies
 COPY client client
 COPY server server
 COPY simulations simulations
-# Import check from outside the source tree, so the installed package is what loads.
+# Import check from outside the source tree, so the installed package is what loads;
+# the `fedrank` entry point too (the Kubernetes init containers and Jobs run it).
 RUN pip install -c requirements/constraints.txt . \
- && cd / && python -c "import fedrank.server.app, fedrank.client.app"
+ && cd / && python -c "import fedrank.server.app, fedrank.client.app" \
+ && fedrank --version
 
 FROM ${BASE_IMAGE}
 ARG TORCH_VARIANT=cpu

@@ -48,4 +48,4 @@ k8s-check: $(STAMP)
 	PYTHON=$(abspath $(BIN)/python) scripts/validate_k8s.sh
 
 clean:
-	rm -rf build .mypy_cache .ruff_cache .pytest_cache results
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache

@@ -29,13 +29,21 @@ from opacus import PrivacyEngine
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrank.client.lora_app import sample_noise_multiplier
 from fedrank.config import Scenario
 from fedrank.data.text import TokenizedText
-from fedrank.lora_task import client_text, heldout_text, lora_spec
 from fedrank.models.lora import load_base_model
 from fedrank.models.pooling import masked_mean
+from fedrank.privacy.plan import sample_noise_multiplier
 from fedrank.simulations.run import scenario_path
+from fedrank.tasks import load_task
+from fedrank.tasks.text_lora import TextLoraTask
+
+
+def lora_task(scenario: Scenario) -> TextLoraTask:
+    """The scenario's text LoRA task."""
+    task = load_task(scenario)
+    assert isinstance(task, TextLoraTask)
+    return task
 
 
 @torch.no_grad()
@@ -55,15 +63,16 @@ def pooled_features(base: torch.nn.Module, data: TokenizedText, pooling: str) ->
 
 def load_features(scenario: Scenario, pooling: str, cache: Path) -> dict[str, np.ndarray]:
     """Features and labels of every client and of the test records, cached in ``cache``."""
-    file = cache / f"features-{pooling}-{scenario.train_records}-{scenario.max_length}.npz"
+    data, length = scenario.data.train_records, scenario.model.max_length
+    file = cache / f"features-{pooling}-{data}-{length}.npz"
     if file.is_file():
         with np.load(file) as saved:
             return {k: saved[k] for k in saved.files}
-    spec = lora_spec(scenario.replace(lora_pooling="mean" if pooling == "mean" else "cls"))
-    base = load_base_model(spec)
+    task = lora_task(scenario.replace(lora_pooling="mean" if pooling == "mean" else "cls"))
+    base = load_base_model(task.spec)
     out: dict[str, np.ndarray] = {}
-    parts = {f"c{c}": client_text(scenario, c) for c in range(scenario.num_clients)}
-    for name, data in (parts | {"test": heldout_text(scenario)}).items():
+    parts = {f"c{c}": task.partition_data(c) for c in range(scenario.run.num_clients)}
+    for name, data in (parts | {"test": task.heldout()}).items():
         out[f"x-{name}"] = pooled_features(base, data, pooling)
         out[f"y-{name}"] = data.labels.numpy()
     cache.mkdir(parents=True, exist_ok=True)
@@ -78,10 +87,10 @@ def federated_head(
     gen = torch.Generator().manual_seed(seed)
     dim = feats["x-test"].shape[1]
     weight, bias = torch.randn(2, dim, generator=gen) * 0.02, torch.zeros(2)
-    private = scenario.dp in ("sample", "both")
-    for _ in range(scenario.rounds):
+    private = scenario.dp.sample
+    for _ in range(scenario.run.rounds):
         trained = []
-        for c in range(scenario.num_clients):
+        for c in range(scenario.run.num_clients):
             x = torch.as_tensor(feats[f"x-c{c}"])
             y = torch.as_tensor(feats[f"y-c{c}"]).long()
             head = torch.nn.Linear(dim, 2)
@@ -91,23 +100,26 @@ def federated_head(
             opt = torch.optim.AdamW(head.parameters(), lr=head_lr, weight_decay=0.0)
             shuffle = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
             loader = DataLoader(
-                TensorDataset(x, y), batch_size=scenario.batch_size, shuffle=True, generator=shuffle
+                TensorDataset(x, y),
+                batch_size=scenario.train.batch_size,
+                shuffle=True,
+                generator=shuffle,
             )
             model: torch.nn.Module = head
             if private:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    engine = PrivacyEngine(accountant=scenario.dp_accountant)
+                    engine = PrivacyEngine(accountant=scenario.dp.accountant)
                 model, opt, loader = engine.make_private(
                     module=head,
                     optimizer=opt,
                     data_loader=loader,
                     noise_multiplier=sample_noise_multiplier(scenario, len(y)),
-                    max_grad_norm=scenario.dp_clip_norm,
+                    max_grad_norm=scenario.dp.clip_norm,
                     poisson_sampling=True,
                     noise_generator=torch.Generator().manual_seed(seed * 1000 + c),
                 )
-            for _ in range(scenario.local_epochs):
+            for _ in range(scenario.train.local_epochs):
                 for xb, yb in loader:
                     if len(yb) == 0:
                         continue  # an empty Poisson batch: the probe skips it (a real run steps)
@@ -147,13 +159,14 @@ def main(argv: list[str] | None = None) -> None:
                 dp="sample" if eps else "none",
                 dp_target_epsilon=eps,
                 dp_noise_multiplier=0.0,
-                batch_size=batch or base.batch_size,
-                local_epochs=epochs or base.local_epochs,
+                batch_size=batch or base.train.batch_size,
+                local_epochs=epochs or base.train.local_epochs,
             )
             accs = [federated_head(scenario, feats, head_lr=lr, seed=s) for s in range(args.seeds)]
             print(
-                f"pooling {pooling} eps {eps or 'none'} head-lr {lr} batch {scenario.batch_size} "
-                f"epochs {scenario.local_epochs}: {np.mean(accs):.3f} "
+                f"pooling {pooling} eps {eps or 'none'} head-lr {lr} "
+                f"batch {scenario.train.batch_size} "
+                f"epochs {scenario.train.local_epochs}: {np.mean(accs):.3f} "
                 f"({' '.join(f'{a:.3f}' for a in accs)})",
                 flush=True,
             )

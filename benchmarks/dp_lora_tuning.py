@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from fedrank.client.lora_trainer import (
+from fedrank.data.text import load_rotten_tomatoes, tokenize
+from fedrank.lora_training import (
     DpSgdConfig,
     evaluate_lora,
     noise_multiplier_for_budget,
-    steps_per_epoch,
     train_lora,
 )
-from fedrank.data.text import load_rotten_tomatoes, tokenize
 from fedrank.models.lora import LoraSpec, build_lora_model, load_tokenizer
+from fedrank.privacy.plan import steps_per_epoch
 
 
 def main(argv: list[str] | None = None) -> None:

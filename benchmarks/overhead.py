@@ -29,7 +29,7 @@ def main() -> dict[str, float]:
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        scenario = Scenario(num_clients=10, clients_per_round=10, rounds=ROUNDS, results_dir=tmp)
+        scenario = Scenario.of(num_clients=10, clients_per_round=10, rounds=ROUNDS, results_dir=tmp)
         ray_rows: list[dict[str, Any]] = []
         simulate(scenario, on_round=ray_rows.append)
         local_rows: list[dict[str, Any]] = []

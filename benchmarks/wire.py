@@ -39,7 +39,8 @@ from fedrank.protos import (
     ranking_size_limit,
     unpack_ranks,
 )
-from fedrank.task import layer_sizes
+from fedrank.tasks import load_task
+from fedrank.tasks.image import ImageTask
 
 BASELINE = "int32 tobytes + frombuffer (baseline)"
 
@@ -67,7 +68,7 @@ def bits_per_parameter(rng: np.random.Generator) -> list[tuple[str, int, int, fl
     """(model, parameters, payload bytes, bits per parameter) for each model."""
     rows = []
     for model in ("mlp", "cnn"):
-        sizes = layer_sizes(Scenario(model=model))
+        sizes = image_task(Scenario.of(model=model)).layer_sizes()
         layers = {name: rng.permutation(n) for name, n in sizes.items()}
         payload = encode_ranking_update(_header(model), layers)
         parameters = sum(sizes.values())
@@ -103,15 +104,31 @@ def codec_times(n: int, repeats: int, rng: np.random.Generator) -> Mapping[str, 
     return _best_seconds(actions, repeats)
 
 
+def image_task(scenario: Scenario) -> ImageTask:
+    """The scenario's image task."""
+    task = load_task(scenario)
+    assert isinstance(task, ImageTask)
+    return task
+
+
 def delta_coding(rounds: int) -> list[tuple[str, float, float]]:
     """(coder, bits per parameter, seconds to encode) of one real client reply."""
+    from flwr.app import RecordDict
+
     from fedrank.simulations.inprocess import run_in_process
-    from fedrank.task import local_update
 
     with tempfile.TemporaryDirectory() as results:
-        scenario = Scenario(model="mlp", rounds=rounds, results_dir=results)
+        scenario = Scenario.of(model="mlp", rounds=rounds, results_dir=results)
         start = run_in_process(scenario)
-    reply, _ = local_update(scenario, start, rounds + 1, 0)
+    task = image_task(scenario)
+    reply = task.train(
+        start,
+        task.partition_data(0),
+        server_round=rounds + 1,
+        partition_id=0,
+        message=RecordDict(),
+        node_state=RecordDict(),
+    ).state
     n = sum(r.size for r in reply.values())
     coders: dict[str, Callable[[dict[str, np.ndarray]], int]] = {
         "bit-packed ranking (fedrank)": lambda r: sum(len(pack_ranks(v)[0]) for v in r.values()),

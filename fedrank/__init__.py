@@ -20,11 +20,24 @@ _root = _Path(__file__).resolve().parent.parent
 if (_root / "pyproject.toml").is_file() and (_root / "strategies" / "__init__.py").is_file():
     __path__.append(str(_root))
 
+
+def __getattr__(name: str) -> object:
+    # The Python API loads on first use: `import fedrank` stays light (no torch, no Flower).
+    if name in ("Scenario", "simulate", "load_model"):
+        from fedrank import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fedrank' has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "FedrankError",
     "InvalidUpdate",
     "PrivacyBudgetExhausted",
+    "Scenario",
     "__version__",
+    "load_model",
+    "simulate",
 ]

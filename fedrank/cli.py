@@ -14,14 +14,14 @@ fraction x seed around such a scenario (docs/robustness.md).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedrank.config import Scenario
+from fedrank.config import FIELDS, Scenario
 from fedrank.deploy.commands import add_commands as add_deploy_commands
 from fedrank.errors import ConfigError, FedrankError
 
@@ -31,29 +31,61 @@ if TYPE_CHECKING:
 
 def _add_scenario_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scenario fields (override the scenario file)")
-    for field in dataclasses.fields(Scenario):
-        flag = "--" + field.name.replace("_", "-")
-        kind = float if field.default is None else type(field.default)  # lr: None = per strategy
+    for key, info in FIELDS.items():
+        kind = type(info.default)
         group.add_argument(
-            flag,
-            dest=f"set_{field.name}",
-            type=kind,
+            f"--{key}",
+            dest=_dest(key),
+            type=_parse_bool if kind is bool else kind,
             default=None,
-            metavar=kind.__name__.upper(),
-            help=f"default: {field.default}",
+            choices=info.choices or None,
+            metavar=None if info.choices else kind.__name__.upper(),
+            help=f"{info.help} (default: {info.default!r})",
         )
+
+
+def _dest(key: str) -> str:
+    return "set_" + key.replace("-", "_")
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The scenario keys given as flags."""
+    return {
+        key: getattr(args, _dest(key)) for key in FIELDS if getattr(args, _dest(key)) is not None
+    }
 
 
 def _scenario_from_args(args: argparse.Namespace) -> Scenario:
     from fedrank.simulations.run import scenario_path
 
     base = Scenario.from_toml(scenario_path(args.scenario)) if args.scenario else Scenario()
-    changes = {
-        f.name: getattr(args, f"set_{f.name}")
-        for f in dataclasses.fields(Scenario)
-        if getattr(args, f"set_{f.name}") is not None
-    }
+    changes = _overrides(args)
+    # A dataset or model folder given relative to where fedrank runs: every process of
+    # the run (Ray's workers included) must find the same one.
+    for key in ("dataset", "model"):
+        value = changes.get(key, base.to_run_config()[key])
+        if isinstance(value, str) and value and Path(value).exists():
+            changes[key] = str(Path(value).resolve())
     return base.replace(**changes) if changes else base
+
+
+def _user_project_on_path() -> None:
+    """Make ``package.module:factory`` models importable from the folder fedrank runs in,
+    in this process and in the Ray workers it starts (they inherit ``PYTHONPATH``)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *filter(None, paths)])
 
 
 def _resume_from_args(args: argparse.Namespace) -> tuple[Scenario, CheckpointState]:
@@ -61,12 +93,7 @@ def _resume_from_args(args: argparse.Namespace) -> tuple[Scenario, CheckpointSta
 
     if args.scenario:
         raise ConfigError("resume", "the scenario comes from the results folder; drop --scenario")
-    changes = {
-        f.name: getattr(args, f"set_{f.name}")
-        for f in dataclasses.fields(Scenario)
-        if getattr(args, f"set_{f.name}") is not None
-    }
-    scenario = resume_scenario(args.resume, changes)
+    scenario = resume_scenario(args.resume, _overrides(args))
     checkpoint = latest_checkpoint(args.resume)
     print(f"fedrank: resuming {args.resume} after round {checkpoint.round}")
     return scenario, checkpoint
@@ -74,6 +101,7 @@ def _resume_from_args(args: argparse.Namespace) -> tuple[Scenario, CheckpointSta
 
 def _simulate(args: argparse.Namespace) -> int:
     # Validated (and a resumed run's checkpoint read) before anything starts.
+    _user_project_on_path()
     checkpoint: CheckpointState | None = None
     if args.resume:
         scenario, checkpoint = _resume_from_args(args)
@@ -87,15 +115,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from fedrank.simulations.run import simulate
 
+    eff, run = scenario.effective, scenario.run
     print(
-        f"fedrank: {scenario.strategy} {scenario.model} on {scenario.dataset}, "
-        f"{scenario.num_clients} clients ({scenario.partitioner}), "
-        f"{scenario.clients_per_round} per round, {scenario.rounds} rounds"
+        f"fedrank: {eff.spec.name} {eff.model} on {eff.dataset}, "
+        f"{run.num_clients} clients ({scenario.data.partitioner}), "
+        f"{run.clients_per_round} per round, {run.rounds} rounds"
     )
+    if not args.quiet:
+        print("\n".join(f"  {line}" for line in scenario.describe()))
     done = checkpoint.round if checkpoint else 0
-    bar = tqdm(
-        total=scenario.rounds, initial=done, unit="round", disable=args.quiet, file=sys.stdout
-    )
+    bar = tqdm(total=run.rounds, initial=done, unit="round", disable=args.quiet, file=sys.stdout)
 
     def on_round(row: dict[str, Any]) -> None:
         if row["round"] == 0:
@@ -123,7 +152,7 @@ def _simulate(args: argparse.Namespace) -> int:
     print(
         f"fedrank: final accuracy {100 * summary['final_accuracy']:.2f}% "
         f"(best {100 * summary['best_accuracy']:.2f}%) after {summary['rounds']} rounds "
-        f"in {summary['seconds']:.0f} s; results in {scenario.results_dir}"
+        f"in {summary['seconds']:.0f} s; results in {scenario.output.results_dir}"
     )
     if summary.get("stopped"):
         print(f"fedrank: stopped early: {summary['stopped']}")
@@ -149,6 +178,7 @@ def _robustness(args: argparse.Namespace) -> int:
 
     from fedrank.simulations import robustness as grid
 
+    _user_project_on_path()
     base = _scenario_from_args(args)
     cells = grid.grid_cells(
         grid.parse_aggregators(args.aggregators),
@@ -227,9 +257,29 @@ def _add_experiments(sub: Any) -> None:
     rob.set_defaults(func=_robustness)
 
 
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    """``fedrank --version``: fedrank's version, with Flower's and Python's beside it."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from fedrank import __version__
+
+    try:
+        flower = version("flwr")
+    except PackageNotFoundError:  # fedrank imported from a checkout without Flower installed
+        flower = "not installed"
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"fedrank {__version__} (Flower {flower}, Python {platform.python_version()})",
+        help="print fedrank's version and exit",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedrank`` command."""
     parser = argparse.ArgumentParser(prog="fedrank", description=__doc__.split("\n\n")[0])
+    _add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a federation on Ray (this machine or a cluster)")
     sim.add_argument("--scenario", help="packaged scenario name or TOML path (default: built-in)")

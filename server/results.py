@@ -9,8 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 
@@ -81,16 +79,6 @@ class ResultsWriter:
         path = self.directory / "summary.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(dict(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
-
-    def write_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> Path:
-        """Save named arrays as ``<name>.npz`` (no pickle)."""
-        path = self.directory / f"{name}.npz"
-        tmp = self.directory / f"{name}.tmp.npz"
-        np.savez_compressed(
-            tmp, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()}
-        )
         os.replace(tmp, path)
         return path
 

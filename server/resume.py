@@ -42,6 +42,7 @@ from fedrank import __version__
 from fedrank.config import Scenario
 from fedrank.errors import CheckpointError, ConfigError
 from fedrank.privacy.ledger import PrivacyLedger
+from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.server.checkpoint import (
     CheckpointState,
     list_checkpoints,
@@ -49,7 +50,6 @@ from fedrank.server.checkpoint import (
     save_checkpoint,
 )
 from fedrank.server.results import ResultsWriter
-from fedrank.strategies.records import from_array_record, to_array_record
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ KEEP_CHECKPOINTS = 2  # the newest, and the one to fall back to if it is damaged
 # Fields a resumed run may change: they do not change what is computed. (The results
 # folder is the one resumed, wherever it has moved.)
 RESUMABLE_FIELDS = frozenset(
-    {"rounds", "round_timeout", "num_cpus_per_client", "num_gpus_per_client"}
+    {"rounds", "round-timeout", "num-cpus-per-client", "num-gpus-per-client", "device"}
 )
 
 
@@ -114,8 +114,9 @@ def resume_scenario(
         A results folder written by an earlier run (it may have moved: the scenario's
         ``results-dir`` becomes this path).
     overrides : Mapping[str, Any], optional
-        Field name -> new value; only :data:`RESUMABLE_FIELDS` (more rounds, another
-        timeout or resources). Anything else would make a different run.
+        Flat key (dashed or underscored) -> new value; only :data:`RESUMABLE_FIELDS`
+        (more rounds, another timeout, resources or device). Anything else would make
+        a different run.
 
     Raises
     ------
@@ -131,16 +132,19 @@ def resume_scenario(
         ) from err
     except json.JSONDecodeError as err:
         raise ConfigError("resume", f"{path} is not valid JSON: {err}") from err
-    changes = dict(overrides or {})
-    refused = sorted(name for name in changes if name not in RESUMABLE_FIELDS)
+    changes = {key.replace("_", "-"): value for key, value in (overrides or {}).items()}
+    refused = sorted(key for key in changes if key not in RESUMABLE_FIELDS)
     if refused:
         raise ConfigError(
             "resume",
-            f"cannot change {', '.join(n.replace('_', '-') for n in refused)} of a run being "
+            f"cannot change {', '.join(refused)} of a run being "
             f"resumed (allowed: {', '.join(sorted(RESUMABLE_FIELDS))})",
         )
-    scenario = Scenario.from_mapping(values, source=str(path))
-    return scenario.replace(**{**changes, "results_dir": str(results_dir)})
+    if not isinstance(values, dict):
+        raise ConfigError("resume", f"{path} does not hold a scenario (a JSON object)")
+    return Scenario.from_mapping(
+        {**values, **changes, "results-dir": str(results_dir)}, source=str(path)
+    )
 
 
 def latest_checkpoint(results_dir: str | os.PathLike[str]) -> CheckpointState:
@@ -305,8 +309,8 @@ class RunCheckpointer:
         self.scenario = scenario
         self.strategy = strategy
         self.keep = keep
-        self.results_dir = Path(scenario.results_dir)
-        self.folder = checkpoint_folder(scenario.results_dir)
+        self.results_dir = Path(scenario.output.results_dir)
+        self.folder = checkpoint_folder(self.results_dir)
 
     def start(
         self,
@@ -372,7 +376,7 @@ class RunCheckpointer:
     def _check_scenario(self, state: CheckpointState) -> None:
         saved = state.metadata.get("scenario", {})
         now = self.scenario.to_run_config()
-        changeable = {f.replace("_", "-") for f in RESUMABLE_FIELDS | {"results_dir"}}
+        changeable = RESUMABLE_FIELDS | {"results-dir"}
         differ = [
             f"{key} (checkpoint {saved[key]!r}, now {now[key]!r})"
             for key in sorted(set(saved) & set(now))
@@ -383,8 +387,8 @@ class RunCheckpointer:
                 f"the checkpoint of round {state.round} belongs to another scenario: "
                 + "; ".join(differ)
             )
-        if self.scenario.rounds < state.round:
+        if self.scenario.run.rounds < state.round:
             raise ConfigError(
                 "rounds",
-                f"{self.scenario.rounds} is fewer than the {state.round} rounds already done",
+                f"{self.scenario.run.rounds} is fewer than the {state.round} rounds already done",
             )

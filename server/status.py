@@ -4,9 +4,14 @@ While a run is active the ServerApp serves, on ``status-address``:
 
 - the standard gRPC health-checking service (``grpc.health.v1.Health``):
   ``SERVING`` for the server (``""``) and for ``fedrank.v1.Status`` while the
-  run goes on, ``NOT_SERVING`` once it has ended;
+  service answers, ``NOT_SERVING`` as it shuts down;
 - fedrank's ``Status`` service (``protos/fedrank/v1/status.proto``): current
   round, total rounds, last accuracy, epsilon spent, rejected replies, state.
+
+When the run ends, both keep answering for ``linger`` seconds with the final
+state (``finished`` or ``failed``) and figures, so that a watcher polling every
+few seconds (``fedrank status``, a dashboard, a Kubernetes Job waiting on it)
+learns how the run ended; then they stop and the address is free again.
 
 Both are plaintext and read-only, like Flower's own health servers; in k8s/ a
 NetworkPolicy admits the port from the namespace only. The status board is fed
@@ -67,6 +72,7 @@ class StatusBoard:
     def __init__(self, *, total_rounds: int) -> None:
         self._lock = threading.Lock()
         self._status = RunStatus(state="starting", total_rounds=total_rounds)
+        self._linger_over = threading.Event()
 
     def snapshot(self) -> RunStatus:
         """The status now."""
@@ -82,6 +88,17 @@ class StatusBoard:
         """Mark the run ``finished`` or ``failed``."""
         with self._lock:
             self._status = dataclasses.replace(self._status, state=state)
+
+    def stop_lingering(self) -> None:
+        """End the wait after the run (``linger`` of :func:`serve_status`) now.
+
+        Safe from any thread, before or during that wait (a signal handler, a test).
+        """
+        self._linger_over.set()
+
+    def linger(self, seconds: float) -> None:
+        """Wait ``seconds`` unless :meth:`stop_lingering` is called first."""
+        self._linger_over.wait(seconds)
 
     def chain(self, on_round: RoundCallback | None) -> RoundCallback:
         """A callback that records the row here, then calls ``on_round`` (if any)."""
@@ -104,24 +121,78 @@ class _StatusServicer(status_pb2_grpc.StatusServicer):
         return status_to_proto(self._board.snapshot())
 
 
+def check_linger(linger: float) -> float:
+    """``linger`` if it is a number of seconds >= 0 (a ``status-linger`` setting).
+
+    Raises
+    ------
+    ConfigError
+        Anything else, naming the value.
+    """
+    if isinstance(linger, bool) or not isinstance(linger, int | float) or not linger >= 0:
+        raise ConfigError("status-linger", f"must be a number of seconds >= 0, got {linger!r}")
+    if math.isinf(linger):
+        raise ConfigError("status-linger", "must be finite: the run would never end")
+    return float(linger)
+
+
 @contextlib.contextmanager
-def serve_status(address: str, *, total_rounds: int) -> Iterator[StatusBoard]:
-    """Serve health and status on ``address`` for the duration of the block.
+def serve_status(address: str, *, total_rounds: int, linger: float = 0.0) -> Iterator[StatusBoard]:
+    """Serve health and status on ``address`` for the duration of the block, and after.
 
     With an empty ``address`` nothing is served and the board is still
     returned (plain simulations). The board ends ``finished`` when the block
-    completes and ``failed`` when it raises.
+    completes and ``failed`` when it raises an ``Exception``.
+
+    Parameters
+    ----------
+    address : str
+        ``HOST:PORT`` to listen on (plaintext); empty: serve nothing.
+    total_rounds : int
+        Rounds of the run, reported from the start.
+    linger : float
+        Seconds to keep answering once the block has ended (the final state and
+        figures), before the server stops and the block's exit returns (or its
+        exception propagates). 0: stop at once. Not applied when the block is
+        left by ``KeyboardInterrupt``, ``SystemExit`` or ``GeneratorExit``:
+        a stopped process must stop now.
+
+    Raises
+    ------
+    ConfigError
+        ``address`` cannot be listened on, or ``linger`` is not a finite number >= 0.
     """
+    linger = check_linger(linger)
     board = StatusBoard(total_rounds=total_rounds)
     with contextlib.ExitStack() as stack:
         if address:
             stack.enter_context(_serving(address, board))
         try:
             yield board
+        except Exception:
+            board.set_state("failed")
+            _linger(address, linger, board)
+            raise
         except BaseException:
             board.set_state("failed")
             raise
         board.set_state("finished")
+        _linger(address, linger, board)
+
+
+def _linger(address: str, linger: float, board: StatusBoard) -> None:
+    """Keep the server of the enclosing block answering for ``linger`` seconds."""
+    if not address or linger <= 0:
+        return
+    final = board.snapshot()
+    log.info(
+        "fedrank status: run %s after round %d; still answering on %s for %g s",
+        final.state,
+        final.round,
+        address,
+        linger,
+    )
+    board.linger(linger)
 
 
 @contextlib.contextmanager

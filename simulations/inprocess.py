@@ -14,17 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrank.artifacts import FINAL_STATE, read_arrays
 from fedrank.config import Scenario
 from fedrank.server.loop import RoundCallback
 from fedrank.simulations.run import simulate
-from fedrank.task import is_dense
 
 
 def final_state(scenario: Scenario) -> dict[str, np.ndarray]:
     """The final global state a finished run left in its results folder."""
-    name = "model.npz" if is_dense(scenario) else "rankings.npz"
-    with np.load(Path(scenario.results_dir) / name) as saved:
-        return {key: saved[key] for key in saved.files}
+    return read_arrays(Path(scenario.output.results_dir) / FINAL_STATE)
 
 
 def run_in_process(

@@ -21,8 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedrank.config import AGGREGATORS, DEFAULT_LR, RANKING_ATTACKS, UPDATE_ATTACKS, Scenario
+from fedrank.config import RANKING_ATTACKS, UPDATE_ATTACKS, Scenario
 from fedrank.errors import ConfigError
+from fedrank.tasks import load_task
+from fedrank.tasks.registry import STRATEGIES
 
 __all__ = [
     "CSV_FIELDS",
@@ -71,8 +73,9 @@ def parse_aggregators(text: str) -> list[tuple[str, str]]:
     pairs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         strategy, _, aggregator = item.partition(":")
-        if strategy not in AGGREGATORS or aggregator not in AGGREGATORS[strategy]:
-            choices = [f"{s}:{a}" for s, names in AGGREGATORS.items() for a in names]
+        spec = STRATEGIES.get(strategy)
+        if spec is None or aggregator not in spec.aggregators:
+            choices = [f"{s.name}:{a}" for s in STRATEGIES.values() for a in s.aggregators]
             raise ConfigError("aggregators", f"unknown {item!r}; choose from {choices}")
         pairs.append((strategy, aggregator))
     if not pairs:
@@ -81,7 +84,7 @@ def parse_aggregators(text: str) -> list[tuple[str, str]]:
 
 
 def _attacks_for(strategy: str, attacks: Sequence[str]) -> list[str]:
-    fits = RANKING_ATTACKS if strategy == "frl" else UPDATE_ATTACKS
+    fits = RANKING_ATTACKS if STRATEGIES[strategy].update == "ranking" else UPDATE_ATTACKS
     return [a for a in attacks if a in fits or a == "label_flip"]
 
 
@@ -114,10 +117,10 @@ def grid_cells(
 def cell_scenario(base: Scenario, cell: GridCell, runs_dir: Path) -> Scenario:
     """The scenario of one cell: ``base`` with the cell's fields.
 
-    ``base``'s learning rate applies to its own strategy; the other strategy runs
-    with its default (``DEFAULT_LR``).
+    ``base``'s learning rate applies to its own strategy; another strategy runs with
+    its default.
     """
-    lr = base.learning_rate if cell.strategy == base.strategy else DEFAULT_LR[cell.strategy]
+    lr = base.train.lr if cell.strategy == base.run.strategy else 0.0
     return base.replace(
         strategy=cell.strategy,
         lr=lr,
@@ -179,6 +182,8 @@ def run_grid(
         for cell in cells
         if cell.key not in done
     ]
+    for _, scenario in pending:
+        load_task(scenario).check()
     for cell, scenario in pending:
         summary, rounds = runner(scenario)
         row = {
@@ -187,16 +192,16 @@ def run_grid(
             "attack": cell.attack,
             "malicious_fraction": cell.fraction,
             "seed": cell.seed,
-            "model": scenario.model,
-            "dataset": scenario.dataset,
-            "rounds": scenario.rounds,
+            "model": scenario.effective.model,
+            "dataset": scenario.effective.dataset,
+            "rounds": scenario.run.rounds,
             "final_accuracy": summary["final_accuracy"],
             "best_accuracy": summary["best_accuracy"],
             "malicious_replies": sum(int(r.get("malicious", 0)) for r in rounds),
             "filtered_replies": sum(int(r.get("filtered", 0)) for r in rounds),
             "rejected_replies": summary["rejected_replies"],
             "seconds": round(float(summary["seconds"]), 1),
-            "results_dir": scenario.results_dir,
+            "results_dir": scenario.output.results_dir,
         }
         new_file = not csv_path.exists()
         with csv_path.open("a", newline="", encoding="utf-8") as handle:

@@ -4,7 +4,7 @@ Clients are Ray actors on this machine, or on an existing Ray cluster when
 ``RAY_ADDRESS`` is set (or ``ray_address`` is given). The ``local`` backend runs
 the same ServerApp and ClientApp handlers in this process
 (:class:`~fedrank.simulations.local_grid.InProcessGrid`). A scenario with an attack
-gets its simulated adversary (:func:`~fedrank.simulations.adversary.attack_components`).
+gets its simulated adversary (:func:`~fedrank.simulations.attacks.adversary.attack_components`).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def backend_config(scenario: Scenario, *, ray_address: str | None) -> dict[str, 
         # client given to it fails at once, so Ray restarts it (the client it was
         # running is lost and counted as worker_died; see fedrank.server.failures).
         "client_resources": {
-            "num_cpus": scenario.num_cpus_per_client,
-            "num_gpus": scenario.num_gpus_per_client,
+            "num_cpus": scenario.run.num_cpus_per_client,
+            "num_gpus": scenario.run.num_gpus_per_client,
             "max_restarts": -1,
         },
         "init_args": init_args,
@@ -89,10 +89,12 @@ def simulate(
     fedrank's ClientApp (tests inject failing clients this way).
     """
     from fedrank.server.app import make_server_app
-    from fedrank.simulations.adversary import attack_components
+    from fedrank.simulations.attacks.adversary import attack_components
+    from fedrank.tasks import load_task
 
     if backend not in BACKENDS:
         raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
+    load_task(scenario).check()  # a run that cannot run fails here, before Ray starts
     attack_client_app, wrap = attack_components(scenario)
     client_app = client_app or attack_client_app
     server_app = make_server_app(
@@ -103,7 +105,7 @@ def simulate(
 
         from fedrank.simulations.local_grid import InProcessGrid, server_identity
 
-        grid = InProcessGrid(client_app, num_nodes=scenario.num_clients, seed=scenario.seed)
+        grid = InProcessGrid(client_app, num_nodes=scenario.run.num_clients, seed=scenario.run.seed)
         context = Context(
             run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
         )
@@ -115,10 +117,10 @@ def simulate(
         run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=scenario.num_clients,
+            num_supernodes=scenario.run.num_clients,
             backend_config=backend_config(scenario, ray_address=ray_address),
         )
-    summary_path = Path(scenario.results_dir) / "summary.json"
+    summary_path = Path(scenario.output.results_dir) / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(
             f"the simulation ended without writing {summary_path}; see the log above"

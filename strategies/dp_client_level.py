@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -20,9 +21,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedrank.errors import ConfigError, InvalidUpdate
+from fedrank.errors import ConfigError
 from fedrank.privacy.ledger import PrivacyLedger, Release
 from fedrank.privacy.mechanisms import client_level_dp_aggregate, l2_norm
+from fedrank.protos.codecs import ArraysCodec
+from fedrank.protos.gate import gate, rejection_metrics
 from fedrank.strategies.sampling import in_partition_order, partition_order
 from fedrank.strategies.wrapping import WrappingStrategy
 
@@ -33,30 +36,6 @@ _log = logging.getLogger(__name__)
 # Independent random streams per round, derived from (seed, round, stream).
 _NOISE_STREAM = 0
 _SAMPLING_STREAM = 1
-
-
-def _reply_update(
-    reply: Message, key: str, reference: Mapping[str, npt.NDArray[np.floating]]
-) -> dict[str, npt.NDArray[np.float64]]:
-    """The reply's arrays minus the global arrays it trained from, validated."""
-    if key not in reply.content.array_records:
-        raise InvalidUpdate("missing_arrays", f"the reply has no ArrayRecord {key!r}")
-    record = reply.content.array_records[key]
-    if list(record.keys()) != list(reference):
-        raise InvalidUpdate(
-            "wrong_keys", f"arrays {list(record.keys())}, expected {list(reference)}"
-        )
-    update: dict[str, npt.NDArray[np.float64]] = {}
-    for name, base in reference.items():
-        value = record[name].numpy()
-        if value.shape != base.shape:
-            raise InvalidUpdate(
-                "wrong_shape", f"{name!r} has shape {value.shape}, expected {base.shape}"
-            )
-        if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
-            raise InvalidUpdate("non_finite", f"{name!r} is not finite floating point")
-        update[name] = value.astype(np.float64) - base.astype(np.float64)
-    return update
 
 
 class ClientLevelDp(WrappingStrategy):
@@ -119,8 +98,8 @@ class ClientLevelDp(WrappingStrategy):
         See Accounting above.
     total_clients : int | None
         N, required for ``"poisson"`` (q = m / N).
-    arrayrecord_key : str
-        Name of the ArrayRecord in replies.
+    codec : ArraysCodec
+        The run's arrays layout: every reply passes its gate before it is clipped.
     partitions : Mapping[int, int] | None
         Partition id -> node id. Updates are summed in partition order (node ids are
         drawn anew by each simulation, so a resumed run sums in the same order as an
@@ -138,7 +117,7 @@ class ClientLevelDp(WrappingStrategy):
         seed: int,
         sampling: Sampling = "fixed",
         total_clients: int | None = None,
-        arrayrecord_key: str = "arrays",
+        codec: ArraysCodec,
         partitions: Mapping[int, int] | None = None,
     ) -> None:
         if not (math.isfinite(clip_norm) and clip_norm > 0):
@@ -169,7 +148,7 @@ class ClientLevelDp(WrappingStrategy):
         self.seed = int(seed)
         self.sampling: Sampling = sampling
         self.total_clients = total_clients
-        self.arrayrecord_key = arrayrecord_key
+        self.codec = codec
         self.partitions = dict(partitions or {})
         # Global arrays sent out per configured round: updates are taken against them.
         self._pending: dict[int, dict[str, npt.NDArray[np.floating]]] = {}
@@ -301,7 +280,7 @@ class ClientLevelDp(WrappingStrategy):
         # may turn out free below, but is not assumed to be).
         self.ledger.check(release)
 
-        updates, rejected, failed = self._updates(server_round, replies, reference)
+        updates, rejected = self._updates(server_round, replies, reference)
         clipped = sum(1 for u in updates if l2_norm(u) > self.clip_norm)
         earlier = [r for r in self.ledger.releases if r.key == release.key]
         new_arrays, digest = self._noised(server_round, updates, reference, attempt=0)
@@ -320,9 +299,7 @@ class ClientLevelDp(WrappingStrategy):
                 "dp-delta": self.ledger.delta,
                 "dp-noise-std": self.noise_std,
                 "dp-clip-fraction": clipped / len(updates) if updates else 0.0,
-                "dp-replies": len(updates),
-                "dp-rejected": rejected,
-                "dp-failed": failed,
+                **rejection_metrics(len(updates), rejected),
             }
         )
         return new_arrays, metrics
@@ -332,28 +309,25 @@ class ClientLevelDp(WrappingStrategy):
         server_round: int,
         replies: Iterable[Message],
         reference: Mapping[str, npt.NDArray[np.floating]],
-    ) -> tuple[list[dict[str, npt.NDArray[np.float64]]], int, int]:
-        """Valid updates (in partition order), and counts of rejected and failed replies."""
-        updates: list[dict[str, npt.NDArray[np.float64]]] = []
-        rejected = 0
-        failed = 0
-        # A fixed order so the float sum, hence the result, does not depend on the
-        # order in which replies arrived, nor on the node ids of this simulation.
-        for reply in in_partition_order(replies, self.partitions):
-            if reply.has_error():
-                failed += 1
-                continue
-            try:
-                updates.append(_reply_update(reply, self.arrayrecord_key, reference))
-            except InvalidUpdate as err:
-                rejected += 1
-                _log.warning(
-                    "ClientLevelDp: round %d, reply from node %d rejected: %s",
-                    server_round,
-                    reply.metadata.src_node_id,
-                    err,
-                )
-        return updates, rejected, failed
+    ) -> tuple[list[dict[str, npt.NDArray[np.float64]]], Counter[str]]:
+        """Valid updates (reply minus reference, in partition order) and the rejections.
+
+        A fixed order, so that the float sum, hence the result, depends neither on the
+        order in which replies arrived nor on the node ids of this simulation.
+        """
+        valid, rejected = gate(
+            server_round,
+            in_partition_order(replies, self.partitions),
+            lambda reply: self.codec.decode_reply(server_round, reply).state,
+        )
+        updates = [
+            {
+                name: state[name].astype(np.float64) - base.astype(np.float64)
+                for name, base in reference.items()
+            }
+            for state in valid
+        ]
+        return updates, rejected
 
     def _noised(
         self,

@@ -21,18 +21,14 @@ from flwr.serverapp.strategy import Strategy
 from fedrank.errors import InvalidUpdate, PrivacyBudgetExhausted
 from fedrank.privacy.accountant import history_to_array
 from fedrank.privacy.ledger import PrivacyLedger, Release
-from fedrank.protos import PrivacyReportData, decode_privacy_report
-from fedrank.strategies.records import to_array_record
+from fedrank.protos import PrivacyReportData, keys
+from fedrank.protos.codecs import ArraysCodec
+from fedrank.protos.records import to_array_record
 from fedrank.strategies.sampling import in_partition_order
 from fedrank.strategies.wrapping import WrappingStrategy
 
 log = logging.getLogger(__name__)
 
-PRIVACY_RECORD = "privacy"
-REPORT_KEY = "report"
-HISTORY_RECORD = "privacy-history"
-"""ArrayRecord of a train message: the client's accountant history as the ledger holds it."""
-HISTORY_ARRAY = "history"
 # A client's epsilon and the ledger's come from the same accountant code and history;
 # only a lost reply (the client counted a round the server never saw) separates them.
 _AGREEMENT = 1e-9
@@ -41,15 +37,6 @@ _AGREEMENT = 1e-9
 def party_of(partition_id: int) -> str:
     """The ledger's name for a client."""
     return f"partition-{partition_id}"
-
-
-def read_privacy_report(reply: Message) -> PrivacyReportData:
-    """Decode the reply's privacy report; ``InvalidUpdate`` if missing or malformed."""
-    record = reply.content.config_records.get(PRIVACY_RECORD)
-    payload = record.get(REPORT_KEY) if record is not None else None
-    if not isinstance(payload, bytes):
-        raise InvalidUpdate("missing_privacy_report", "sample-level DP needs a privacy report")
-    return decode_privacy_report(payload)
 
 
 def report_release(
@@ -120,15 +107,18 @@ class SampleLevelDpAudit(WrappingStrategy):
     recorded; a client that reports more (it trained in a round whose reply was lost)
     is believed, and the disagreement is counted (``dp-record-mismatch``).
 
-    Every train message carries the party's recorded history (:data:`HISTORY_RECORD`,
-    releases of earlier rounds). A client whose own accountant history was lost (a
-    killed simulation, resumed) starts from it instead of from zero; one whose own
-    history is longer keeps its own (:func:`fedrank.client.lora_app.starting_history`).
+    Every train message carries the party's recorded history (releases of earlier
+    rounds, :data:`fedrank.protos.keys.PRIVACY_HISTORY`). A client whose own accountant
+    history was lost (a killed simulation, resumed) starts from it instead of from
+    zero; one whose own history is longer keeps its own
+    (:func:`fedrank.tasks.text_lora.starting_history`).
 
     Parameters
     ----------
     strategy : Strategy
         The inner strategy (``LoraAggregation``, or ``ClientLevelDp`` around it).
+    codec : ArraysCodec
+        The run's arrays layout; it requires a privacy report in every reply.
     ledger : PrivacyLedger
         Sample-level releases; its budget is each client's.
     partitions : Mapping[int, int]
@@ -144,12 +134,14 @@ class SampleLevelDpAudit(WrappingStrategy):
         self,
         strategy: Strategy,
         *,
+        codec: ArraysCodec,
         ledger: PrivacyLedger,
         partitions: Mapping[int, int],
         clip_norm: float,
         noise_multiplier: float | None,
     ) -> None:
         super().__init__(strategy)
+        self.codec = codec
         self.ledger = ledger
         self.partitions = dict(partitions)
         self.party_by_node = {node: party_of(pid) for pid, node in partitions.items()}
@@ -200,7 +192,7 @@ class SampleLevelDpAudit(WrappingStrategy):
         content = RecordDict(
             {
                 **message.content,
-                HISTORY_RECORD: to_array_record({HISTORY_ARRAY: history_to_array(history)}),
+                keys.PRIVACY_HISTORY: to_array_record({keys.HISTORY: history_to_array(history)}),
             }
         )
         return Message(
@@ -226,7 +218,9 @@ class SampleLevelDpAudit(WrappingStrategy):
                 party = self.party_by_node.get(node)
                 if party is None:
                     raise InvalidUpdate("unknown_node", f"node {node} has no partition")
-                report = read_privacy_report(reply)
+                report = self.codec.decode_reply(server_round, reply).privacy
+                if report is None:
+                    raise InvalidUpdate("missing_privacy_report", "sample-level DP needs a report")
                 release = report_release(
                     report,
                     server_round=server_round,

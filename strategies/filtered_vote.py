@@ -78,7 +78,7 @@ it can shift the Borda sums no further than a benign client at the threshold, ab
 ``sqrt((1 - tau) / (1 - median))`` times a typical benign client's shift, and, by
 the direction test, only in directions that still agree, on balance, with the
 benign replies: what it can add against learning is the part orthogonal to them.
-The adaptive attacks in :mod:`fedrank.client.adaptive_attacks` sit just above the
+The adaptive attacks in :mod:`fedrank.simulations.attacks.adaptive` sit just above the
 agreement threshold and just on the right side of the direction test.
 """
 

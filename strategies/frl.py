@@ -3,7 +3,7 @@
 Message plumbing only: the vote is :func:`fedrank.strategies.ranking.borda_vote`
 by default, or any :data:`~fedrank.strategies.votes.RankVote` (robust votes).
 Each round the strategy sends the global rank vectors (bit-packed, see
-:mod:`fedrank.strategies.ranking_wire`) to a seeded sample of clients, decodes
+:mod:`fedrank.protos.ranking_wire`) to a seeded sample of clients, decodes
 and validates every reply (a reply that is not a valid update for this run,
 round and model is rejected with a reason and counted; the round goes on), and
 votes.
@@ -19,13 +19,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedrank.strategies.ranking_wire import RankingWire
-from fedrank.strategies.records import (
-    from_array_record,
-    rejection_metrics,
-    to_array_record,
-    validated_replies,
-)
+from fedrank.config import Scenario
+from fedrank.protos.codecs import RankingCodec
+from fedrank.protos.gate import gate, rejection_metrics
+from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import train_messages
 from fedrank.strategies.votes import RankVote, rank_vote
 
@@ -41,7 +38,7 @@ class FrlVote(Strategy):
         Partition id -> node id (from :func:`discover_partitions`).
     clients_per_round : int
         Clients sampled each round (seeded by ``seed`` and the round).
-    wire : RankingWire
+    codec : RankingCodec
         This run's ranking messages: its layers and sizes, run id and model
         fingerprint; a reply that does not match is rejected.
     min_replies : int
@@ -62,7 +59,7 @@ class FrlVote(Strategy):
         *,
         partitions: Mapping[int, int],
         clients_per_round: int,
-        wire: RankingWire,
+        codec: RankingCodec,
         min_replies: int = 1,
         seed: int = 0,
         vote: RankVote | None = None,
@@ -70,7 +67,7 @@ class FrlVote(Strategy):
     ) -> None:
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
-        self.wire = wire
+        self.codec = codec
         self.min_replies = min_replies
         self.seed = seed
         self.vote = vote or rank_vote("borda")
@@ -84,7 +81,7 @@ class FrlVote(Strategy):
             self.clients_per_round,
             len(self.partitions),
             self.min_replies,
-            dict(self.wire.layer_sizes),
+            dict(self.codec.wire.layer_sizes),
         )
 
     def configure_train(
@@ -93,7 +90,7 @@ class FrlVote(Strategy):
         """Send the global rank vectors, bit-packed, to a seeded sample of clients."""
         self._reference = from_array_record(arrays)  # what robust votes compare against
         return train_messages(
-            self.wire.encode(server_round, self._reference),
+            self.codec.encode_global(server_round, self._reference),
             config,
             partitions=self.partitions,
             count=self.clients_per_round,
@@ -105,9 +102,10 @@ class FrlVote(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate every reply, count the rejected ones, vote over the rest."""
-        valid, rejected = validated_replies(
-            server_round, replies, lambda reply: self.wire.decode(server_round, reply.content)
+        updates, rejected = gate(
+            server_round, replies, lambda reply: self.codec.decode_reply(server_round, reply)
         )
+        valid = [update.state for update in updates]
         metrics = MetricRecord(rejection_metrics(len(valid), rejected))
         if len(valid) < self.min_replies:
             log.warning(
@@ -132,3 +130,22 @@ class FrlVote(Strategy):
     ) -> MetricRecord | None:
         """No federated evaluation."""
         return None
+
+
+def frl_strategy(
+    scenario: Scenario, *, codec: RankingCodec, partitions: Mapping[int, int]
+) -> FrlVote:
+    """The scenario's FRL strategy: its vote (``aggregator``) over seeded client samples."""
+    return FrlVote(
+        partitions=partitions,
+        clients_per_round=scenario.run.clients_per_round,
+        codec=codec,
+        min_replies=scenario.run.min_replies,
+        seed=scenario.run.seed,
+        vote=rank_vote(
+            scenario.effective.aggregator,
+            trim_fraction=scenario.aggregation.trim_fraction,
+            filter_mads=scenario.aggregation.filter_mads,
+        ),
+        smoothing=scenario.frl.vote_smoothing,
+    )

@@ -8,16 +8,19 @@ the adapter it sent and hands the valid ones to the selected aggregation.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedrank.errors import InvalidUpdate
+from fedrank.config import Scenario
+from fedrank.protos.codecs import ArraysCodec
+from fedrank.protos.gate import gate, rejection_metrics
+from fedrank.protos.records import from_array_record, to_array_record
+from fedrank.strategies.fedavg import train_loss
 from fedrank.strategies.lora_aggregation import (
     fedit_average,
     ffa_average,
@@ -29,63 +32,12 @@ from fedrank.strategies.lora_robust import (
     coordinate_wise,
     krum_choice,
 )
-from fedrank.strategies.records import (
-    from_array_record,
-    rejection_metrics,
-    to_array_record,
-    validated_replies,
-)
 from fedrank.strategies.robust_vote import trim_count
 from fedrank.strategies.sampling import in_partition_order, train_messages
 
 log = logging.getLogger(__name__)
 
 Aggregation = Literal["fedit", "ffa", "svd"]
-Layout = dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
-"""Tensor name -> (shape, dtype), in the adapter's order."""
-
-
-def layout_of(tensors: Mapping[str, np.ndarray]) -> Layout:
-    """Name -> (shape, dtype) of an adapter, in its order."""
-    return {name: (tuple(value.shape), value.dtype) for name, value in tensors.items()}
-
-
-def validate_adapter_reply(record: ArrayRecord, layout: Layout) -> dict[str, np.ndarray]:
-    """The reply's tensors, checked against the adapter the server sent.
-
-    Raises
-    ------
-    InvalidUpdate
-        ``missing_tensor`` / ``extra_tensor`` for other names, ``wrong_shape``,
-        ``wrong_dtype``, ``not_finite``.
-    """
-    got = from_array_record(record)
-    missing = [n for n in layout if n not in got]
-    extra = [n for n in got if n not in layout]
-    if missing:
-        raise InvalidUpdate("missing_tensor", f"reply lacks tensors {missing[:3]}")
-    if extra:
-        raise InvalidUpdate("extra_tensor", f"reply has unexpected tensors {extra[:3]}")
-    out: dict[str, np.ndarray] = {}
-    for name, (shape, dtype) in layout.items():
-        value = got[name]
-        if tuple(value.shape) != shape:
-            raise InvalidUpdate("wrong_shape", f"{name}: expected {shape}, got {value.shape}")
-        if value.dtype != dtype:
-            raise InvalidUpdate("wrong_dtype", f"{name}: expected {dtype}, got {value.dtype}")
-        if not np.all(np.isfinite(value)):
-            raise InvalidUpdate("not_finite", f"{name}: contains NaN or infinite values")
-        out[name] = value
-    return out
-
-
-def reply_weight(message: Message) -> float:
-    """The reply's ``num-examples``: its weight in the average (finite, > 0)."""
-    metrics = message.content.metric_records.get("metrics")
-    value = metrics.get("num-examples") if metrics is not None else None
-    if not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
-        raise InvalidUpdate("bad_num_examples", f"num-examples must be > 0, got {value!r}")
-    return float(value)
 
 
 def aggregate_adapters(
@@ -112,6 +64,8 @@ class LoraAggregation(Strategy):
 
     Parameters
     ----------
+    codec : ArraysCodec
+        The adapter's layout: what a valid reply holds (the gate).
     partitions : Mapping[int, int]
         Partition id -> node id.
     clients_per_round : int
@@ -135,6 +89,7 @@ class LoraAggregation(Strategy):
     def __init__(
         self,
         *,
+        codec: ArraysCodec,
         partitions: Mapping[int, int],
         clients_per_round: int,
         seed: int,
@@ -154,6 +109,7 @@ class LoraAggregation(Strategy):
             raise ValueError(f"robust {robust!r} acts on the factors; it cannot feed 'svd'")
         if not 0.0 <= trim_fraction < 0.5:
             raise ValueError(f"trim_fraction must lie in [0, 0.5), got {trim_fraction}")
+        self.codec = codec
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
         self.seed = seed
@@ -162,7 +118,6 @@ class LoraAggregation(Strategy):
         self.min_replies = min_replies
         self.robust = robust
         self.trim_fraction = trim_fraction
-        self._layouts: dict[int, Layout] = {}
 
     def summary(self) -> None:
         """Log the settings."""
@@ -179,9 +134,8 @@ class LoraAggregation(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global adapter to a seeded sample of clients."""
-        self._layouts[server_round] = layout_of(from_array_record(arrays))
         return train_messages(
-            RecordDict({"arrays": arrays}),
+            self.codec.encode_global(server_round, from_array_record(arrays)),
             config,
             partitions=self.partitions,
             count=self.clients_per_round,
@@ -193,28 +147,13 @@ class LoraAggregation(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate the replies, aggregate the valid ones (in partition order)."""
-        layout = self._layouts.pop(server_round, None)
-        if layout is None:
-            return None, None
-
-        def decode(reply: Message) -> tuple[dict[str, np.ndarray], float, object]:
-            if "arrays" not in reply.content.array_records:
-                raise InvalidUpdate("malformed", "reply has no 'arrays' record")
-            update = validate_adapter_reply(reply.content.array_records["arrays"], layout)
-            loss = reply.content.metric_records["metrics"].get("train-loss")
-            return update, reply_weight(reply), loss
-
         ordered = in_partition_order(replies, self.partitions)
-        valid, rejected = validated_replies(server_round, ordered, decode)
-        updates = [update for update, _, _ in valid]
-        weights = [weight for _, weight, _ in valid]
-        losses = [x for _, _, x in valid if isinstance(x, float) and math.isfinite(x)]
-        metrics = MetricRecord(
-            {
-                **rejection_metrics(len(updates), rejected),
-                **({"train-loss": float(np.mean(losses))} if losses else {}),
-            }
+        valid, rejected = gate(
+            server_round, ordered, lambda reply: self.codec.decode_reply(server_round, reply)
         )
+        updates = [update.state for update in valid]
+        weights = [update.weight for update in valid]
+        metrics = MetricRecord({**rejection_metrics(len(updates), rejected), **train_loss(valid)})
         if len(updates) < self.min_replies:
             log.warning(
                 "round %d skipped: %d valid replies, %d needed; the global adapter is kept",
@@ -226,7 +165,7 @@ class LoraAggregation(Strategy):
         merged, dropped = self._aggregate(updates, weights)
         if self.robust in ("krum", "multikrum"):
             metrics["filtered"] = dropped
-        return to_array_record({name: merged[name] for name in layout}), metrics
+        return to_array_record({name: merged[name] for name in self.codec.layout}), metrics
 
     def _aggregate(
         self, updates: list[dict[str, np.ndarray]], weights: list[float]
@@ -261,3 +200,20 @@ class LoraAggregation(Strategy):
     ) -> MetricRecord | None:
         """No federated evaluation."""
         return None
+
+
+def lora_strategy(
+    scenario: Scenario, *, codec: ArraysCodec, partitions: Mapping[int, int]
+) -> LoraAggregation:
+    """The scenario's LoRA aggregation (``lora-aggregation``, ``aggregator``)."""
+    return LoraAggregation(
+        codec=codec,
+        partitions=partitions,
+        clients_per_round=scenario.run.clients_per_round,
+        seed=scenario.run.seed,
+        mode=scenario.lora.aggregation,
+        rank=scenario.lora.rank,
+        min_replies=scenario.run.min_replies,
+        robust=scenario.effective.aggregator,
+        trim_fraction=scenario.aggregation.trim_fraction,
+    )

@@ -122,13 +122,6 @@ def anchored_ranks(
     return ranks_from_order(np.argsort(keys, kind="stable"))
 
 
-def top_k_mask(ranks: np.ndarray, k: float) -> np.ndarray:
-    """Boolean mask of the top-``k`` fraction of a rank vector (the model's edges)."""
-    n = ranks.shape[0]
-    mask: np.ndarray = ranks >= n - max(1, round(k * n))
-    return mask
-
-
 def check_rank_vector(name: str, ranks: np.ndarray, n: int) -> np.ndarray:
     """Return ``ranks`` as int64 if it is a permutation of ``0..n-1``; else raise.
 

@@ -16,9 +16,12 @@ so every aggregator trains the same clients in the same rounds as FRL.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
+from fedrank.config import Scenario
+from fedrank.protos.codecs import ArraysCodec
 from fedrank.strategies.fedavg import SeededFedAvg
 from fedrank.strategies.robust_vote import trim_count
 
@@ -27,6 +30,7 @@ __all__ = [
     "SeededFedTrimmedAvg",
     "SeededKrum",
     "SeededMultiKrum",
+    "fedavg_strategy",
     "seeded_fedavg",
 ]
 
@@ -47,6 +51,7 @@ class SeededFedTrimmedAvg(SeededFedAvg, FedTrimmedAvg):
     def __init__(
         self,
         *,
+        codec: ArraysCodec,
         partitions: Mapping[int, int],
         clients_per_round: int,
         seed: int = 0,
@@ -54,6 +59,7 @@ class SeededFedTrimmedAvg(SeededFedAvg, FedTrimmedAvg):
         beta: float = 0.2,
     ) -> None:
         super().__init__(
+            codec=codec,
             partitions=partitions,
             clients_per_round=clients_per_round,
             seed=seed,
@@ -78,6 +84,7 @@ class SeededMultiKrum(SeededFedAvg, MultiKrum):
     def __init__(
         self,
         *,
+        codec: ArraysCodec,
         partitions: Mapping[int, int],
         clients_per_round: int,
         seed: int = 0,
@@ -86,6 +93,7 @@ class SeededMultiKrum(SeededFedAvg, MultiKrum):
         num_nodes_to_select: int = 1,
     ) -> None:
         super().__init__(
+            codec=codec,
             partitions=partitions,
             clients_per_round=clients_per_round,
             seed=seed,
@@ -106,6 +114,7 @@ class SeededKrum(SeededMultiKrum, Krum):
     def __init__(
         self,
         *,
+        codec: ArraysCodec,
         partitions: Mapping[int, int],
         clients_per_round: int,
         seed: int = 0,
@@ -113,6 +122,7 @@ class SeededKrum(SeededMultiKrum, Krum):
         num_malicious_nodes: int = 0,
     ) -> None:
         super().__init__(
+            codec=codec,
             partitions=partitions,
             clients_per_round=clients_per_round,
             seed=seed,
@@ -125,6 +135,7 @@ class SeededKrum(SeededMultiKrum, Krum):
 def seeded_fedavg(
     aggregation: str,
     *,
+    codec: ArraysCodec,
     partitions: Mapping[int, int],
     clients_per_round: int,
     seed: int = 0,
@@ -137,24 +148,44 @@ def seeded_fedavg(
     ``multikrum`` assume ``f = floor(trim_fraction * clients_per_round)`` malicious
     replies (Multi-Krum averages the ``m - f`` best); ``median`` has no parameter.
     """
-    p, m, common = partitions, clients_per_round, {"seed": seed, "min_replies": min_replies}
+    m = clients_per_round
     byzantine = trim_count(m, trim_fraction=trim_fraction)
-    if aggregation == "mean":
-        return SeededFedAvg(partitions=p, clients_per_round=m, **common)
-    if aggregation == "median":
-        return SeededFedMedian(partitions=p, clients_per_round=m, **common)
-    if aggregation == "trimmed":
-        return SeededFedTrimmedAvg(partitions=p, clients_per_round=m, **common, beta=trim_fraction)
-    if aggregation == "krum":
-        return SeededKrum(
-            partitions=p, clients_per_round=m, **common, num_malicious_nodes=byzantine
-        )
-    if aggregation == "multikrum":
-        return SeededMultiKrum(
-            partitions=p,
+
+    def make(kind: type[SeededFedAvg], **extra: Any) -> SeededFedAvg:
+        return kind(
+            codec=codec,
+            partitions=partitions,
             clients_per_round=m,
-            **common,
-            num_malicious_nodes=byzantine,
-            num_nodes_to_select=m - byzantine,
+            seed=seed,
+            min_replies=min_replies,
+            **extra,
+        )
+
+    if aggregation == "mean":
+        return make(SeededFedAvg)
+    if aggregation == "median":
+        return make(SeededFedMedian)
+    if aggregation == "trimmed":
+        return make(SeededFedTrimmedAvg, beta=trim_fraction)
+    if aggregation == "krum":
+        return make(SeededKrum, num_malicious_nodes=byzantine)
+    if aggregation == "multikrum":
+        return make(
+            SeededMultiKrum, num_malicious_nodes=byzantine, num_nodes_to_select=m - byzantine
         )
     raise ValueError(f"aggregation: not a FedAvg-family aggregator: {aggregation!r}")
+
+
+def fedavg_strategy(
+    scenario: Scenario, *, codec: ArraysCodec, partitions: Mapping[int, int]
+) -> SeededFedAvg:
+    """The scenario's FedAvg-family strategy (``aggregator``) over seeded client samples."""
+    return seeded_fedavg(
+        scenario.effective.aggregator,
+        codec=codec,
+        partitions=partitions,
+        clients_per_round=scenario.run.clients_per_round,
+        seed=scenario.run.seed,
+        min_replies=scenario.run.min_replies,
+        trim_fraction=scenario.aggregation.trim_fraction,
+    )

@@ -160,7 +160,7 @@ def trimmed_borda_vote(
 
     Resists: up to ``b`` colluders sending any rank vectors (the reverse-ranking
     attack of FRL, Sec. 5, random rankings, the mask-boundary attack of
-    :mod:`fedrank.client.attacks`) in a bounded sense: every kept position of an
+    :mod:`fedrank.simulations.attacks.attacks`) in a bounded sense: every kept position of an
     edge lies within the benign clients' range of positions for it (see
     :func:`trimmed_borda_scores`), so one client's per-edge influence drops from
     ``n - 1`` to at most the spread of the benign positions. Not resisted: more than

@@ -17,17 +17,24 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedrank.errors import FedrankError
+from fedrank.protos import keys
 
-PARTITION_KEY = "partition-id"
+PARTITION_KEY = keys.PARTITION_ID
 
 
 def discover_partitions(
-    grid: Grid, *, expected: int, timeout: float = 120.0, poll: float = 0.5
+    grid: Grid,
+    *,
+    expected: int,
+    timeout: float = 120.0,
+    poll: float = 0.5,
+    settings: ConfigRecord | None = None,
 ) -> dict[int, int]:
     """Map partition id -> node id for every connected node.
 
     Waits (bounded by ``timeout``) until ``expected`` nodes are connected, then
-    sends each a ``query`` asking for its partition id.
+    sends each a ``query`` asking for its partition id, with the run's client
+    ``settings`` (the client keeps them for the run).
     """
     deadline = time.monotonic() + timeout
     while len(node_ids := sorted(grid.get_node_ids())) < expected:
@@ -36,9 +43,12 @@ def discover_partitions(
                 f"only {len(node_ids)} of {expected} nodes connected within {timeout:.0f} s"
             )
         time.sleep(poll)
+    content = RecordDict({keys.CONFIG: ConfigRecord({keys.ASK: PARTITION_KEY})})
+    if settings is not None:
+        content[keys.RUN] = settings
     messages = [
         Message(
-            content=RecordDict({"config": ConfigRecord({"ask": PARTITION_KEY})}),
+            content=content,
             message_type=MessageType.QUERY,
             dst_node_id=node,
         )
@@ -48,7 +58,7 @@ def discover_partitions(
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             continue
-        pid = int(reply.content["config"][PARTITION_KEY])  # type: ignore[arg-type]
+        pid = int(reply.content[keys.CONFIG][PARTITION_KEY])  # type: ignore[arg-type]
         if pid in mapping:
             raise FedrankError(f"two nodes claim partition {pid}; check each node's node-config")
         mapping[pid] = reply.metadata.src_node_id
@@ -80,8 +90,8 @@ def train_messages(
     ``payload`` holds the global state's records (``arrays``, or an encoded
     ``update``); ``config`` is copied with ``server-round`` added. Neither is modified.
     """
-    round_config = ConfigRecord({**config, "server-round": server_round})
-    record = RecordDict({**payload, "config": round_config})
+    round_config = ConfigRecord({**config, keys.SERVER_ROUND: server_round})
+    record = RecordDict({**payload, keys.CONFIG: round_config})
     chosen = sample_partitions(partitions, count=count, seed=seed, server_round=server_round)
     return [
         Message(content=record, message_type=MessageType.TRAIN, dst_node_id=partitions[p])

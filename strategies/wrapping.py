@@ -17,10 +17,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedrank.protos.codecs import Codec
+
 __all__ = ["StrategyWrapper", "WrappingStrategy"]
 
-StrategyWrapper = Callable[[Strategy, Mapping[int, int]], Strategy]
-"""Wraps a run's strategy once the partitions (id -> node) are known (a simulated adversary)."""
+StrategyWrapper = Callable[[Strategy, Mapping[int, int], Codec], Strategy]
+"""Wraps a run's strategy once the partitions (id -> node) and the run's codec are known
+(a simulated adversary)."""
 
 INNER_STATE = "inner"
 

@@ -50,7 +50,7 @@ def test_resume_needs_a_results_folder_and_keeps_its_scenario(
     folder = Path(str(tmp_path))
     assert main(["simulate", "--resume", str(folder / "nothing")]) == 2
     assert "fedrank: error: resume: no scenario.json in" in capsys.readouterr().err
-    write_scenario(folder, Scenario(results_dir=str(folder)))
+    write_scenario(folder, Scenario.of(results_dir=str(folder)))
     assert main(["simulate", "--resume", str(folder), "--seed", "3"]) == 2
     assert "fedrank: error: resume: cannot change seed" in capsys.readouterr().err
     assert main(["simulate", "--resume", str(folder), "--scenario", "frl-mnist"]) == 2

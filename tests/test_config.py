@@ -1,18 +1,82 @@
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from fedrank.config import Scenario
+from fedrank.cli import _scenario_from_args, build_parser
+from fedrank.config import FIELDS, Scenario
+from fedrank.config.app_config import app_config_toml
+from fedrank.config.scenario import config_reference
 from fedrank.errors import ConfigError
 from fedrank.simulations.run import list_scenarios, scenario_path
+from fedrank.tasks.registry import STRATEGIES
 
 
 def test_defaults_are_the_reference_scenario() -> None:
-    s = Scenario()
-    assert (s.strategy, s.dataset, s.model) == ("frl", "mnist5k", "mlp")
-    assert (s.num_clients, s.clients_per_round, s.rounds, s.local_epochs) == (50, 10, 40, 2)
-    assert s.partitioner == "dirichlet"
-    assert s.alpha == 1.0
+    s = Scenario.of()
+    eff = s.effective
+    assert (s.run.strategy, eff.dataset, eff.model) == ("frl", "mnist5k", "mlp")
+    run = s.run
+    assert (run.num_clients, run.clients_per_round, run.rounds, s.train.local_epochs) == (
+        50,
+        10,
+        40,
+        2,
+    )
+    assert s.data.partitioner == "dirichlet"
+    assert s.data.alpha == 1.0
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_only_the_strategy_given_gives_that_strategys_defaults(strategy: str) -> None:
+    # Resolved after every override: a changed strategy never keeps another's lr.
+    spec = STRATEGIES[strategy]
+    for s in (Scenario.of(strategy=strategy), Scenario.of().replace(strategy=strategy)):
+        assert s.effective.lr == spec.default_lr
+        assert s.effective.model == spec.default_model
+        assert s.effective.dataset == spec.default_dataset
+        assert s.effective.aggregator == spec.aggregators[0]
+
+
+def test_the_cli_applies_the_strategy_default_lr_after_the_override() -> None:
+    args = build_parser().parse_args(["simulate", "--strategy", "fedavg"])
+    assert _scenario_from_args(args).effective.lr == STRATEGIES["fedavg"].default_lr
+
+
+def test_an_explicit_lr_is_kept_across_a_change_of_strategy() -> None:
+    assert Scenario.of(lr=0.3).replace(strategy="fedavg").effective.lr == 0.3
+
+
+def test_every_key_round_trips_through_the_flat_form() -> None:
+    s = Scenario.of()
+    assert set(s.to_run_config()) == set(FIELDS)
+    assert Scenario.from_mapping(s.to_run_config()) == s
+
+
+def test_describe_prints_effective_values_of_the_sections_in_use() -> None:
+    lines = Scenario.of(strategy="fedavg").describe()
+    text = "\n".join(lines)
+    assert "lr=0.1" in text
+    assert "model=mlp" in text
+    assert not any(line.startswith(("frl:", "lora:", "dp:", "attack:")) for line in lines)
+
+
+def test_every_flag_has_a_description_and_its_choices() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    simulate = sub.choices["simulate"]  # type: ignore[index]
+    flags = {a.dest: a for a in simulate._actions}
+    for key, info in FIELDS.items():
+        action = flags["set_" + key.replace("-", "_")]
+        assert action.help
+        assert info.help in action.help
+        if info.choices:
+            assert list(action.choices) == list(info.choices)
+
+
+def test_seed_out_of_range_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="seed: must lie in"):
+        Scenario.of(seed=2**64)
 
 
 @pytest.mark.parametrize(
@@ -23,6 +87,9 @@ def test_defaults_are_the_reference_scenario() -> None:
         ({"k": float("nan")}, "k"),
         ({"clients-per-round": 11, "num-clients": 10}, "clients-per-round"),
         ({"strategy": "fedsgd"}, "strategy"),
+        ({"seed": 2**64}, "seed"),
+        ({"device": "tpu"}, "device"),
+        ({"partitioner": "random"}, "partitioner"),
         ({"rounds": 0}, "rounds"),
         ({"lr": -1.0}, "lr"),
         ({"rounds": "ten"}, "rounds"),
@@ -62,12 +129,14 @@ def test_unknown_key_suggests_close_names() -> None:
 
 
 def test_run_config_round_trips() -> None:
-    s = Scenario(model="cnn", k=0.3, seed=7, num_clients=5, clients_per_round=2)
+    s = Scenario.of(model="cnn", k=0.3, seed=7, num_clients=5, clients_per_round=2)
     assert Scenario.from_mapping(s.to_run_config()) == s
 
 
 def test_ints_are_accepted_for_floats() -> None:
-    assert Scenario.from_mapping({"k": 1, "lr": 2}).k == 1.0
+    s = Scenario.from_mapping({"k": 1, "lr": 2})
+    assert s.frl.k == 1.0
+    assert isinstance(s.train.lr, float)
 
 
 def test_bad_toml_names_the_file(tmp_path: Path) -> None:
@@ -90,15 +159,28 @@ def test_unknown_scenario_name_lists_the_packaged_ones() -> None:
 
 
 def test_aggregator_auto_is_each_strategys_plain_rule() -> None:
-    assert Scenario().aggregation == "borda"
-    assert Scenario(strategy="fedavg").aggregation == "mean"
-    assert Scenario(aggregator="filtered").aggregation == "filtered"
-    # "auto" survives a change of strategy (it is resolved on use, not at construction).
-    assert Scenario().replace(strategy="fedavg").aggregation == "mean"
+    assert Scenario.of().effective.aggregator == "borda"
+    assert Scenario.of(strategy="fedavg").effective.aggregator == "mean"
+    assert Scenario.of(aggregator="filtered").effective.aggregator == "filtered"
+    # "auto" survives a change of strategy (it is resolved anew on every construction).
+    assert Scenario.of().replace(strategy="fedavg").effective.aggregator == "mean"
 
 
 def test_attack_fields_round_trip_through_run_config() -> None:
-    s = Scenario(
+    s = Scenario.of(
         attack="adaptive_reverse", malicious_fraction=0.2, attack_seed=4, aggregator="filtered"
     )
     assert Scenario.from_mapping(s.to_run_config()) == s
+
+
+def test_the_flower_app_config_lists_every_key_and_is_current() -> None:
+    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert app_config_toml() in text  # else: python scripts/gen_app_config.py
+    table = tomllib.loads(text)["tool"]["flwr"]["app"]["config"]
+    assert list(table) == list(FIELDS)
+    Scenario.from_mapping(table)  # a runnable scenario
+
+
+def test_the_configuration_reference_is_current() -> None:
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert doc.read_text() == config_reference()  # else: python scripts/gen_config_doc.py

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from fedrank.data import splits
+from fedrank.data.splits import TextSplit
 from fedrank.errors import ConfigError
 
 CORPUS_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
@@ -27,26 +29,8 @@ SPLIT_SEED = 20240531
 DEFAULT_MAX_LENGTH = 64
 
 
-@dataclass(frozen=True)
-class TextDataset:
-    """Texts and their integer labels (``labels[i]`` is the class of ``texts[i]``)."""
-
-    texts: tuple[str, ...]
-    labels: np.ndarray
-
-    def __post_init__(self) -> None:
-        if self.labels.ndim != 1 or len(self.labels) != len(self.texts):
-            raise ValueError(
-                f"labels: expected shape ({len(self.texts)},), got {self.labels.shape}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> TextDataset:
-        """The records at ``indices``, in that order (a new object)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return TextDataset(tuple(self.texts[i] for i in idx), self.labels[idx].copy())
+TextDataset = TextSplit
+"""The former name of :class:`~fedrank.data.splits.TextSplit`."""
 
 
 @dataclass(frozen=True)
@@ -119,15 +103,9 @@ def stratified_split(
     """
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError("test_fraction", f"must lie in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    test: list[np.ndarray] = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        take = round(test_fraction * len(members))
-        test.append(rng.permutation(members)[:take])
-    test_idx = np.sort(np.concatenate(test))
-    train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
-    return train_idx, test_idx
+    return splits.stratified_split(
+        labels, test_fraction=test_fraction, rng=np.random.default_rng(seed)
+    )
 
 
 def load_rotten_tomatoes(
@@ -162,27 +140,38 @@ def load_rotten_tomatoes(
 def tokenize(
     data: TextDataset, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH
 ) -> TokenizedText:
-    """Token ids for every text, padded / truncated to ``max_length``.
+    """Token ids for every text, padded / truncated on the right to ``max_length``.
 
     Parameters
     ----------
     data : TextDataset
     tokenizer : transformers.PreTrainedTokenizerBase
-        For instance :func:`fedrank.models.lora.load_tokenizer`.
+        The base's tokenizer from :func:`fedrank.models.bases.load_tokenizer` (it
+        always has a padding token: GPT-2-style ones pad with their end token).
     max_length : int
         Sequence length of every row (special tokens included).
 
     Returns
     -------
     TokenizedText
+
+    Raises
+    ------
+    ConfigError
+        ``max_length`` below 2; ``tokenizer`` without a padding token.
     """
     if max_length < 2:
-        raise ConfigError("max_length", f"must be at least 2 (CLS + SEP), got {max_length}")
+        raise ConfigError("max_length", f"must be at least 2 tokens, got {max_length}")
+    if tokenizer.pad_token is None:
+        raise ConfigError(
+            "tokenizer", "has no padding token; load it with fedrank.models.bases.load_tokenizer"
+        )
     encoded = tokenizer(
         list(data.texts),
         padding="max_length",
         truncation=True,
         max_length=max_length,
+        return_attention_mask=True,
         return_tensors="pt",
     )
     return TokenizedText(

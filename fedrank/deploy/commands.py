@@ -1,4 +1,4 @@
-"""``fedrank certs`` and ``fedrank status``: the deployment side of the command.
+"""``fedrank certs``, ``superlink``, ``supernode``, ``federation``, ``status``: deployment.
 
 ::
 
@@ -9,6 +9,8 @@
     fedrank superlink --tls-dir certs/superlink --host 0.0.0.0 --port 8000
     fedrank supernode --superlink superlink.example.org:8000 --ca ca.crt \
         --credentials site-0 --partition-id 0 [--data-path /data/site-0.npz]
+    fedrank federation up --sites 2 --dir fed      # all of the above on loopback, until Ctrl-C
+    fedrank federation wait-registered --superlink superlink:8000 --ca ca.crt --node-key auth.key
     fedrank status 127.0.0.1:9095
 """
 
@@ -30,12 +32,13 @@ from fedrank.deploy.certs import (
     write_superlink_files,
 )
 from fedrank.deploy.check import node_key_problems, server_certificate_problems
-from fedrank.deploy.launch import Mode, SuperLinkLaunch, SuperNodeLaunch
+from fedrank.deploy.federation_commands import add_federation_commands
+from fedrank.deploy.launch import Mode, SuperLinkLaunch, SuperNodeLaunch, flower_env
 from fedrank.errors import ConfigError
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``certs``, ``superlink``, ``supernode`` and ``status`` to ``fedrank`` (``sub``)."""
+    """Add ``certs``, ``superlink``, ``supernode``, ``federation``, ``status`` to ``sub``."""
     certs = sub.add_parser("certs", help="create or check TLS certificates and SuperNode keys")
     kinds = certs.add_subparsers(dest="certs_command", required=True)
 
@@ -71,10 +74,13 @@ def add_commands(sub: Any) -> None:
     check.set_defaults(func=_check)
 
     _add_launchers(sub)
+    add_federation_commands(sub)
 
     status = sub.add_parser("status", help="health and status of a running federation")
     status.add_argument("address", help="the run's status-address, e.g. 127.0.0.1:9095")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
+    status.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default: 5)"
+    )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
 
@@ -84,8 +90,12 @@ def _add_launchers(sub: Any) -> None:
     link.add_argument("--tls-dir", type=Path, help="folder with ca.crt, tls.crt, tls.key")
     link.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
     link.add_argument("--port", type=int, default=8000, help="API port (default: 8000)")
-    link.add_argument("--health-address", default="", help="grpc.health.v1 host:port")
-    link.add_argument("--database", default="", help="state file (default: in memory)")
+    link.add_argument(
+        "--health-address", default="", help="serve grpc.health.v1 on HOST:PORT (default: off)"
+    )
+    link.add_argument(
+        "--database", default="", help="state file, kept across restarts (default: in memory)"
+    )
     _launch_flags(link)
     link.set_defaults(func=_run_superlink)
 
@@ -96,9 +106,18 @@ def _add_launchers(sub: Any) -> None:
         "--credentials", type=Path, help="site folder (auth.key, runtime.crt, runtime.key, ...)"
     )
     node.add_argument("--partition-id", type=int, required=True, help="this site's number")
-    node.add_argument("--data-path", default="", help="this site's own examples (.npz)")
-    node.add_argument("--runtime-port", type=int, default=9094, help="loopback Runtime API port")
-    node.add_argument("--health-address", default="", help="grpc.health.v1 host:port")
+    node.add_argument(
+        "--data-path", default="", help="this site's own data file (default: its partition)"
+    )
+    node.add_argument(
+        "--runtime-port",
+        type=int,
+        default=9094,
+        help="port of the SuperNode's Runtime API on 127.0.0.1 (default: 9094)",
+    )
+    node.add_argument(
+        "--health-address", default="", help="serve grpc.health.v1 on HOST:PORT (default: off)"
+    )
     _launch_flags(node)
     node.set_defaults(func=_run_supernode)
 
@@ -120,7 +139,9 @@ def _exec(argv: list[str], *, only_print: bool) -> int:
     print(shlex.join(argv), flush=True)
     if only_print:
         return 0
-    os.execv(argv[0], argv)  # replaces this process: signals reach Flower directly
+    # Replaces this process, so signals reach Flower directly; with this
+    # environment's commands first on PATH for the SuperExec Flower starts by name.
+    os.execve(argv[0], argv, flower_env())
 
 
 def _run_superlink(args: argparse.Namespace) -> int:
@@ -158,7 +179,9 @@ def _run_supernode(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write into")
-    parser.add_argument("--days", type=int, default=825, help="validity (default: 825)")
+    parser.add_argument(
+        "--days", type=int, default=825, help="days the certificates are valid (default: 825)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -31,9 +33,48 @@ Mode = Literal["secure", "insecure-demo"]
 MODES: tuple[Mode, ...] = ("secure", "insecure-demo")
 
 
+def environment_bin() -> Path:
+    """The folder of this Python's commands (a venv's ``bin``), symlinks left unresolved.
+
+    A venv's ``python`` is a symlink to the base interpreter: resolving it would
+    name the base installation's folder, which lacks the venv's Flower commands.
+    """
+    return Path(sys.executable).parent
+
+
+def flower_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a Flower process that fedrank starts.
+
+    Flower's SuperLink and SuperNode start ``flower-superexec`` by name, and the
+    SuperExec starts ``flwr-serverapp``/``flwr-clientapp`` by name, each from
+    ``PATH``. Started by path from a venv that is not activated
+    (``.venv/bin/fedrank superlink``), they would find another installation's
+    commands or none (the SuperLink then exits at start-up). This environment puts
+    :func:`environment_bin` first on ``PATH``, keeps everything else of ``base``
+    (default: this process's environment), and turns off Flower's update check,
+    telemetry and run-time dependency installation (fedrank is installed).
+
+    Parameters
+    ----------
+    base : Mapping[str, str], optional
+        The environment to start from (not modified).
+    **extra : str
+        Variables to set on top (``FLWR_HOME=...``).
+    """
+    env = dict(os.environ if base is None else base)
+    bin_dir = str(environment_bin())
+    rest = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
+    env["PATH"] = os.pathsep.join([bin_dir, *rest])
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    env.update(extra)
+    return env
+
+
 def flower_executable(name: str) -> str:
     """The Flower command ``name`` of this installation (beside this Python), else PATH's."""
-    beside = Path(sys.executable).parent / name
+    beside = environment_bin() / name
     if beside.is_file():
         return str(beside)
     found = shutil.which(name)

@@ -1,21 +1,41 @@
 """Supermask networks for Federated Rank Learning (FRL, arXiv 2110.04350, Sec. 3).
 
-The weights of every layer are random and frozen: signed constants +-sigma with
-sigma = sqrt(2 / fan_in), drawn from the model seed (the "signed Kaiming
-constant" of edge-popup, Ramanujan et al. 2020, arXiv 1911.13299). Each weight
-(edge) has a trainable score; the forward pass keeps the edges whose score is in
-the top-k fraction of its layer, and the gradient reaches the scores straight
-through the (non-differentiable) top-k selection. No biases.
+:func:`to_supermask` turns any ``torch.nn.Module`` into an FRL network. Every layer
+whose type is exactly ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d``
+becomes a supermask layer, in ``named_modules()`` order (the ranking's layer order;
+its layer names are the module paths, e.g. ``"features.0"``):
 
-A layer's ranking is its rank vector: ``ranks[e]`` is the position of edge ``e``
-when the layer's edges (flattened C-order) are sorted by score ascending. The top-k
-mask therefore keeps the edges with ``ranks >= n - round(k * n)``.
+- its weight is random and frozen: signed constants +-sigma with
+  sigma = sqrt(2 / (k * fan_in)), drawn from the seed (the "signed Kaiming
+  constant" of edge-popup, Ramanujan et al. 2020, arXiv 1911.13299, scaled for the
+  kept fraction k);
+- each weight (edge) has a trainable score; the forward pass keeps the edges whose
+  score is in the top-k fraction of the layer, and the gradient reaches the scores
+  straight through the (non-differentiable) selection;
+- it has no bias, as in FRL and edge-popup: a bias is a trained parameter that no
+  ranking carries, and a frozen random one would shift activations in a way the
+  mask cannot undo. A layer built with a bias loses it;
+- stride, padding, dilation, groups and padding mode are kept.
+
+Everything else stays as the module built it and is frozen: only rankings travel
+between server and clients, so a parameter that trained would differ from site to
+site. Normalisation layers (BatchNorm, InstanceNorm) drop their running statistics
+and always normalise with the batch's own, so the network is a function of
+(seed, ranking, input) alone and server and clients agree on it. Subclasses of the
+wrapped types (e.g. the output projection inside ``nn.MultiheadAttention``, whose
+parent reads its weight directly) are left as they are.
+
+A layer's ranking is its rank vector: ``ranks[e]`` is the position of edge ``e`` when
+the layer's edges (flattened C-order) are sorted by score ascending, ties by index.
+The top-k mask keeps the edges with ``ranks >= n - kept_count(n, k)``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +43,9 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
 from fedrank.errors import ConfigError
+from fedrank.models.topk import TopKMask, rank_vector
+
+WRAPPED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def kept_count(n: int, k: float) -> int:
@@ -30,24 +53,34 @@ def kept_count(n: int, k: float) -> int:
     return max(1, round(k * n))
 
 
-class _TopK(torch.autograd.Function):
-    """0/1 mask of the top-k scores; the backward pass is the identity (straight through)."""
+def check_k(k: float) -> None:
+    """Raise ``ConfigError('k')`` unless ``0 < k <= 1``."""
+    if not (isinstance(k, int | float) and 0.0 < k <= 1.0):
+        raise ConfigError("k", f"must lie in (0, 1], got {k}")
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Pass the masked weight on; give the scores the gradient the mask would get.
+
+    ``masked`` is ``weight * mask``, computed by the caller; the mask's gradient is
+    the product's gradient times the weight, and it reaches the scores unchanged
+    (straight through the top-k selection).
+    """
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx, scores: torch.Tensor, k: float
+        ctx: torch.autograd.function.FunctionCtx,
+        scores: torch.Tensor,
+        weight: torch.Tensor,
+        masked: torch.Tensor,
     ) -> torch.Tensor:
-        flat = scores.flatten()
-        keep = kept_count(flat.numel(), k)
-        mask = torch.zeros_like(flat)
-        mask[torch.topk(flat, keep, sorted=False).indices] = 1.0
-        return mask.view_as(scores)
+        ctx.save_for_backward(weight)
+        return masked  # autograd returns it as a view with this function's gradient
 
     @staticmethod
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, None]:
-        return grad, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return grad * weight, None, None
 
 
 class SupermaskMixin(nn.Module):
@@ -56,10 +89,11 @@ class SupermaskMixin(nn.Module):
     weight: torch.Tensor
     k: float
 
-    def _init_supermask(self, k: float, generator: torch.Generator) -> None:
-        fan_in = self.weight[0].numel()
+    def _init_supermask(self, shape: torch.Size, k: float, generator: torch.Generator) -> None:
+        check_k(k)
+        fan_in = math.prod(shape[1:])
         sigma = math.sqrt(2.0 / (k * fan_in))
-        signs = torch.randint(0, 2, self.weight.shape, generator=generator) * 2 - 1
+        signs = torch.randint(0, 2, shape, generator=generator) * 2 - 1
         self.weight = nn.Parameter(signs.to(torch.float32) * sigma, requires_grad=False)
         # Scores are the n evenly spaced quantiles of U(-b, b), b the kaiming_uniform_
         # (a=sqrt(5)) bound, in the order of a random initial ranking. Distinct levels
@@ -70,25 +104,42 @@ class SupermaskMixin(nn.Module):
         levels = ((torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 - 1) * bound
         self.register_buffer("score_levels", levels.to(torch.float32))
         initial = torch.randperm(n, generator=generator)
-        self.scores = nn.Parameter(self.get_buffer("score_levels")[initial].view_as(self.weight))
+        self.scores = nn.Parameter(self.get_buffer("score_levels")[initial].view(shape))
         self.k = k
+        self.selector = TopKMask(n, kept_count(n, k))
+        self._hint_from_levels()
+
+    def _hint_from_levels(self) -> None:
+        # Scores that are the levels in some order have a known threshold (the level
+        # just below the kept ones) and density (one level per spacing).
+        levels = self.get_buffer("score_levels")
+        n, keep = levels.numel(), self.selector.keep
+        if n > 1 and keep < n:
+            spacing = float(levels[1] - levels[0])
+            self.selector.hint(threshold=float(levels[n - keep - 1]), density=1.0 / spacing)
+
+    def mask(self) -> torch.Tensor:
+        """The current 0/1 top-k mask (float, shaped like the weight)."""
+        return self.selector(self.scores)
 
     def masked_weight(self) -> torch.Tensor:
-        mask: torch.Tensor = _TopK.apply(self.scores, self.k)  # type: ignore[no-untyped-call]
-        return self.weight * mask
+        """The weight with pruned edges zeroed; differentiable in the scores."""
+        # The selector's mask is a fresh tensor: multiply in place, one temporary less.
+        masked = self.selector(self.scores).mul_(self.weight)
+        out: torch.Tensor = _StraightThrough.apply(self.scores, self.weight, masked)  # type: ignore[no-untyped-call]
+        return out
 
     def set_ranks(self, ranks: torch.Tensor) -> None:
         """Set scores so that their order is ``ranks``; the values are the seed's."""
         levels = self.get_buffer("score_levels")
+        flat = ranks.reshape(-1).to(device=levels.device, dtype=torch.int64)
         with torch.no_grad():
-            self.scores.copy_(levels[ranks.flatten()].view_as(self.scores))
+            self.scores.copy_(levels.index_select(0, flat).view_as(self.scores))
+        self._hint_from_levels()
 
     def get_ranks(self) -> torch.Tensor:
-        """Rank vector (int64) of the current scores (ascending, ties by index)."""
-        order = torch.argsort(self.scores.detach().flatten(), stable=True)
-        ranks = torch.empty_like(order)
-        ranks[order] = torch.arange(order.numel())
-        return ranks
+        """Rank vector (int64, flat) of the current scores (ascending, ties by index)."""
+        return rank_vector(self.scores.detach())
 
 
 class SupermaskLinear(SupermaskMixin, nn.Linear):
@@ -96,123 +147,131 @@ class SupermaskLinear(SupermaskMixin, nn.Linear):
 
     def __init__(
         self, in_features: int, out_features: int, *, k: float, generator: torch.Generator
-    ):
-        nn.Linear.__init__(self, in_features, out_features, bias=False)
-        self._init_supermask(k, generator)
+    ) -> None:
+        # On the meta device nothing is drawn from torch's global generator.
+        nn.Linear.__init__(self, in_features, out_features, bias=False, device="meta")
+        self._init_supermask(torch.Size((out_features, in_features)), k, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.masked_weight())
 
 
-class SupermaskConv2d(SupermaskMixin, nn.Conv2d):
-    """Bias-free 2-D convolution with a frozen random weight and a learned top-k mask."""
+class _SupermaskConv(SupermaskMixin):
+    """Shared parts of the supermask convolutions (``_conv_forward`` keeps padding modes)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        *,
-        k: float,
-        generator: torch.Generator,
-    ):
-        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, bias=False)
-        self._init_supermask(k, generator)
+    _conv_forward: Any
+
+    def _init_conv(
+        self, base: type[nn.Module], conv: Any, k: float, generator: torch.Generator
+    ) -> None:
+        # On the meta device nothing is drawn from torch's global generator.
+        base.__init__(
+            self,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=False,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        self._init_supermask(conv.weight.shape, k, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self._conv_forward(x, self.masked_weight(), None)
         return out
 
 
-class Mlp(nn.Module):
-    """784-256-128-10 style MLP (input size follows the image)."""
+class SupermaskConv1d(_SupermaskConv, nn.Conv1d):
+    """Bias-free ``nn.Conv1d`` (same geometry as ``conv``) with a learned top-k mask."""
 
-    def __init__(self, layers: list[nn.Module]) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.fc3 = layers
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.fc1(x.flatten(1)))
-        x = F.relu(self.fc2(x))
-        out: torch.Tensor = self.fc3(x)
-        return out
+    def __init__(self, conv: nn.Conv1d, *, k: float, generator: torch.Generator) -> None:
+        self._init_conv(nn.Conv1d, conv, k, generator)
 
 
-class Cnn(nn.Module):
-    """Two 3x3 convolutions (32, 64 channels), max-pooling, two linear layers."""
+class SupermaskConv2d(_SupermaskConv, nn.Conv2d):
+    """Bias-free ``nn.Conv2d`` (same geometry as ``conv``) with a learned top-k mask."""
 
-    def __init__(self, layers: list[nn.Module], *, pool: bool) -> None:
-        super().__init__()
-        self.conv1, self.conv2, self.fc1, self.fc2 = layers
-        self.pool = pool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
-        if self.pool:
-            x = F.max_pool2d(x, 2)
-        x = F.relu(self.fc1(x.flatten(1)))
-        out: torch.Tensor = self.fc2(x)
-        return out
+    def __init__(self, conv: nn.Conv2d, *, k: float, generator: torch.Generator) -> None:
+        self._init_conv(nn.Conv2d, conv, k, generator)
 
 
-def build_model(
-    name: str,
-    *,
-    image_shape: tuple[int, int, int],
-    num_classes: int,
-    seed: int,
-    k: float,
-    dense: bool = False,
-) -> nn.Module:
-    """Build the MLP or CNN for images of ``image_shape``.
+class SupermaskConv3d(_SupermaskConv, nn.Conv3d):
+    """Bias-free ``nn.Conv3d`` (same geometry as ``conv``) with a learned top-k mask."""
+
+    def __init__(self, conv: nn.Conv3d, *, k: float, generator: torch.Generator) -> None:
+        self._init_conv(nn.Conv3d, conv, k, generator)
+
+
+def _supermask_of(layer: nn.Module, *, k: float, generator: torch.Generator) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return SupermaskLinear(layer.in_features, layer.out_features, k=k, generator=generator)
+    if isinstance(layer, nn.Conv1d):
+        return SupermaskConv1d(layer, k=k, generator=generator)
+    if isinstance(layer, nn.Conv2d):
+        return SupermaskConv2d(layer, k=k, generator=generator)
+    if isinstance(layer, nn.Conv3d):
+        return SupermaskConv3d(layer, k=k, generator=generator)
+    raise TypeError(f"cannot wrap {type(layer).__name__}")
+
+
+def wrappable_layers(module: nn.Module) -> dict[str, nn.Module]:
+    """The layers :func:`to_supermask` replaces, by module path, in its order."""
+    return {name: m for name, m in module.named_modules() if type(m) in WRAPPED_TYPES}
+
+
+def to_supermask(module: nn.Module, *, k: float, seed: int) -> nn.Module:
+    """An FRL copy of ``module``: its Linear/Conv layers as supermask layers, the rest frozen.
 
     Parameters
     ----------
-    name : {"mlp", "cnn"}
-        Architecture.
-    image_shape : tuple of int
-        (channels, height, width).
-    num_classes : int
-        Output size.
-    seed : int
-        Seed of the frozen weights and initial scores (supermask) or of the
-        initial weights (dense); the same seed rebuilds the same network.
+    module : nn.Module
+        Left unchanged; the copy is returned.
     k : float
-        Kept fraction of each layer's edges (supermask only).
-    dense : bool
-        Build an ordinary trainable bias-free network instead (FedAvg baseline).
+        Kept fraction of each layer's edges, in (0, 1].
+    seed : int
+        Draws every layer's frozen signs and initial ranking, layer by layer in
+        ``named_modules()`` order; the same (module, k, seed) gives the same
+        network bit for bit in any process.
+
+    Raises
+    ------
+    ConfigError
+        ``k`` outside (0, 1] (field ``k``), or no layer to wrap (field ``model``).
     """
-    if not 0.0 < k <= 1.0:
-        raise ConfigError("k", f"must lie in (0, 1], got {k}")
-    gen = torch.Generator().manual_seed(seed)
-    c, h, w = image_shape
-
-    def seeded(layer: nn.Linear | nn.Conv2d) -> nn.Module:
-        # PyTorch's default initialisation, drawn from the model seed.
-        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
-        return layer
-
-    def linear(i: int, o: int) -> nn.Module:
-        if dense:
-            return seeded(nn.Linear(i, o, bias=False))
-        return SupermaskLinear(i, o, k=k, generator=gen)
-
-    def conv(i: int, o: int) -> nn.Module:
-        if dense:
-            return seeded(nn.Conv2d(i, o, 3, bias=False))
-        return SupermaskConv2d(i, o, 3, k=k, generator=gen)
-
-    if name == "mlp":
-        return Mlp([linear(c * h * w, 256), linear(256, 128), linear(128, num_classes)])
-    if name == "cnn":
-        pool = h >= 16
-        side = (h - 4) // 2 if pool else h - 4
-        return Cnn(
-            [conv(c, 32), conv(32, 64), linear(64 * side * side, 128), linear(128, num_classes)],
-            pool=pool,
+    check_k(k)
+    net = copy.deepcopy(module)
+    targets = wrappable_layers(net)
+    if not targets:
+        raise ConfigError(
+            "model", f"{type(module).__name__} has no Linear or Conv1d/2d/3d layer for FRL to wrap"
         )
-    raise ConfigError("model", f"must be 'mlp' or 'cnn', got {name!r}")
+    generator = torch.Generator().manual_seed(seed)
+    replaced = {id(m): _supermask_of(m, k=k, generator=generator) for m in targets.values()}
+    if id(net) in replaced:  # the module is itself one layer (its ranking layer is "")
+        net = replaced[id(net)]
+    for parent in list(net.modules()):
+        # ``_modules`` rather than ``named_children()``: a layer used twice is replaced
+        # under both names.
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in replaced:
+                setattr(parent, child_name, replaced[id(child)])
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for layer in supermask_layers(net).values():
+        layer.scores.requires_grad_(True)
+    for norm in net.modules():
+        if isinstance(norm, nn.modules.batchnorm._NormBase):
+            # Batch statistics in training and evaluation (torch does so without
+            # running statistics): no state outside the ranking.
+            norm.track_running_stats = False
+            norm.running_mean = None
+            norm.running_var = None
+            norm.num_batches_tracked = None
+    return net
 
 
 def supermask_layers(model: nn.Module) -> dict[str, SupermaskMixin]:
@@ -220,9 +279,16 @@ def supermask_layers(model: nn.Module) -> dict[str, SupermaskMixin]:
     return {name: m for name, m in model.named_modules() if isinstance(m, SupermaskMixin)}
 
 
+def layer_sizes(model: nn.Module) -> dict[str, int]:
+    """Edges per supermask layer (what a valid FRL reply must contain)."""
+    return {name: layer.weight.numel() for name, layer in supermask_layers(model).items()}
+
+
 def get_rankings(model: nn.Module) -> dict[str, np.ndarray]:
     """Each supermask layer's rank vector (int64 numpy), keyed by layer name."""
-    return {name: layer.get_ranks().numpy() for name, layer in supermask_layers(model).items()}
+    return {
+        name: layer.get_ranks().cpu().numpy() for name, layer in supermask_layers(model).items()
+    }
 
 
 def set_rankings(model: nn.Module, rankings: Mapping[str, np.ndarray]) -> None:
@@ -234,3 +300,44 @@ def set_rankings(model: nn.Module, rankings: Mapping[str, np.ndarray]) -> None:
         )
     for name, layer in layers.items():
         layer.set_ranks(torch.from_numpy(np.asarray(rankings[name], dtype=np.int64)))
+
+
+def build_model(
+    name: str,
+    *,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+    k: float,
+    dense: bool = False,
+) -> nn.Module:
+    """The network ``name`` for inputs of ``image_shape``: FRL (supermask) or dense.
+
+    Kept for callers of the first API; :func:`fedrank.models.factory.build_network`
+    is the same with the factory calling convention's names.
+
+    Parameters
+    ----------
+    name : str
+        A packaged model (``"mlp"``, ``"cnn"``) or ``"package.module:factory"``.
+    image_shape : tuple of int
+        Shape of one input example, e.g. (channels, height, width).
+    num_classes : int
+        Output size.
+    seed : int
+        Seed of the initial weights, the frozen weights and the initial scores.
+    k : float
+        Kept fraction of each layer's edges (supermask only, checked always).
+    dense : bool
+        Build the module as its factory made it, trainable (FedAvg baseline).
+    """
+    from fedrank.models.factory import build_network  # the factory module imports this one
+
+    return build_network(
+        name,
+        input_shape=tuple(image_shape),
+        num_classes=num_classes,
+        seed=seed,
+        k=k,
+        supermask=not dense,
+    )

@@ -1,13 +1,20 @@
-"""Privacy accounting over Opacus' accountants: epsilon from a history, sigma from a budget.
+"""Privacy accounting over Opacus' analyses: epsilon from a history, sigma from a budget.
 
-Thin, pure functions over ``opacus.accountants`` (RDP: Mironov 2017, arXiv 1702.07476,
-with the conversion of Balle et al. 2020, arXiv 1905.09982; PRV: Gopi et al. 2021,
-arXiv 2106.02848). Nothing is reimplemented: the history is handed to Opacus as it
-would be after the same steps of its own optimizer.
+Pure functions over ``opacus.accountants.analysis`` (RDP: Mironov 2017, arXiv
+1702.07476, with the conversion of Balle et al. 2020, arXiv 1905.09982; PRV: Gopi et al.
+2021, arXiv 2106.02848), through :mod:`fedrank.privacy.analysis`. The math is Opacus';
+what is ours is the bounding: every input is checked against
+:class:`fedrank.privacy.bounds.AccountantBounds` first, RDP curves are cached per
+(sigma, q), and a PRV discretisation larger than :data:`PRV_MAX_POINTS` (or
+over more than :data:`PRV_MAX_MECHANISMS` distinct mechanisms) is not built: the RDP
+bound of the same history is used instead, with a ``RuntimeWarning``
+(:func:`prv_fallback_reason` says when and why). Both bounds are valid; the numbers
+equal what ``RDPAccountant`` / ``PRVAccountant`` return for the same history.
 
 Every entry of a history is one Poisson-subsampled Gaussian mechanism, composed
-``steps`` times: noise multiplier sigma (noise std / L2 sensitivity), sampling rate q.
-``q = 1`` is the plain Gaussian mechanism (no amplification by sampling).
+``steps`` times: noise multiplier sigma (noise std / L2 sensitivity), sampling rate q,
+under the add/remove-one relation (:mod:`fedrank.privacy.relation`). ``q = 1`` is the
+plain Gaussian mechanism (no amplification by sampling).
 """
 
 from __future__ import annotations
@@ -15,50 +22,52 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
+
+from fedrank.errors import ConfigError
+from fedrank.privacy.analysis import (
+    PRV_EPS_ERROR,
+    PRV_MAX_MECHANISMS,
+    PRV_MAX_POINTS,
+    RDP_ORDERS,
+    prv_domain,
+    prv_epsilon,
+    prv_reason,
+    rdp_epsilon,
+)
+from fedrank.privacy.bounds import (
+    ABSOLUTE_BOUNDS,
+    AccountantBounds,
+    Composition,
+    HistoryEntry,
+    check_delta,
+    check_finite_positive,
+    grouped_history,
+)
+
+__all__ = [
+    "ACCOUNTANTS",
+    "PRV_EPS_ERROR",
+    "PRV_MAX_MECHANISMS",
+    "PRV_MAX_POINTS",
+    "RDP_ORDERS",
+    "AccountantName",
+    "Composition",
+    "HistoryEntry",
+    "compute_epsilon",
+    "history_from_array",
+    "history_to_array",
+    "noise_multiplier_for_epsilon",
+    "prv_fallback_reason",
+    "prv_grid_points",
+    "run_lengths",
+]
 
 AccountantName = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[AccountantName, ...] = ("rdp", "prv")
-
-# Opacus' default orders plus larger ones: with few compositions at q = 1 (client-level
-# DP over a handful of rounds) the best order lies above 63. A larger set of orders can
-# only lower the minimum over orders, and each order gives a valid bound.
-RDP_ORDERS: tuple[float, ...] = (
-    *(1 + x / 10.0 for x in range(1, 100)),
-    *(float(a) for a in range(12, 64)),
-    64.0,
-    80.0,
-    96.0,
-    128.0,
-    192.0,
-    256.0,
-    512.0,
-)
-
-# PRV discretisation error in epsilon; Opacus returns the upper end of the error band.
-PRV_EPS_ERROR = 0.01
-
-
-@runtime_checkable
-class Composition(Protocol):
-    """One mechanism composed ``steps`` times (a ``Release`` satisfies this)."""
-
-    @property
-    def noise_multiplier(self) -> float: ...
-
-    @property
-    def sample_rate(self) -> float: ...
-
-    @property
-    def steps(self) -> int: ...
-
-
-HistoryEntry = Composition | tuple[float, float, int]
 
 
 def run_lengths(history: Sequence[HistoryEntry]) -> tuple[tuple[float, float, int], ...]:
@@ -66,7 +75,8 @@ def run_lengths(history: Sequence[HistoryEntry]) -> tuple[tuple[float, float, in
     (sigma, q) merged into one (``RDPAccountant.step`` / ``PRVAccountant.step``).
 
     Entries with no steps are dropped. A client's accountant restored from this holds
-    what it would hold after taking those steps itself.
+    what it would hold after taking those steps itself. Entries are not range-checked
+    here (this is bookkeeping, not accounting).
     """
     merged: list[tuple[float, float, int]] = []
     for entry in history:
@@ -93,71 +103,47 @@ def history_from_array(array: npt.ArrayLike) -> tuple[tuple[float, float, int], 
     return tuple((float(s), float(q), round(t)) for s, q, t in np.asarray(array).reshape(-1, 3))
 
 
-def _check_delta(delta: float) -> None:
-    if not (isinstance(delta, int | float) and 0.0 < delta < 1.0):
-        raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
-
-
 def _check_accountant(accountant: str) -> None:
     if accountant not in ACCOUNTANTS:
-        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        raise ConfigError("accountant", f"must be one of {ACCOUNTANTS}, got {accountant!r}")
 
 
-def _check_entry(name: str, sigma: float, q: float, steps: int) -> None:
-    if isinstance(sigma, bool) or not (isinstance(sigma, int | float) and math.isfinite(sigma)):
-        raise ValueError(f"{name}.noise_multiplier must be a finite number, got {sigma!r}")
-    if sigma < 0:
-        raise ValueError(f"{name}.noise_multiplier must be >= 0, got {sigma!r}")
-    if isinstance(q, bool) or not (isinstance(q, int | float) and 0.0 <= q <= 1.0):
-        raise ValueError(f"{name}.sample_rate must lie in [0, 1], got {q!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
-        raise ValueError(f"{name}.steps must be an integer >= 0, got {steps!r}")
+def prv_fallback_reason(
+    *, history: Sequence[HistoryEntry], delta: float, bounds: AccountantBounds = ABSOLUTE_BOUNDS
+) -> str | None:
+    """Why :func:`compute_epsilon` with ``accountant="prv"`` would use the RDP bound.
 
-
-def _grouped(history: Sequence[HistoryEntry]) -> list[tuple[float, float, int]]:
-    """Validate and merge entries with the same (sigma, q).
-
-    Composition is commutative, so summing the steps of equal mechanisms is exact; it
-    keeps the PRV accountant's heterogeneous composition short however long the run.
-    Entries that touch no data (q = 0 or no steps) cost nothing and are dropped.
+    Returns None when it uses PRV (or the history is empty); a sentence otherwise, for
+    the run's privacy report. Raises as :func:`compute_epsilon`.
     """
-    steps_by_mechanism: dict[tuple[float, float], int] = {}
-    for i, entry in enumerate(history):
-        if isinstance(entry, tuple):
-            if len(entry) != 3:
-                raise ValueError(
-                    f"history[{i}] must be (noise_multiplier, sample_rate, steps), got {entry!r}"
-                )
-            sigma, q, steps = entry
-        else:
-            sigma, q, steps = entry.noise_multiplier, entry.sample_rate, entry.steps
-        _check_entry(f"history[{i}]", sigma, q, steps)
-        if q == 0 or steps == 0:
-            continue
-        key = (float(sigma), float(q))
-        steps_by_mechanism[key] = steps_by_mechanism.get(key, 0) + int(steps)
-    return [(sigma, q, steps) for (sigma, q), steps in steps_by_mechanism.items()]
+    delta = check_delta(delta, bounds)
+    grouped = grouped_history(history, bounds)
+    if not grouped or any(sigma == 0 for sigma, _, _ in grouped):
+        return None
+    return prv_reason(grouped, delta)
 
 
-def _rdp_epsilon(grouped: list[tuple[float, float, int]], delta: float) -> float:
-    accountant = RDPAccountant()
-    accountant.history = list(grouped)
-    return float(accountant.get_epsilon(delta=delta, alphas=list(RDP_ORDERS)))
+def prv_grid_points(
+    *, history: Sequence[HistoryEntry], delta: float, bounds: AccountantBounds = ABSOLUTE_BOUNDS
+) -> float:
+    """Grid points times distinct mechanisms of the PRV discretisation of ``history``.
 
-
-def _prv_epsilon(grouped: list[tuple[float, float, int]], delta: float) -> float:
-    accountant = PRVAccountant()
-    accountant.history = list(grouped)
-    # log(1 - q) is -inf at q = 1; Opacus masks those points with np.where, but numpy
-    # still warns while evaluating both branches. The domain bound Opacus derives from
-    # RDP may peak at its largest order: a wider domain, not a smaller epsilon.
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        return float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+    The quantity :data:`PRV_MAX_POINTS` caps (peak memory grows with it: +144 MB at
+    the cap, measured); 0 for an empty history. Raises as :func:`compute_epsilon`.
+    """
+    delta = check_delta(delta, bounds)
+    grouped = grouped_history(history, bounds)
+    if not grouped or any(sigma == 0 for sigma, _, _ in grouped):
+        return 0.0
+    return prv_domain(grouped, delta)[2] * len(grouped)
 
 
 def compute_epsilon(
-    *, history: Sequence[HistoryEntry], delta: float, accountant: AccountantName
+    *,
+    history: Sequence[HistoryEntry],
+    delta: float,
+    accountant: AccountantName,
+    bounds: AccountantBounds = ABSOLUTE_BOUNDS,
 ) -> float:
     """Epsilon spent by the composition of every entry of ``history``, at ``delta``.
 
@@ -167,43 +153,53 @@ def compute_epsilon(
         Entries with ``noise_multiplier``, ``sample_rate`` and ``steps`` (for example
         the ``Release`` records of a ledger), or ``(sigma, q, steps)`` tuples.
     delta : float
-        Target delta, in (0, 1).
+        Target delta, within ``bounds``.
     accountant : {"rdp", "prv"}
-        ``"rdp"``: Opacus' RDP accountant (orders :data:`RDP_ORDERS`); ``"prv"``: Opacus'
-        PRV accountant, upper end of its error band.
+        ``"rdp"``: RDP at the orders :data:`RDP_ORDERS`; ``"prv"``: the PRV accountant,
+        upper end of its error band, or the RDP bound when the PRV computation would
+        exceed its caps (:func:`prv_fallback_reason`; a ``RuntimeWarning`` says so).
+    bounds : AccountantBounds
+        Ranges the inputs must lie in (default: the absolute ones).
 
     Returns
     -------
     float
-        Epsilon; ``0.0`` for an empty history, ``inf`` when a mechanism adds no noise or
-        when the bound cannot be computed (never a number below the true bound).
+        Epsilon; ``0.0`` for an empty history, ``inf`` when a mechanism adds no noise
+        (sigma 0) or when no finite bound results (never a number below the true bound).
 
     Raises
     ------
-    ValueError
-        An argument, or a history entry (named by its index), is out of range.
+    InvalidUpdate
+        A history entry is malformed or outside ``bounds`` (``privacy_malformed``,
+        ``privacy_out_of_range``; the message names its index and field).
+    ConfigError
+        ``delta`` outside ``bounds``, or an unknown accountant.
     """
-    _check_delta(delta)
+    delta = check_delta(delta, bounds)
     _check_accountant(accountant)
-    grouped = _grouped(history)
+    grouped = grouped_history(history, bounds)
     if not grouped:
         return 0.0
     if any(sigma == 0 for sigma, _, _ in grouped):
         return math.inf
-    if accountant == "rdp":
-        eps = _rdp_epsilon(grouped, delta)
-    else:
-        try:
-            eps = _prv_epsilon(grouped, delta)
-        except (ValueError, ArithmeticError, RuntimeError) as err:
+    eps = math.nan
+    if accountant == "prv":
+        reason = prv_reason(grouped, delta)
+        if reason is None:
+            try:
+                eps = prv_epsilon(grouped, delta)
+            except (ValueError, ArithmeticError, RuntimeError) as err:
+                reason = f"the PRV computation failed ({err})"
+        if reason is not None:
             # The RDP bound is valid for the same mechanisms: count with it rather
-            # than fail or return less.
+            # than fail, wait or return less.
             warnings.warn(
-                f"PRV accountant failed ({err}); using the RDP bound instead",
+                f"PRV accountant not used: {reason}; epsilon is the RDP bound",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            eps = _rdp_epsilon(grouped, delta)
+    if math.isnan(eps):
+        eps = rdp_epsilon(grouped, delta)
     # When in doubt, count: a NaN bound is no bound.
     return eps if math.isfinite(eps) and eps >= 0 else math.inf
 
@@ -216,15 +212,21 @@ def noise_multiplier_for_epsilon(
     steps: int,
     accountant: AccountantName,
     epsilon_tolerance: float = 0.01,
+    bounds: AccountantBounds = ABSOLUTE_BOUNDS,
 ) -> float:
     """Smallest noise multiplier (to ``epsilon_tolerance``) meeting a budget over a run.
+
+    A bisection on sigma within ``bounds`` (geometric midpoints), each step one
+    :func:`compute_epsilon`: bounded in time and memory, and the sigma returned is one
+    our own accounting confirms. (Opacus' ``get_noise_multiplier`` bisects from sigma 0
+    and, under PRV, builds a grid for every tiny sigma it tries.)
 
     Parameters
     ----------
     target_epsilon : float
-        Budget for the whole run (every step of every round), > 0.
+        Budget for the whole run (every step of every round), finite and > 0.
     delta : float
-        Target delta, in (0, 1).
+        Target delta.
     sample_rate : float
         Poisson sampling rate of each step, in (0, 1] (1: no amplification).
     steps : int
@@ -232,61 +234,66 @@ def noise_multiplier_for_epsilon(
     accountant : {"rdp", "prv"}
         As in :func:`compute_epsilon`.
     epsilon_tolerance : float
-        Precision of Opacus' bisection on epsilon.
+        The epsilon of the sigma returned is within this of the target (or sigma is
+        at its lower bound).
+    bounds : AccountantBounds
+        The sigma is searched in ``[min_noise_multiplier, max_noise_multiplier]``.
 
     Returns
     -------
     float
-        sigma such that ``compute_epsilon`` of ``(sigma, sample_rate, steps)`` is at most
-        ``target_epsilon`` (checked here, not assumed).
+        sigma with ``compute_epsilon((sigma, sample_rate, steps)) <= target_epsilon``.
 
     Raises
     ------
-    ValueError
-        An argument is out of range, or no sigma up to Opacus' maximum meets the budget.
+    ConfigError
+        An argument is out of range (named), or no sigma within ``bounds`` meets the
+        budget (``target_epsilon``).
     """
-    if not (isinstance(target_epsilon, int | float) and 0 < target_epsilon < math.inf):
-        raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
-    _check_delta(delta)
+    target = check_finite_positive("target_epsilon", target_epsilon)
+    delta = check_delta(delta, bounds)
     _check_accountant(accountant)
+    tolerance = check_finite_positive("epsilon_tolerance", epsilon_tolerance)
     if isinstance(sample_rate, bool) or not (
-        isinstance(sample_rate, int | float) and 0.0 < sample_rate <= 1.0
+        isinstance(sample_rate, int | float)
+        and bounds.min_sample_rate <= sample_rate <= bounds.max_sample_rate
     ):
-        raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not (isinstance(epsilon_tolerance, int | float) and epsilon_tolerance > 0):
-        raise ValueError(f"epsilon_tolerance must be > 0, got {epsilon_tolerance!r}")
-    try:
-        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-            # The bisection's first, far too large sigmas have their best order at the
-            # edge of Opacus' default set; that bound is loose, not wrong.
-            warnings.filterwarnings("ignore", message="Optimal order is the")
-            sigma = float(
-                get_noise_multiplier(
-                    target_epsilon=target_epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    accountant=accountant,
-                    epsilon_tolerance=epsilon_tolerance,
-                )
-            )
-    except ValueError as err:
-        raise ValueError(
-            f"target_epsilon={target_epsilon} cannot be met at delta={delta}, "
-            f"sample_rate={sample_rate}, steps={steps}: {err}"
-        ) from err
-    # Opacus searched with its own settings (default RDP orders, PRV error); make sure
-    # our accounting of the same run stays within the target, raising sigma if not.
-    for _ in range(100):
-        spent = compute_epsilon(
-            history=[(sigma, sample_rate, steps)], delta=delta, accountant=accountant
+        raise ConfigError(
+            "sample_rate",
+            f"must lie in [{bounds.min_sample_rate:g}, {bounds.max_sample_rate:g}], "
+            f"got {sample_rate!r}",
         )
-        if spent <= target_epsilon:
-            return sigma
-        sigma *= 1.01
-    raise ValueError(
-        f"target_epsilon={target_epsilon}: no noise multiplier found that our "
-        f"{accountant} accounting confirms"
-    )
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= bounds.max_steps:
+        raise ConfigError("steps", f"must be an integer in [1, {bounds.max_steps}], got {steps!r}")
+
+    def spent(sigma: float) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a PRV fallback is still a bound
+            return compute_epsilon(
+                history=[(sigma, float(sample_rate), steps)],
+                delta=delta,
+                accountant=accountant,
+                bounds=bounds,
+            )
+
+    low, high = bounds.min_noise_multiplier, bounds.max_noise_multiplier
+    high_eps = spent(high)
+    if high_eps > target:
+        raise ConfigError(
+            "target_epsilon",
+            f"{target} cannot be met at delta={delta}, sample_rate={sample_rate}, "
+            f"steps={steps}: even sigma {high:g} spends {high_eps:.4g}",
+        )
+    if spent(low) <= target:
+        return low
+    # Invariant: spent(low) > target >= spent(high). Epsilon falls as sigma grows.
+    for _ in range(200):
+        if target - high_eps <= tolerance or high / low < 1 + 1e-9:
+            break
+        middle = math.sqrt(low * high)
+        middle_eps = spent(middle)
+        if middle_eps <= target:
+            high, high_eps = middle, middle_eps
+        else:
+            low = middle
+    return high

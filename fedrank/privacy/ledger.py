@@ -6,138 +6,57 @@ process (line, flush, ``os.fsync``). Epsilon is always computed from the whole l
 crashed one released. When in doubt, the ledger counts: a second, different release
 for a round that already has one is appended, not merged.
 
+Every release is checked against the ledger's :class:`fedrank.privacy.bounds.
+AccountantBounds` before it is accounted: a release outside them (a foreign client's
+report of sigma 1e-300, say) raises :class:`fedrank.errors.InvalidUpdate`, and within
+them the accountant raises nothing (property-tested), so :meth:`PrivacyLedger.check` and
+:meth:`PrivacyLedger.record` raise only ``InvalidUpdate`` or ``PrivacyBudgetExhausted``.
+
 One writer per file: the ledger does not lock it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
 import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
-from fedrank.errors import CheckpointError, PrivacyBudgetExhausted
+from fedrank.errors import CheckpointError, ConfigError, InvalidUpdate, PrivacyBudgetExhausted
 from fedrank.privacy.accountant import ACCOUNTANTS, AccountantName, compute_epsilon, run_lengths
+from fedrank.privacy.bounds import (
+    ABSOLUTE_BOUNDS,
+    MALFORMED,
+    AccountantBounds,
+    check_delta,
+    check_entry,
+    is_number,
+)
+from fedrank.privacy.release import UNIT_OF, Mechanism, Release, Unit, dp_sgd_release
 
-Mechanism = Literal["dp-sgd", "client-gaussian"]
-Unit = Literal["record", "client"]
-
-# Which privacy unit each mechanism protects: DP-SGD on a client protects its records;
-# the server's clipped-and-noised aggregate protects whole clients.
-UNIT_OF: dict[str, Unit] = {"dp-sgd": "record", "client-gaussian": "client"}
+__all__ = ["UNIT_OF", "Mechanism", "PrivacyLedger", "Release", "Unit", "dp_sgd_release"]
 
 _log = logging.getLogger(__name__)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class Release:
-    """One released result of a differentially private mechanism.
-
-    Parameters
-    ----------
-    round : int
-        Federated round, >= 0.
-    mechanism : {"dp-sgd", "client-gaussian"}
-        Per-record DP-SGD on a client, or client-level Gaussian noise at the server.
-    noise_multiplier : float
-        sigma, noise std over L2 sensitivity, >= 0.
-    sample_rate : float
-        Poisson sampling rate q of one step, in [0, 1] (1: no amplification).
-    steps : int
-        Number of compositions in this release (optimizer steps; 1 for a server round).
-    clip_norm : float
-        L2 clipping bound C, > 0 (recorded for audit; epsilon does not depend on it).
-    unit : {"record", "client"}
-        What is protected; must match ``mechanism``.
-    party : str
-        Who spends: the client id for sample-level DP, ``"server"`` for client-level.
-    digest : str
-        SHA-256 (hex) of the released values, or ``""`` when not known. Two releases
-        with equal fields and digests are the same release (a replay costs nothing);
-        the same parameters with another digest are another release and count again.
-    """
-
-    round: int
-    mechanism: Mechanism
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    clip_norm: float
-    unit: Unit
-    party: str
-    digest: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.round, int) or isinstance(self.round, bool) or self.round < 0:
-            raise ValueError(f"round must be an integer >= 0, got {self.round!r}")
-        if self.mechanism not in UNIT_OF:
-            raise ValueError(f"mechanism must be one of {tuple(UNIT_OF)}, got {self.mechanism!r}")
-        if not (
-            _is_number(self.noise_multiplier)
-            and math.isfinite(self.noise_multiplier)
-            and self.noise_multiplier >= 0
-        ):
-            raise ValueError(
-                f"noise_multiplier must be a finite number >= 0, got {self.noise_multiplier!r}"
-            )
-        if not (_is_number(self.sample_rate) and 0.0 <= self.sample_rate <= 1.0):
-            raise ValueError(f"sample_rate must lie in [0, 1], got {self.sample_rate!r}")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
-        if not (
-            _is_number(self.clip_norm) and math.isfinite(self.clip_norm) and self.clip_norm > 0
-        ):
-            raise ValueError(f"clip_norm must be a finite number > 0, got {self.clip_norm!r}")
-        if self.unit != UNIT_OF[self.mechanism]:
-            raise ValueError(
-                f"unit must be {UNIT_OF[self.mechanism]!r} for mechanism {self.mechanism!r}, "
-                f"got {self.unit!r}"
-            )
-        if not isinstance(self.party, str) or not self.party:
-            raise ValueError(f"party must be a non-empty string, got {self.party!r}")
-        if not isinstance(self.digest, str) or not (
-            self.digest == ""
-            or (len(self.digest) == 64 and all(c in "0123456789abcdef" for c in self.digest))
-        ):
-            raise ValueError(f"digest must be '' or 64 lowercase hex digits, got {self.digest!r}")
-        # JSON may hand back 1 for 1.0; store floats so equal releases compare equal.
-        for name in ("noise_multiplier", "sample_rate", "clip_norm"):
-            object.__setattr__(self, name, float(getattr(self, name)))
-
-    @property
-    def key(self) -> tuple[int, str, str]:
-        """Identity of a release for idempotent recording: (round, party, mechanism)."""
-        return (self.round, self.party, self.mechanism)
-
-    def to_json(self) -> str:
-        """One JSON line (no newline); floats round-trip exactly."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, allow_nan=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> Release:
-        """Parse a line written by :meth:`to_json`; ``ValueError`` if it is not one."""
-        data: Any = json.loads(text)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or set(data) != fields:
-            raise ValueError(f"expected an object with exactly the keys {sorted(fields)}")
-        return cls(**data)
-
-
 @functools.lru_cache(maxsize=512)
-def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
-    # PRV accounting takes about a second; a round asks for the same history twice.
-    return compute_epsilon(history=history, delta=delta, accountant=accountant)  # type: ignore[arg-type]
+def _epsilon(
+    history: tuple[tuple[float, float, int], ...],
+    delta: float,
+    accountant: AccountantName,
+    bounds: AccountantBounds,
+) -> float:
+    # PRV accounting takes up to a few seconds; a round asks for the same history twice.
+    return compute_epsilon(history=history, delta=delta, accountant=accountant, bounds=bounds)
+
+
+def _bounded(release: Release) -> Release:
+    """``release`` if it lies within the absolute accountant bounds (else InvalidUpdate)."""
+    check_entry(0, release, ABSOLUTE_BOUNDS)
+    return release
 
 
 class PrivacyLedger:
@@ -153,9 +72,15 @@ class PrivacyLedger:
         The delta at which epsilon is reported and budgeted, in (0, 1).
     accountant : {"rdp", "prv"}
         See :func:`fedrank.privacy.accountant.compute_epsilon`.
+    bounds : AccountantBounds
+        What a new release (and its party's history with it) must lie within; the
+        scenario's narrowed bounds (:func:`fedrank.privacy.bounds.scenario_bounds`).
+        Releases already in the file must lie within the absolute bounds.
 
     Raises
     ------
+    ConfigError
+        ``budget_epsilon``, ``delta`` or ``accountant`` is out of range.
     CheckpointError
         A line other than the last cannot be parsed as a release (a truncated last line,
         left by a crash mid-write, is ignored with a warning and cut off at the next
@@ -169,19 +94,23 @@ class PrivacyLedger:
         budget_epsilon: float | None,
         delta: float,
         accountant: AccountantName,
+        bounds: AccountantBounds = ABSOLUTE_BOUNDS,
     ) -> None:
         if budget_epsilon is not None and not (
-            _is_number(budget_epsilon) and not math.isnan(budget_epsilon) and budget_epsilon > 0
+            is_number(budget_epsilon) and not math.isnan(budget_epsilon) and budget_epsilon > 0
         ):
-            raise ValueError(f"budget_epsilon must be a number > 0 or None, got {budget_epsilon!r}")
-        if not (_is_number(delta) and 0.0 < delta < 1.0):
-            raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+            raise ConfigError(
+                "budget_epsilon", f"must be a number > 0 or None, got {budget_epsilon!r}"
+            )
+        if not isinstance(bounds, AccountantBounds):
+            raise ConfigError("bounds", f"must be AccountantBounds, got {type(bounds).__name__}")
         if accountant not in ACCOUNTANTS:
-            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+            raise ConfigError("accountant", f"must be one of {ACCOUNTANTS}, got {accountant!r}")
         self.path = Path(path)
         self.budget_epsilon = budget_epsilon
-        self.delta = float(delta)
+        self.delta = check_delta(delta, bounds)
         self.accountant: AccountantName = accountant
+        self.bounds = bounds
         self._releases: list[Release] = []
         # Repair owed to the file before the next append: cut a partial last line at
         # this offset, or end a complete last line that lacks its newline.
@@ -208,8 +137,8 @@ class PrivacyLedger:
             if not raw.strip():
                 continue
             try:
-                self._releases.append(Release.from_json(raw.decode("utf-8")))
-            except (ValueError, TypeError, UnicodeDecodeError) as err:
+                self._releases.append(_bounded(Release.from_json(raw.decode("utf-8"))))
+            except (ValueError, TypeError, UnicodeDecodeError, InvalidUpdate) as err:
                 raise CheckpointError(
                     f"privacy ledger {self.path}, line {number} is corrupt ({err}); "
                     "restore the file from a backup: epsilon cannot be counted without it"
@@ -217,8 +146,8 @@ class PrivacyLedger:
         if not tail:
             return
         try:
-            release = Release.from_json(tail.decode("utf-8"))
-        except (ValueError, TypeError, UnicodeDecodeError):
+            release = _bounded(Release.from_json(tail.decode("utf-8")))
+        except (ValueError, TypeError, UnicodeDecodeError, InvalidUpdate):
             warnings.warn(
                 f"privacy ledger {self.path}: ignoring a truncated last line "
                 f"({len(tail)} bytes, a write cut short by a crash)",
@@ -234,9 +163,9 @@ class PrivacyLedger:
     def _history(self, unit: Unit, party: str) -> list[Release]:
         return [r for r in self._releases if r.unit == unit and r.party == party]
 
-    def _compute(self, history: Sequence[Release]) -> float:
+    def _compute(self, history: Sequence[Release], bounds: AccountantBounds) -> float:
         key = tuple((r.noise_multiplier, r.sample_rate, r.steps) for r in history)
-        return _epsilon(key, self.delta, self.accountant)
+        return _epsilon(key, self.delta, self.accountant, bounds)
 
     def _is_recorded(self, release: Release) -> bool:
         return release in self._releases
@@ -255,8 +184,19 @@ class PrivacyLedger:
         -------
         float
             Epsilon of the composition of every matching release in the ledger.
+
+        Raises
+        ------
+        CheckpointError
+            The recorded history exceeds the absolute accountant bounds (a file this
+            code did not write).
         """
-        return self._compute(self._history(unit, party))
+        try:
+            return self._compute(self._history(unit, party), ABSOLUTE_BOUNDS)
+        except InvalidUpdate as err:
+            raise CheckpointError(
+                f"privacy ledger {self.path}: the history of {party!r} cannot be accounted: {err}"
+            ) from err
 
     def history(
         self, *, unit: Unit, party: str, before_round: int
@@ -276,13 +216,20 @@ class PrivacyLedger:
 
         Raises
         ------
+        InvalidUpdate
+            ``release`` is not a :class:`Release`, lies outside the ledger's bounds, or
+            would take its party's history outside them (``privacy_malformed``,
+            ``privacy_out_of_range``): it must not be made.
         PrivacyBudgetExhausted
             That epsilon exceeds ``budget_epsilon``: the release must not be made.
         """
+        if not isinstance(release, Release):
+            raise InvalidUpdate(MALFORMED, f"not a Release: {type(release).__name__}")
+        check_entry(0, release, self.bounds)
         history = self._history(release.unit, release.party)
         if not self._is_recorded(release):
             history.append(release)
-        epsilon = self._compute(history)
+        epsilon = self._compute(history, self.bounds)
         if self.budget_epsilon is not None and epsilon > self.budget_epsilon:
             raise PrivacyBudgetExhausted(
                 f"round {release.round}: the {release.mechanism} release of "
@@ -307,6 +254,8 @@ class PrivacyLedger:
 
         Raises
         ------
+        InvalidUpdate
+            As in :meth:`check`; the file is then left unchanged.
         PrivacyBudgetExhausted
             As in :meth:`check`; the file is then left unchanged.
         """

@@ -9,19 +9,18 @@ number under Poisson sampling). Adding or removing one client changes the sum by
 most C, so the noise on the average has std sigma C / m and the round is a Gaussian
 mechanism with noise multiplier sigma.
 
-Accounting (see :mod:`fedrank.privacy.accountant`):
+Accounting (see :mod:`fedrank.privacy.accountant`), under the one neighbouring relation
+of :mod:`fedrank.privacy.relation`, add or remove one client's whole data
+(:data:`~fedrank.privacy.relation.NEIGHBOURING_RELATION`; Kairouz et al. 2021,
+arXiv 2103.00039, Sec. 2), for which the clipped sum has sensitivity C:
 
 - Poisson client sampling, each client independently with probability q = m / N:
   the sampled Gaussian mechanism, amplified by q (RDP of Mironov et al. 2019,
   arXiv 1908.10530).
-- Fixed-size sampling of m clients out of N without replacement: accounted with
-  q = 1, no amplification. Amplification bounds for sampling without replacement
-  exist under the replace-one relation (Wang, Balle and Kasiviswanathan 2019,
-  arXiv 1808.00087) but are not implemented here; q = 1 is a conservative upper bound.
-
-The neighbouring relation is add/remove (zero-out) of one client's whole data
-(Kairouz et al. 2021, arXiv 2103.00039, Sec. 2): sensitivity C. Under replace-one,
-the sensitivity doubles; account with sigma / 2 for that relation.
+- Fixed-size sampling of m out of N clients: accountable only when m = N (every client
+  in every round, q = 1). With m < N, adding a client changes which others are drawn,
+  and q = 1 would under-count; :func:`fedrank.privacy.relation.client_sampling_rate`
+  refuses that setting.
 
 All functions are pure: inputs are never modified, results are new float64 arrays.
 """
@@ -34,8 +33,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from fedrank.privacy.randomness import RandomSource
+
 FloatArray = npt.NDArray[np.float64]
 Update = Mapping[str, npt.NDArray[np.floating]]
+NoiseSource = RandomSource | np.random.Generator
+"""Where noise comes from: a :class:`RandomSource` (secure, or reproducible and marked so),
+or a numpy Generator (tests and non-private baselines)."""
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -99,7 +103,7 @@ def clip_by_l2_norm(update: Update, *, clip_norm: float) -> tuple[dict[str, Floa
 
 
 def gaussian_noise_like(
-    shapes: Mapping[str, tuple[int, ...]], *, std: float, rng: np.random.Generator
+    shapes: Mapping[str, tuple[int, ...]], *, std: float, rng: NoiseSource
 ) -> dict[str, FloatArray]:
     """Independent N(0, std^2) noise for every coordinate of tensors of ``shapes``.
 
@@ -110,8 +114,8 @@ def gaussian_noise_like(
         order and generator state give the same noise.
     std : float
         Standard deviation, >= 0 (0 gives zeros).
-    rng : np.random.Generator
-        Source of randomness.
+    rng : RandomSource | np.random.Generator
+        Source of randomness: a :class:`RandomSource` for a private release.
 
     Returns
     -------
@@ -122,6 +126,8 @@ def gaussian_noise_like(
         raise ValueError(f"std must be a finite number >= 0, got {std!r}")
     if std < 0:
         raise ValueError(f"std must be >= 0, got {std!r}")
+    if isinstance(rng, RandomSource):
+        return rng.normal_like(shapes, std=float(std))
     return {name: rng.normal(0.0, std, size=tuple(shape)) for name, shape in shapes.items()}
 
 
@@ -131,7 +137,7 @@ def client_level_dp_aggregate(
     shapes: Mapping[str, tuple[int, ...]],
     clip_norm: float,
     noise_multiplier: float,
-    rng: np.random.Generator,
+    rng: NoiseSource,
     expected_clients: int,
 ) -> dict[str, FloatArray]:
     """DP-FedAvg's noised average of client updates (arXiv 1710.06963, Algorithm 1).
@@ -152,8 +158,8 @@ def client_level_dp_aggregate(
         C, > 0.
     noise_multiplier : float
         sigma, >= 0 (0: no privacy, for tests and baselines).
-    rng : np.random.Generator
-        Source of the noise.
+    rng : RandomSource | np.random.Generator
+        Source of the noise (a secure :class:`RandomSource` for a private release).
     expected_clients : int
         m, the divisor: clients sampled per round (or expected under Poisson sampling).
 

@@ -14,14 +14,40 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedrank.errors import CheckpointError
+from fedrank.errors import CheckpointError, ConfigError
 from fedrank.privacy.ledger import PrivacyLedger, Unit
+from fedrank.privacy.randomness import NOT_PRIVATE_NOTE, SourceKind
+from fedrank.privacy.relation import NEIGHBOURING_RELATION, RELATION_DESCRIPTION
 
 SETTINGS_FILE = "privacy.json"
 LEDGER_FILES: dict[Unit, str] = {
     "record": "privacy-ledger-record.jsonl",
     "client": "privacy-ledger-client.jsonl",
 }
+RELATION_KEY = "neighbouring_relation"
+"""``privacy.json`` key: the relation every guarantee of the run is stated under."""
+NOISE_KEY = "noise"
+"""``privacy.json`` key: ``"secure"`` or ``"reproducible"`` (the run's noise source)."""
+NOTE_KEY = "note"
+"""``privacy.json`` key: :data:`NOT_PRIVATE_NOTE` for reproducible noise, else None."""
+
+
+def claim_settings(noise: SourceKind) -> dict[str, Any]:
+    """The ``privacy.json`` entries that qualify every epsilon of a run.
+
+    Merge them into the run's settings: the relation (:data:`NEIGHBOURING_RELATION`),
+    the kind of noise source, and the note that reproducible noise makes no privacy
+    claim.
+    """
+    if noise not in ("secure", "reproducible"):
+        raise ConfigError("noise", f"must be 'secure' or 'reproducible', got {noise!r}")
+    return {
+        RELATION_KEY: NEIGHBOURING_RELATION,
+        NOISE_KEY: noise,
+        NOTE_KEY: NOT_PRIVATE_NOTE if noise == "reproducible" else None,
+    }
+
+
 UNIT_TITLES: dict[Unit, str] = {
     "record": "sample-level DP (unit: one training record; each client spends its own)",
     "client": "client-level DP (unit: one client's whole data; the server spends)",
@@ -116,6 +142,12 @@ def format_privacy_report(directory: str | Path) -> str:
     ]
     if settings["dp"] == "none":
         lines.append("no differential privacy: this run makes no privacy claim")
+    elif RELATION_KEY in settings:
+        relation = settings[RELATION_KEY]
+        meaning = f" ({RELATION_DESCRIPTION})" if relation == NEIGHBOURING_RELATION else ""
+        lines.append(f"neighbouring relation: {relation}{meaning}")
+    if settings.get(NOISE_KEY) == "reproducible":
+        lines.append(f"{NOT_PRIVATE_NOTE.upper()}: anyone with the seed can replay the noise")
     for unit in LEDGER_FILES:
         if unit not in summary:
             continue

@@ -1,10 +1,11 @@
 import numpy as np
 
-from fedrank.data.digits import load_dataset
+from fedrank.data import source as source_module
+from fedrank.data.source import DataSource, load_image_data
 
 
 def test_mnist5k_is_real_and_split_is_stratified() -> None:
-    data = load_dataset("mnist5k")
+    data = load_image_data(DataSource("mnist5k"))
     assert data.image_shape == (1, 28, 28)
     assert len(data.train) + len(data.test) == 5000
     assert np.bincount(data.test.labels).tolist() == [100] * 10
@@ -13,15 +14,16 @@ def test_mnist5k_is_real_and_split_is_stratified() -> None:
 
 
 def test_digits_loads_with_its_own_shape() -> None:
-    data = load_dataset("digits")
+    data = load_image_data(DataSource("digits"))
     assert data.image_shape == (1, 8, 8)
     assert len(data.train) + len(data.test) == 1797
 
 
 def test_held_out_split_is_fixed_and_disjoint() -> None:
-    a = load_dataset("digits")
-    load_dataset.cache_clear()
-    b = load_dataset("digits")
+    a = load_image_data(DataSource("digits"))
+    source_module._full.cache_clear()  # load it again, not from the cache
+    source_module._with_records.cache_clear()
+    b = load_image_data(DataSource("digits"))
     np.testing.assert_array_equal(a.test.images, b.test.images)
     train_rows = {row.tobytes() for row in a.train.images}
     overlap = sum(row.tobytes() in train_rows for row in a.test.images)

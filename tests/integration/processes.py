@@ -2,10 +2,11 @@
 
 Flower's SuperLink and SuperNodes start SuperExec children, which start a
 ``flwr-serverapp``/``flwr-clientapp`` per task; ``ray start --block`` starts
-Ray's daemons. A watcher thread records every descendant of the processes a
-test started (PID and start time, so a reused PID is never touched), and
-teardown stops exactly those: the started processes first (SIGTERM, then
-SIGKILL), then any recorded descendant still alive. For a process a test put in
+Ray's daemons. :class:`Processes` is fedrank's own process group
+(:mod:`fedrank.deploy.processes`): a watcher thread records every descendant of
+the processes a test started (PID and start time, so a reused PID is never
+touched), and teardown stops exactly those: the started processes first
+(SIGTERM, then SIGKILL), then any recorded descendant still alive. For a process a test put in
 a session of its own (``start_new_session=True``), ``kill_session`` ends the
 whole session, and ``is_descendant`` proves a PID is the test's before a test
 kills it.
@@ -16,10 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,17 +24,21 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fedrank.deploy.launch import environment_bin, flower_env
+from fedrank.deploy.processes import ProcessGroup, free_ports
+
+__all__ = [
+    "ROOT",
+    "VENV_BIN",
+    "Processes",
+    "base_env",
+    "env_without_venv",
+    "free_ports",
+    "wait_for",
+]
+
 ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held together while chosen)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+VENV_BIN = environment_bin()
 
 
 def wait_for(
@@ -51,91 +52,19 @@ def wait_for(
         time.sleep(poll)
 
 
-class Processes:
-    """Processes a test started, their logs, and every descendant seen."""
+class Processes(ProcessGroup):
+    """Processes a test started, their logs, and every descendant seen.
+
+    fedrank's own :class:`~fedrank.deploy.processes.ProcessGroup`, in the
+    process group and session of the test run (a Ctrl-C of pytest reaches them).
+    """
 
     def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: dict[str, subprocess.Popen[bytes]] = {}
-        self._seen: dict[tuple[int, float], str] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.start()
+        super().__init__(logs)
 
-    def start(
-        self, name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None
-    ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` with stdout and stderr to ``logs/NAME.log``."""
-        log = (self.logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            list(argv), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        with self._lock:
-            self.started[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def descendants(self) -> dict[tuple[int, float], str]:
-        """Every descendant recorded so far: (pid, start time) -> "started name: its command"."""
-        self.record_descendants()
-        with self._lock:
-            return dict(self._seen)
-
-    def record_descendants(self) -> None:
-        with self._lock:
-            started = list(self.started.items())
-        for name, proc in started:
-            try:
-                children = psutil.Process(proc.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                continue
-            for child in children:
-                with contextlib.suppress(psutil.Error):
-                    key = (child.pid, child.create_time())
-                    what = f"{name}: {' '.join(Path(a).name for a in child.cmdline()[:2])}"
-                    with self._lock:
-                        self._seen.setdefault(key, what)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.3):
-            self.record_descendants()
-
-    def stop_all(self) -> list[str]:
+    def stop_all(self, *, grace: float = 15.0) -> list[str]:
         """Stop every started process and recorded descendant; return what had to be killed."""
-        self.record_descendants()
-        self._stop.set()
-        self._watcher.join(timeout=5)
-        killed: list[str] = []
-        for proc in reversed(list(self.started.values())):
-            if proc.poll() is None:
-                proc.terminate()
-        for name, proc in self.started.items():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-                killed.append(name)
-        leftovers = []
-        for (pid, created), name in self._seen.items():
-            with contextlib.suppress(psutil.Error):
-                child = psutil.Process(pid)
-                if child.create_time() == created and child.status() != psutil.STATUS_ZOMBIE:
-                    leftovers.append(child)
-                    killed.append(f"{name} [{pid}]")
-        for child in leftovers:
-            with contextlib.suppress(psutil.Error):
-                child.terminate()
-        _, alive = psutil.wait_procs(leftovers, timeout=10)
-        for child in alive:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        psutil.wait_procs(alive, timeout=10)
-        return killed
+        return super().stop_all(grace=grace)
 
 
 def still_running(keys: Mapping[tuple[int, float], str] | Sequence[tuple[int, float]]) -> list[int]:
@@ -150,18 +79,25 @@ def still_running(keys: Mapping[tuple[int, float], str] | Sequence[tuple[int, fl
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    """Environment of the processes a test starts: this venv first on PATH, Flower offline,
-    and this checkout importable first (its code, not another installed copy, is tested)."""
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(ROOT),
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.update(extra)
+    """Environment of the processes a test starts: fedrank's :func:`flower_env` (this venv
+    first on PATH, Flower offline) with this checkout importable first (its code, not
+    another installed copy, is tested)."""
+    return flower_env(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", **extra)
+
+
+def env_without_venv(**extra: str) -> dict[str, str]:
+    """Environment of an operator who starts ``.venv/bin/fedrank`` by path, venv not activated.
+
+    Every ``PATH`` folder holding Flower's commands is left out (this venv's ``bin``
+    and any other), so a child that looks for ``flower-superexec`` on ``PATH``
+    finds none; the checkout stays importable first, Flower offline.
+    """
+    env = base_env(**extra)
+    folders = env["PATH"].split(os.pathsep)
+    env["PATH"] = (
+        os.pathsep.join(f for f in folders if f and not (Path(f) / "flower-superexec").exists())
+        or os.defpath
+    )
     return env
 
 

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.integration
 
 def sampled(scenario: Scenario, server_round: int) -> list[int]:
     return sample_partitions(
-        list(range(scenario.num_clients)),
-        count=scenario.clients_per_round,
-        seed=scenario.seed,
+        list(range(scenario.run.num_clients)),
+        count=scenario.run.clients_per_round,
+        seed=scenario.run.seed,
         server_round=server_round,
     )
 
@@ -40,14 +40,14 @@ class FaultyRun:
     clients and too few replies (round 3), then a clean round (round 4)."""
 
     def __init__(self, strategy: str, results: Path) -> None:
-        self.scenario = Scenario(
+        self.scenario = Scenario.of(
             strategy=strategy,  # type: ignore[arg-type]
             dataset="digits",
             num_clients=6,
             clients_per_round=3,
             rounds=4,
             min_replies=2,
-            round_timeout=20.0,
+            round_timeout=45.0,
             seed=7,
             results_dir=str(results),
         )
@@ -91,7 +91,7 @@ def test_failed_clients_are_excluded_counted_and_the_run_completes(
     faulty_run: tuple[FaultyRun, list[str]],
 ) -> None:
     run, _ = faulty_run
-    rows = rows_of(Path(run.scenario.results_dir))
+    rows = rows_of(Path(run.scenario.output.results_dir))
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     one, two, three, four = rows[1:]
     assert (one["replies"], one["rejected"], one["rejected.client_error"]) == (2, 1, 1)
@@ -104,7 +104,7 @@ def test_failed_clients_are_excluded_counted_and_the_run_completes(
     assert three["accuracy"] == two["accuracy"]
     # The next round samples again and goes on.
     assert (four["replies"], four["rejected"], four["skipped"]) == (3, 0, False)
-    summary = json.loads((Path(run.scenario.results_dir) / "summary.json").read_text())
+    summary = json.loads((Path(run.scenario.output.results_dir) / "summary.json").read_text())
     assert summary["skipped_rounds"] == 1
     assert summary["rejected_replies"] == 4
 
@@ -118,7 +118,7 @@ def test_each_exclusion_and_the_skip_is_logged_with_its_reason(
     assert "excluded, client_error: " in text
     assert "injected failure" in text
     assert f"round 2: partition {run.hung} " in text
-    assert "excluded, timeout: no reply within 20 s" in text
+    assert "excluded, timeout: no reply within 45 s" in text
     for partition in run.raised_twice:
         assert f"round 3: partition {partition} " in text
     assert "round 3 skipped: 1 of 3 sampled clients gave valid replies" in text
@@ -141,7 +141,7 @@ def test_a_ray_worker_killed_mid_round_is_excluded_and_the_run_completes(
     tmp_path: Path,
 ) -> None:
     # Arrange: in round 2 one client reports its worker's PID and waits to be killed.
-    scenario = Scenario(
+    scenario = Scenario.of(
         dataset="digits",
         num_clients=4,
         clients_per_round=2,
@@ -199,7 +199,7 @@ def test_a_ray_worker_killed_mid_round_is_excluded_and_the_run_completes(
     assert seen.get("actor"), seen
     assert seen.get("ours"), seen
     assert seen.get("restarted"), seen
-    rows = rows_of(Path(scenario.results_dir))
+    rows = rows_of(Path(scenario.output.results_dir))
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     killed_round = rows[2]
     assert killed_round["rejected.worker_died"] == 1

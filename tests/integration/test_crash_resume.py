@@ -15,20 +15,20 @@ from typing import IO, Any
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
+from fedrank.artifacts import FINAL_STATE, read_arrays
 from fedrank.config import Scenario
 from fedrank.privacy.report import LEDGER_FILES, privacy_summary
 from fedrank.server.checkpoint import list_checkpoints
-from fedrank.server.lora import ADAPTER_DIR
 from fedrank.simulations.inprocess import run_in_process
 from fedrank.simulations.run import simulate
+from fedrank.tasks.text_lora import ADAPTER_DIR
 from tests.integration.processes import kill_session, session_members
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIO = Scenario(
+SCENARIO = Scenario.of(
     dataset="digits",
     model="mlp",
     num_clients=6,
@@ -142,15 +142,15 @@ def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_r
     assert status == 0, output
     assert f"{newest.name}: checksum mismatch" in output
     assert f"resuming {results} after round {newest_round - 1}" in output
-    rankings = np.load(results / "rankings.npz")
-    assert sorted(rankings.files) == sorted(reference)
+    rankings = read_arrays(results / FINAL_STATE)
+    assert sorted(rankings) == sorted(reference)
     for name, expected in reference.items():
         np.testing.assert_array_equal(rankings[name], expected)
     rows = rows_of(results)
-    assert [r["round"] for r in rows] == list(range(SCENARIO.rounds + 1))
+    assert [r["round"] for r in rows] == list(range(SCENARIO.run.rounds + 1))
     # Rounds up to the checkpoint used are the killed run's own rows (not redone).
     assert rows[:newest_round] == before[:newest_round]
-    assert [r["round"] for r in reference_rows] == list(range(SCENARIO.rounds + 1))
+    assert [r["round"] for r in reference_rows] == list(range(SCENARIO.run.rounds + 1))
     assert [r["accuracy"] for r in rows] == [r["accuracy"] for r in reference_rows]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["resumed_after_round"] == newest_round - 1
@@ -160,7 +160,7 @@ def test_sigkill_then_resume_from_a_damaged_checkpoint_equals_an_uninterrupted_r
 # Both DP levels: the server's client-level ledger, and each client's DP-SGD (whose
 # accountant history dies with the killed simulation and comes back from the ledger).
 # Three replies a round: their float sum must not depend on the simulation's node ids.
-LORA_SCENARIO = Scenario(
+LORA_SCENARIO = Scenario.of(
     strategy="lora",
     dataset="rotten-tomatoes",
     model="tiny-bert",
@@ -231,8 +231,9 @@ def test_sigkill_then_resume_of_a_dp_lora_run_equals_an_uninterrupted_run(
     # Assert
     assert status == 0, output
     assert f"resuming {results} after round {killed_at}" in output
-    resumed = load_file(str(results / ADAPTER_DIR / "adapter_model.safetensors"))
-    expected = load_file(str(reference / ADAPTER_DIR / "adapter_model.safetensors"))
+    resumed = read_arrays(results / FINAL_STATE)
+    expected = read_arrays(reference / FINAL_STATE)
+    assert (results / ADAPTER_DIR / "README.md").is_file()
     assert sorted(resumed) == sorted(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(resumed[name], value)

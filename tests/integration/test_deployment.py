@@ -1,39 +1,44 @@
-"""A real Flower 1.41 deployment on loopback: TLS, SuperNode authentication, ``flwr run``.
+"""A real Flower 1.41 deployment on loopback: ``fedrank federation up``, then ``flwr run``.
 
-One ``flower-superlink`` and three ``flower-supernode`` processes (command lines
-from :mod:`fedrank.deploy.launch`, certificates and keys from
-:mod:`fedrank.deploy.certs`) run a short FRL federation on sklearn digits
-submitted with ``flwr run``. A fourth SuperNode, whose key was never
-registered, claims partition 0: it must be refused (were it admitted, the
-server's discovery would stop the run with "two nodes claim partition 0").
-Site 2 trains on its own ``.npz`` (``data-path``). While the run goes on, the
-ServerApp's status service and ``grpc.health.v1`` are polled.
+The documented operator path, run as written: ``.venv/bin/fedrank federation up
+--sites 3`` started by path with no Flower command on ``PATH`` (the venv not
+activated) creates certificates and keys, starts one ``flower-superlink``,
+registers three SuperNode keys and starts three ``flower-supernode`` processes
+(TLS and SuperNode authentication on); site 2 trains on its own ``.npz``
+(``data-path``). A fourth SuperNode, whose key was never registered, claims
+partition 0: it must be refused (were it admitted, the server's discovery would
+stop the run with "two nodes claim partition 0"), and ``fedrank federation
+wait-registered`` must tell its key from a registered one. Then ``flwr run`` (the
+command ``federation up`` prints) runs a short FRL federation on sklearn digits;
+the ServerApp's status service and ``grpc.health.v1`` are polled meanwhile.
+SIGTERM ends ``federation up``, which must leave no process behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import socket
+import signal
+import subprocess
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedrank.config import Scenario
-from fedrank.deploy.certs import write_site_files, write_superlink_files
-from fedrank.deploy.launch import SuperLinkLaunch, SuperNodeLaunch, flower_executable
+from fedrank.deploy.certs import write_site_files
+from fedrank.deploy.launch import SuperNodeLaunch, flower_executable
 from fedrank.errors import FedrankError
 from fedrank.protos.status_codec import RunStatus
 from fedrank.server.status import fetch_status
-from fedrank.task import client_data
+from fedrank.tasks import load_task
 from tests.integration.processes import (
     ROOT,
+    VENV_BIN,
     Processes,
     base_env,
+    env_without_venv,
     free_ports,
     still_running,
     wait_for,
@@ -41,14 +46,13 @@ from tests.integration.processes import (
 
 pytestmark = pytest.mark.integration
 
-CONNECTION = "fedrank-loopback"
 SITES = 3
 ROUNDS = 2
 DATA_SITE = 2  # this site trains on its own .npz (data-path)
 
 
 def _scenario(results: Path, status_address: str) -> Scenario:
-    return Scenario(
+    return Scenario.of(
         dataset="digits",
         num_clients=SITES,
         clients_per_round=SITES,
@@ -69,22 +73,6 @@ def _run_config(scenario: Scenario) -> str:
     return " ".join(f"{k}={json.dumps(values[k])}" for k in keys)
 
 
-def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1.0
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @dataclasses.dataclass
 class Deployment:
     results: Path
@@ -94,80 +82,78 @@ class Deployment:
     after_run: str
     intruder_returncode: int | None
     intruder_log: str
+    waited: dict[str, tuple[int, str]]
+    federation_returncode: int
+    federation_log: str
+    seen: dict[tuple[int, float], str]
+    daemons: dict[str, int]
+
+
+def _wait_registered(
+    processes: Processes, name: str, fed: dict[str, str], key: Path, timeout: float
+) -> subprocess.Popen[bytes]:
+    """Start ``fedrank federation wait-registered`` (a site's init container) for ``key``."""
+    argv = [str(VENV_BIN / "fedrank"), "federation", "wait-registered"]
+    argv += ["--superlink", fed["address"], "--ca", fed["ca_cert"], "--node-key", str(key)]
+    argv += ["--timeout", str(timeout), "--interval", "0.5"]
+    return processes.start(name, argv, env=env_without_venv())
 
 
 @pytest.fixture(scope="module")
 def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     tmp = tmp_path_factory.mktemp("deployment")
-    certs = tmp / "certs"
-    api, link_health, status_port, *runtime = free_ports(3 + SITES + 1)
+    fed_dir = tmp / "federation"
+    status_port, intruder_port = free_ports(2)
     status_address = f"127.0.0.1:{status_port}"
     scenario = _scenario(tmp / "results", status_address)
-
-    # Arrange: credentials, the coordinator, the Flower CLI's connection.
-    write_superlink_files(certs)
-    sites = [certs / f"site-{i}" for i in range(SITES)]
-    for i, site in enumerate(sites):
-        write_site_files(site, site=f"site-{i}")
-    write_site_files(certs / "intruder", site="intruder")
-    own = client_data(scenario, DATA_SITE)
+    own = load_task(scenario).partition_data(DATA_SITE)
     np.savez(tmp / "site-data.npz", images=own.images, labels=own.labels)
 
-    link = SuperLinkLaunch.from_tls_dir(
-        certs / "superlink", port=api, health_address=f"127.0.0.1:{link_health}"
+    # Arrange: the federation, as an operator starts it (by path, venv not activated).
+    up = [str(VENV_BIN / "fedrank"), "federation", "up", "--sites", str(SITES)]
+    up += ["--dir", str(fed_dir), "--data-path", f"{DATA_SITE}={tmp / 'site-data.npz'}"]
+    federation = processes.start(
+        "federation", [*up, "--timeout", "180"], env=env_without_venv(), cwd=tmp
     )
-    processes.start("superlink", link.argv(), env=base_env(FLWR_HOME=str(tmp / "home-link")))
     wait_for(
-        lambda: _serving(f"127.0.0.1:{link_health}") and _listening(api),
-        timeout=120,
-        what="the SuperLink (health SERVING, API port open)",
+        lambda: (fed_dir / "federation.json").is_file() or federation.poll() is not None,
+        timeout=400,
+        what="fedrank federation up to bring every site online",
     )
-    cli_home = tmp / "home-cli"
-    cli_home.mkdir()
-    (cli_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{api}"\nroot-certificates = "{certs / "ca.crt"}"\n'
-    )
-    cli_env = base_env(FLWR_HOME=str(cli_home))
-    flwr = flower_executable("flwr")
-    registering = [
-        processes.start(
-            f"register-{i}",
-            [flwr, "supernode", "register", str(site / "auth.key.pub"), CONNECTION],
-            env=cli_env,
-        )
-        for i, site in enumerate(sites)
-    ]
-    for i, proc in enumerate(registering):
-        assert proc.wait(timeout=180) == 0, processes.log(f"register-{i}")
+    assert federation.poll() is None, processes.log("federation")
+    fed = json.loads((fed_dir / "federation.json").read_text())
 
-    # Act: three registered sites and one intruder, then the run.
-    for i, site in enumerate(sites):
-        node = SuperNodeLaunch.from_credentials(
-            ca_cert=certs / "ca.crt",
-            credentials=site,
-            superlink=f"127.0.0.1:{api}",
-            partition_id=i,
-            data_path=str(tmp / "site-data.npz") if i == DATA_SITE else "",
-            runtime_port=runtime[i],
-        )
-        processes.start(f"site-{i}", node.argv(), env=base_env(FLWR_HOME=str(tmp / f"home-{i}")))
+    # An intruder whose key nobody registered claims partition 0, while the init
+    # container's check runs for a registered key and for the intruder's.
+    write_site_files(tmp / "intruder", site="intruder")
     intruder = SuperNodeLaunch.from_credentials(
-        ca_cert=certs / "ca.crt",
-        credentials=certs / "intruder",
-        superlink=f"127.0.0.1:{api}",
+        ca_cert=Path(fed["ca_cert"]),
+        credentials=tmp / "intruder",
+        superlink=fed["address"],
         partition_id=0,
-        runtime_port=runtime[SITES],
+        runtime_port=intruder_port,
     )
     intruder_proc = processes.start(
         "intruder", intruder.argv(), env=base_env(FLWR_HOME=str(tmp / "home-intruder"))
     )
+    waiting = {
+        "wait-registered": _wait_registered(
+            processes, "wait-registered", fed, fed_dir / "certs/sites/site-0/auth.key", 60
+        ),
+        "wait-intruder": _wait_registered(
+            processes, "wait-intruder", fed, tmp / "intruder" / "auth.key", 2
+        ),
+    }
+    waited = {name: (proc.wait(timeout=120), processes.log(name)) for name, proc in waiting.items()}
+
+    # Act: the run, submitted as `federation up` told the operator.
     run = processes.start(
         "flwr-run",
-        [flwr, "run", str(ROOT), CONNECTION, "--run-config", _run_config(scenario), "--stream"],
-        env=cli_env,
+        [flower_executable("flwr"), "run", str(ROOT), fed["connection"], "--stream",
+         "--run-config", _run_config(scenario)],
+        env=base_env(FLWR_HOME=fed["flwr_home"]),
         cwd=tmp,
-    )
+    )  # fmt: skip
     statuses: list[tuple[RunStatus, str]] = []
     deadline = time.monotonic() + 400
     while run.poll() is None:
@@ -183,6 +169,11 @@ def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -
     except FedrankError as err:
         after_run = str(err)
     wait_for(lambda: intruder_proc.poll() is not None, timeout=60, what="the intruder to exit")
+
+    # The operator's Ctrl-C (here SIGTERM): everything federation up started must end.
+    seen = processes.descendants()
+    federation.send_signal(signal.SIGTERM)
+    federation.wait(timeout=120)
     return Deployment(
         results=tmp / "results",
         run_returncode=run.returncode,
@@ -191,6 +182,11 @@ def deployment(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -
         after_run=after_run,
         intruder_returncode=intruder_proc.returncode,
         intruder_log=processes.log("intruder"),
+        waited=waited,
+        federation_returncode=federation.returncode,
+        federation_log=processes.log("federation"),
+        seen=seen,
+        daemons=fed["pids"],
     )
 
 
@@ -206,7 +202,7 @@ def test_frl_rounds_over_tls_with_authenticated_supernodes_learn(deployment: Dep
     assert all(r["bytes_up_per_client"] > 0 and r["bytes_down_per_client"] > 0 for r in rows[1:])
     summary = json.loads((deployment.results / "summary.json").read_text())
     assert summary["final_accuracy"] == rows[-1]["accuracy"]
-    assert (deployment.results / "mask.npz").is_file()
+    assert (deployment.results / "mask.safetensors").is_file()
 
 
 def test_unregistered_supernode_is_refused_and_the_run_goes_on(deployment: Deployment) -> None:
@@ -231,13 +227,22 @@ def test_status_and_health_are_served_while_the_run_is_active(deployment: Deploy
     assert "nothing answers" in deployment.after_run
 
 
-def test_stopping_leaves_no_started_process_behind(
-    deployment: Deployment, processes: Processes
-) -> None:
-    seen = processes.descendants()
+def test_wait_registered_tells_a_registered_key_from_an_unknown_one(deployment: Deployment):
+    (registered, registered_log) = deployment.waited["wait-registered"]
+    (intruder, intruder_log) = deployment.waited["wait-intruder"]
 
-    processes.stop_all()
+    assert registered == 0, registered_log
+    assert "fedrank: registered (online)" in registered_log
+    assert intruder == 2, intruder_log
+    assert "not registered" in intruder_log
 
-    assert any("flower-superexec" in what for what in seen.values())
-    assert all(proc.poll() is not None for proc in processes.started.values())
-    assert still_running(list(seen)) == []
+
+def test_federation_up_stops_every_process_it_started(deployment: Deployment) -> None:
+    federation_children = {k: v for k, v in deployment.seen.items() if v.startswith("federation")}
+
+    assert deployment.federation_returncode == 0, deployment.federation_log
+    assert "stopped on request (SIGTERM)" in deployment.federation_log
+    assert set(deployment.daemons) == {"superlink", *(f"site-{i}" for i in range(SITES))}
+    assert set(deployment.daemons.values()) <= {pid for pid, _ in federation_children}
+    assert any("flower-superexec" in what for what in federation_children.values())
+    assert still_running(list(federation_children)) == []

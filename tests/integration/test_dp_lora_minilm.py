@@ -12,15 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peft import PeftModel
 
-from fedrank.client.lora_trainer import (
+from fedrank.data.text import load_rotten_tomatoes, tokenize
+from fedrank.lora_training import (
     DpSgdConfig,
     noise_multiplier_for_budget,
-    steps_per_epoch,
     train_lora,
 )
-from fedrank.data.text import load_rotten_tomatoes, tokenize
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.export import export_adapter, load_exported_adapter
 from fedrank.models.lora import (
@@ -30,6 +28,9 @@ from fedrank.models.lora import (
     load_base_model,
     load_tokenizer,
 )
+from fedrank.models.model_card import ModelCard
+from fedrank.models.pooling import load_pooled_adapter
+from fedrank.privacy.plan import steps_per_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -73,10 +74,11 @@ def dp_train_and_export(
     assert result.privacy["epsilon"] <= epsilon
     moved = [k for k, v in result.tensors.items() if not np.array_equal(v, before[k])]
     assert len(moved) == len(result.tensors)  # every trained tensor changed (A, B, head)
-    folder = export_adapter(SPEC, result.tensors, tmp_path / "adapter")
+    card = ModelCard(data=f"{train} records", rounds=1, clients=1, clients_per_round=1)
+    folder = export_adapter(SPEC, result.tensors, tmp_path / "adapter", card=card, max_length=32)
     exported, _ = evaluate_lora(load_exported_adapter(folder), test_data)  # type: ignore[arg-type]
-    # PEFT alone, on the base the docs name, gives the same model.
-    by_hand = PeftModel.from_pretrained(load_base_model(SPEC), str(folder))
+    # PEFT alone, on the mean-pooled base the folder's own code builds, gives the same model.
+    by_hand = load_pooled_adapter(load_base_model(SPEC), folder)
     assert evaluate_lora(by_hand, test_data)[0] == exported  # type: ignore[arg-type]
     return untrained, trained, exported
 

@@ -16,13 +16,15 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
+from fedrank.artifacts import FINAL_STATE, read_arrays
 from fedrank.client import app as fedrank_client
 from fedrank.config import Scenario
 from fedrank.protos import UpdateHeader, encode_ranking_update
+from fedrank.protos.codecs import RankingCodec
 from fedrank.server.app import make_server_app
 from fedrank.simulations.run import backend_config
-from fedrank.strategies.ranking_wire import RankingWire
 from fedrank.strategies.sampling import sample_partitions
+from fedrank.tasks import load_task
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +32,7 @@ BAD_PARTITION = 0
 
 
 def _scenario(results: Path) -> Scenario:
-    return Scenario(
+    return Scenario.of(
         dataset="digits",
         model="mlp",
         num_clients=4,
@@ -45,10 +47,9 @@ def _scenario(results: Path) -> Scenario:
 
 def _garbage(msg: Message, reply: Message, server_round: int) -> RecordDict:
     """A different kind of bad reply each round, built from the client's honest one."""
-    scenario = Scenario.from_mapping(
-        {k: v for k, v in msg.content.config_records["config"].items() if k != "server-round"}
-    )
-    wire = RankingWire.for_scenario(scenario, run_id=msg.metadata.run_id)
+    codec = load_task(_scenario(Path("unused"))).codec(msg.metadata.run_id)
+    assert isinstance(codec, RankingCodec)
+    wire = codec.wire
     honest = wire.decode(server_round, reply.content)
     payload = reply.content.config_records["update"]["ranking"]
     assert isinstance(payload, bytes)
@@ -71,7 +72,10 @@ def _garbage(msg: Message, reply: Message, server_round: int) -> RecordDict:
         bad = encode_ranking_update(header, broken)
     else:  # truncated
         bad = payload[: len(payload) // 2]
-    return RecordDict({"update": ConfigRecord({"ranking": bad})})
+    # Only the payload is bad: the reply's other records are the honest ones.
+    return RecordDict(
+        {"update": ConfigRecord({"ranking": bad}), "metrics": reply.content["metrics"]}
+    )
 
 
 def _client_app(misbehave: Callable[[Message, Message, int], RecordDict | None]) -> ClientApp:
@@ -101,7 +105,7 @@ def _run(results: Path, client_app: ClientApp) -> list[dict[str, Any]]:
     run_simulation(
         server_app=make_server_app(scenario),
         client_app=client_app,
-        num_supernodes=scenario.num_clients,
+        num_supernodes=scenario.run.num_clients,
         backend_config=backend_config(scenario, ray_address=None),
     )
     return [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
@@ -130,8 +134,8 @@ def test_garbage_every_round_is_rejected_counted_and_changes_nothing(tmp_path: P
 
     for name in ("fc1", "fc2", "fc3"):
         np.testing.assert_array_equal(
-            np.load(tmp_path / "garbage" / "rankings.npz")[name],
-            np.load(tmp_path / "silent" / "rankings.npz")[name],
+            read_arrays(tmp_path / "garbage" / FINAL_STATE)[name],
+            read_arrays(tmp_path / "silent" / FINAL_STATE)[name],
         )
     assert [r["accuracy"] for r in garbage_rows] == [r["accuracy"] for r in silent_rows]
     assert [r.get("rejected.client_error") for r in silent_rows[1:]] == [1, 1, 1, 1]

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedrank.client.collusion import malicious_partitions
 from fedrank.config import Scenario
 from fedrank.server.resume import latest_checkpoint
+from fedrank.simulations.attacks.collusion import malicious_partitions
 from fedrank.simulations.run import simulate
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ TINY: dict[str, Any] = {
 def run(tmp: Path, **changes: Any) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """The final global adapter and the metrics rows of one tiny LoRA federation."""
     name = "-".join(f"{k}={v}" for k, v in sorted(changes.items())) or "clean"
-    scenario = Scenario(
+    scenario = Scenario.of(
         **TINY,
         rounds=2,
         local_epochs=1,
@@ -87,7 +87,7 @@ def test_label_flipping_lora_clients_train_on_reversed_labels_in_a_real_run(
     tmp_path: Path,
 ) -> None:
     flip = {"attack": "label_flip", "malicious_fraction": 0.4}
-    assert len(malicious_partitions(Scenario(**TINY, **flip))) == 2
+    assert len(malicious_partitions(Scenario.of(**TINY, **flip))) == 2
 
     clean, _ = run(tmp_path)
     poisoned, rows = run(tmp_path, **flip)

@@ -8,17 +8,18 @@ from typing import Any
 
 import pytest
 from opacus.accountants import RDPAccountant
-from peft import PeftModel
 
 from fedrank.cli import main
-from fedrank.client.lora_trainer import steps_per_epoch
 from fedrank.config import Scenario
-from fedrank.lora_task import client_text, heldout_text, lora_spec
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.export import load_exported_adapter
 from fedrank.models.lora import adapter_tensors, load_base_model
+from fedrank.models.pooling import load_pooled_adapter
 from fedrank.privacy.accountant import RDP_ORDERS, compute_epsilon
+from fedrank.privacy.plan import steps_per_epoch
 from fedrank.simulations.run import simulate
+from fedrank.tasks import load_task
+from fedrank.tasks.text_lora import TextLoraTask
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,14 @@ CLIENT_BUDGET = (
 )
 
 
+def lora_task(s: Scenario) -> TextLoraTask:
+    task = load_task(s)
+    assert isinstance(task, TextLoraTask)
+    return task
+
+
 def scenario(results: Path) -> Scenario:
-    return Scenario(
+    return Scenario.of(
         strategy="lora",
         dataset="rotten-tomatoes",
         model="tiny-bert",
@@ -73,7 +80,7 @@ def test_reported_epsilon_is_one_accountant_over_every_round(
     run: tuple[Scenario, dict[str, Any], list[Any]],
 ) -> None:
     s, _, rows = run
-    per_round = steps_per_epoch(num_examples=len(client_text(s, 0)), batch_size=16)
+    per_round = steps_per_epoch(num_examples=len(lora_task(s).partition_data(0)), batch_size=16)
     q = 1 / per_round
     accountant = RDPAccountant()  # fed every step of the three rounds, one at a time
     for _ in range(3 * per_round):
@@ -103,7 +110,7 @@ def test_the_run_stops_before_a_release_over_the_client_budget(
     assert "budget" in summary["stopped"]
     assert rows[3]["dp-epsilon"] == pytest.approx(three, rel=1e-12)
     assert summary["privacy"]["client"] == {"releases": 3, "max_epsilon": rows[3]["dp-epsilon"]}
-    assert main(["privacy", s.results_dir]) == 0
+    assert main(["privacy", s.output.results_dir]) == 0
     out = capsys.readouterr().out
     assert all(party in out for party in ("partition-0", "partition-1", "server"))
     assert out.count("within budget") == 2
@@ -113,18 +120,16 @@ def test_the_exported_folder_loads_with_peft_and_reproduces_the_accuracy(
     run: tuple[Scenario, dict[str, Any], list[Any]],
 ) -> None:
     s, summary, _ = run
-    spec = lora_spec(s)
-
-    model = PeftModel.from_pretrained(load_base_model(spec), str(Path(s.results_dir) / "adapter"))
-    accuracy, loss = evaluate_lora(model, heldout_text(s))
+    task = lora_task(s)
+    folder = Path(s.output.results_dir) / "adapter"
+    model = load_pooled_adapter(load_base_model(task.spec), folder)
+    accuracy, loss = evaluate_lora(model, task.heldout())
 
     assert accuracy == summary["final_accuracy"]
     assert loss == pytest.approx(summary["final_loss"], rel=1e-5)
     # The folder names its base (mean pooling here, the default) and loads on it alone.
-    assert s.lora_pooling == "mean"
-    assert evaluate_lora(
-        load_exported_adapter(Path(s.results_dir) / "adapter"), heldout_text(s)
-    ) == (
+    assert s.lora.pooling == "mean"
+    assert evaluate_lora(load_exported_adapter(folder), task.heldout()) == (
         accuracy,
         loss,
     )

@@ -6,19 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrank.client.collusion import malicious_partitions
+from fedrank.artifacts import FINAL_STATE, read_arrays
 from fedrank.config import Scenario
 from fedrank.protos import bits_for, packed_size
+from fedrank.simulations.attacks.collusion import malicious_partitions
 from fedrank.simulations.inprocess import run_in_process
 from fedrank.simulations.run import simulate
 from fedrank.strategies.sampling import sample_partitions
-from fedrank.task import layer_sizes
+from fedrank.tasks import load_task
+from fedrank.tasks.image import MASK_FILE, ImageTask
 
 pytestmark = pytest.mark.integration
 
 
 def _scenario(results: Path) -> Scenario:
-    return Scenario(
+    return Scenario.of(
         dataset="digits",
         model="mlp",
         num_clients=6,
@@ -48,7 +50,9 @@ def test_ray_simulation_learns_well_above_chance(two_runs: tuple[Path, Path]) ->
     assert rows[-1]["accuracy"] > 0.6  # chance is 0.1
     assert all(r["replies"] == 3 and r["rejected"] == 0 for r in rows[1:])
     # Both directions carry bit-packed rankings: ceil(log2 n) bits per edge plus a small header.
-    sizes = layer_sizes(_scenario(results))
+    task = load_task(_scenario(results))
+    assert isinstance(task, ImageTask)
+    sizes = task.layer_sizes()
     packed = sum(packed_size(n=n, bits=bits_for(n)) for n in sizes.values())
     for r in rows[1:]:
         assert packed <= r["bytes_up_per_client"] < packed + 256
@@ -61,15 +65,15 @@ def test_ray_simulation_learns_well_above_chance(two_runs: tuple[Path, Path]) ->
 def test_same_seed_same_final_ranking_bit_for_bit(
     two_runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    first, second = (np.load(p / "rankings.npz") for p in two_runs)
-    assert sorted(first.files) == sorted(second.files) == ["fc1", "fc2", "fc3"]
-    for name in first.files:
+    first, second = (read_arrays(p / FINAL_STATE) for p in two_runs)
+    assert sorted(first) == sorted(second) == ["fc1", "fc2", "fc3"]
+    for name in first:
         np.testing.assert_array_equal(first[name], second[name])
     # And the federation on Ray equals the same ServerApp and ClientApp in one process.
     in_process = run_in_process(_scenario(tmp_path))
-    for name in first.files:
+    for name in first:
         np.testing.assert_array_equal(first[name], in_process[name])
-    mask = np.load(two_runs[0] / "mask.npz")
+    mask = read_arrays(two_runs[0] / MASK_FILE)
     assert mask["fc1"].mean() == pytest.approx(0.5, abs=0.01)
 
 
@@ -98,6 +102,6 @@ def test_ray_run_with_an_attacker_is_attacked_filtered_and_equals_the_local_back
         if attackers == 1:  # a lone reversal among two benign replies is filtered out
             assert int(row["filtered"]) >= 1  # type: ignore[call-overload]
     local = run_in_process(scenario.replace(results_dir=str(tmp_path / "local")))
-    on_ray = np.load(tmp_path / "ray" / "rankings.npz")
-    for name in on_ray.files:
+    on_ray = read_arrays(tmp_path / "ray" / FINAL_STATE)
+    for name in on_ray:
         np.testing.assert_array_equal(on_ray[name], local[name])

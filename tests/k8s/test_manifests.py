@@ -7,98 +7,27 @@ objects are checked for the invariants the deployment relies on.
 
 from __future__ import annotations
 
-import base64
 import copy
-import importlib.util
 import shlex
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("base", "cpu-demo", "gpu", "ray-simulation")
-FLOWER_TARGETS = ("base", "cpu-demo", "gpu")
-
-
-def _load_checker() -> ModuleType:
-    path = ROOT / "k8s" / "tools" / "check_manifests.py"
-    spec = importlib.util.spec_from_file_location("check_manifests", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load_checker()
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[dict[str, Any]]]:
-    """Every kustomization rendered once: target name -> documents."""
-    out = {}
-    for target in TARGETS:
-        path = ROOT / "k8s" / ("base" if target == "base" else f"overlays/{target}")
-        out[target] = check.load_documents(check.render(path))
-    return out
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(workload label, pod spec) of every Deployment, Job and RayCluster group."""
-    for doc in docs:
-        name = f"{doc['kind']}/{doc['metadata']['name']}"
-        if doc["kind"] in ("Deployment", "Job"):
-            yield name, doc["spec"]["template"]["spec"]
-        elif doc["kind"] == "RayCluster":
-            yield f"{name}/head", doc["spec"]["headGroupSpec"]["template"]["spec"]
-            for group in doc["spec"]["workerGroupSpecs"]:
-                yield f"{name}/{group['groupName']}", group["template"]["spec"]
-
-
-def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(workload label, pod spec, container) of every container, init containers included."""
-    for name, spec in pod_specs(docs):
-        for container in spec.get("initContainers", []) + spec["containers"]:
-            yield name, spec, container
-
-
-def find(docs: list[dict[str, Any]], kind: str, prefix: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(prefix)]
-
-
-def flag(container: dict[str, Any], name: str) -> str | None:
-    """Value of ``--name=value`` in a container's args (None when absent)."""
-    for arg in container.get("args", []):
-        if arg.startswith(f"--{name}="):
-            return str(arg.split("=", 1)[1])
-    return None
-
-
-def configmap_toml(docs: list[dict[str, Any]], name: str, key: str) -> dict[str, Any]:
-    (cm,) = [d for d in find(docs, "ConfigMap", name) if key in d["data"]]
-    return tomllib.loads(cm["data"][key])
-
-
-def gpu_count(container: dict[str, Any]) -> int:
-    res = container.get("resources", {})
-    return max(int(res.get(kind, {}).get("nvidia.com/gpu", 0)) for kind in ("requests", "limits"))
-
-
-def component(docs: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
-    return [
-        d
-        for d in docs
-        if d["kind"] == "Deployment"
-        and d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == label
-    ]
-
+from tests.k8s.manifests import (
+    FLOWER_TARGETS,
+    KUBERAY_OPENAPI,
+    ROOT,
+    TARGETS,
+    check,
+    component,
+    configmap_toml,
+    containers,
+    find,
+    flag,
+    gpu_count,
+)
 
 # ------------------------------------------------------------------ validity
 
@@ -107,7 +36,7 @@ def component(docs: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
 def test_every_document_is_strictly_valid(rendered, target):
     docs = rendered[target]
 
-    errors = check.all_errors(docs, check.KUBERNETES_VERSIONS)
+    errors = check.all_errors(docs, check.KUBERNETES_VERSIONS, KUBERAY_OPENAPI)
 
     assert docs
     assert errors == []
@@ -178,8 +107,8 @@ def test_every_container_has_requests_limits_and_runs_hardened(rendered, target)
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_long_running_containers_have_probes(rendered, target):
-    for name, _, container in containers(rendered[target]):
-        if name.startswith("Job/"):
+    for name, spec, container in containers(rendered[target]):
+        if name.startswith("Job/") or container in spec.get("initContainers", []):
             continue
         assert "livenessProbe" in container, f"{name}/{container['name']}"
         assert "readinessProbe" in container, f"{name}/{container['name']}"
@@ -249,16 +178,6 @@ def test_tls_and_supernode_auth_outside_demo(rendered, target):
         assert flag(node, "auth-supernode-private-key")
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_committed_secrets_are_placeholders(rendered, target):
-    secrets = find(rendered[target], "Secret", "")
-    for secret in secrets:
-        for key, value in secret.get("data", {}).items():
-            text = base64.b64decode(value).decode("utf-8")
-            assert text.startswith("PLACEHOLDER - NOT A REAL KEY"), (secret["metadata"], key)
-    assert secrets or target == "ray-simulation"
-
-
 # ------------------------------------------------------------------ wiring
 
 
@@ -289,8 +208,9 @@ def test_simulation_results_volume_is_mounted_in_the_driver(rendered):
     env = {e["name"]: e.get("value") for e in container["env"]}
 
     assert Path(results_dir).is_relative_to(mount["mountPath"])
+    assert env["RESULTS_DIR"] == results_dir  # where the entry script looks for checkpoints
     assert env["RAY_ADDRESS"].startswith("ray://fedrank-ray-head-svc:")
-    assert "--ray-address=$(RAY_ADDRESS)" in container["args"]
+    assert '--ray-address "$RAY_ADDRESS"' in container["args"][0]
 
 
 @pytest.mark.parametrize("target", FLOWER_TARGETS)
@@ -381,7 +301,7 @@ def test_run_and_node_configs_are_valid_fedrank_configs(rendered, target):
 
     # flwr run rejects run-config keys that [tool.flwr.app.config] lacks.
     assert set(run_config) <= set(app_config["config"])
-    assert Scenario.from_mapping(run_config).num_clients == len(component(docs, "supernode"))
+    assert Scenario.from_mapping(run_config).run.num_clients == len(component(docs, "supernode"))
     assert node_keys <= {"partition-id", "num-partitions", "data-path"}
 
 

@@ -23,11 +23,12 @@ TINY = LoraSpec(base="tiny-bert", r=4, lora_alpha=8)
 @pytest.mark.parametrize(
     ("field", "kwargs"),
     [
-        ("base", {"base": "gpt2"}),
+        ("base", {"base": ""}),
         ("r", {"r": 0}),
         ("lora_alpha", {"lora_alpha": 0}),
         ("lora_dropout", {"lora_dropout": 1.0}),
         ("target_modules", {"target_modules": ()}),
+        ("target_modules", {"target_modules": ("query", "")}),
         ("mode", {"mode": "dora"}),
         ("pooling", {"pooling": "max"}),
         ("num_labels", {"num_labels": 1}),

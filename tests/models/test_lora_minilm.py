@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedrank.client.lora_trainer import DpSgdConfig, train_lora
 from fedrank.data.text import load_rotten_tomatoes, tokenize
+from fedrank.lora_training import DpSgdConfig, train_lora
 from fedrank.models.lora import LoraSpec, build_lora_model, load_tokenizer
 
 

@@ -1,15 +1,15 @@
-"""Mean pooling: the masked mean itself, and the mean-pooled BERT under PEFT and Opacus."""
+"""Mean pooling: the masked mean itself, and the mean-pooled classifier under PEFT and Opacus."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from fedrank.client.lora_trainer import DpSgdConfig, train_lora
 from fedrank.data.text import TokenizedText
+from fedrank.lora_training import DpSgdConfig, train_lora
 from fedrank.models.evaluation import evaluate_lora
 from fedrank.models.lora import LoraSpec, adapter_tensors, build_lora_model, load_base_model
-from fedrank.models.pooling import MeanPoolBertForSequenceClassification, masked_mean
+from fedrank.models.pooling import MeanPooledClassifier, masked_mean
 
 MEAN = LoraSpec(base="tiny-bert", r=4, lora_alpha=8, pooling="mean")
 CLS = LoraSpec(base="tiny-bert", r=4, lora_alpha=8, pooling="cls")
@@ -41,8 +41,8 @@ def test_masked_mean_ignores_what_lies_under_the_mask_and_never_gives_nan() -> N
 
 
 def test_the_spec_picks_the_base_class() -> None:
-    assert isinstance(load_base_model(MEAN), MeanPoolBertForSequenceClassification)
-    assert not isinstance(load_base_model(CLS), MeanPoolBertForSequenceClassification)
+    assert isinstance(load_base_model(MEAN), MeanPooledClassifier)
+    assert not isinstance(load_base_model(CLS), MeanPooledClassifier)
 
 
 def test_mean_pooling_keeps_the_tensor_names_and_shapes() -> None:

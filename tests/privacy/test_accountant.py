@@ -9,12 +9,15 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 
+from fedrank.errors import ConfigError, InvalidUpdate
 from fedrank.privacy.accountant import (
+    PRV_MAX_POINTS,
     RDP_ORDERS,
     compute_epsilon,
     history_from_array,
     history_to_array,
     noise_multiplier_for_epsilon,
+    prv_fallback_reason,
     run_lengths,
 )
 
@@ -112,31 +115,89 @@ def test_edge_histories() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "named"),
+    ("kwargs", "error", "named"),
     [
-        ({"history": [(1.0, 0.1, 1)], "delta": 0.0, "accountant": "rdp"}, "delta"),
-        ({"history": [(1.0, 0.1, 1)], "delta": 1.0, "accountant": "rdp"}, "delta"),
-        ({"history": [(1.0, 0.1, 1)], "delta": DELTA, "accountant": "gdp"}, "accountant"),
+        ({"history": [(1.0, 0.1, 1)], "delta": 0.0, "accountant": "rdp"}, ConfigError, "delta"),
+        ({"history": [(1.0, 0.1, 1)], "delta": 1.0, "accountant": "rdp"}, ConfigError, "delta"),
+        (
+            {"history": [(1.0, 0.1, 1)], "delta": DELTA, "accountant": "gdp"},
+            ConfigError,
+            "accountant",
+        ),
         (
             {"history": [(1.0, 0.1, 1), (1.0, 1.5, 1)], "delta": DELTA, "accountant": "rdp"},
+            InvalidUpdate,
             "history[1].sample_rate",
         ),
         (
             {"history": [(-1.0, 0.1, 1)], "delta": DELTA, "accountant": "rdp"},
+            InvalidUpdate,
             "history[0].noise_multiplier",
         ),
         (
             {"history": [(math.nan, 0.1, 1)], "delta": DELTA, "accountant": "rdp"},
+            InvalidUpdate,
             "history[0].noise_multiplier",
         ),
-        ({"history": [(1.0, 0.1, -2)], "delta": DELTA, "accountant": "rdp"}, "history[0].steps"),
-        ({"history": [(1.0, 0.1, 1.5)], "delta": DELTA, "accountant": "rdp"}, "history[0].steps"),
-        ({"history": [(1.0, 0.1)], "delta": DELTA, "accountant": "rdp"}, "history[0]"),
+        (
+            {"history": [(1.0, 0.1, -2)], "delta": DELTA, "accountant": "rdp"},
+            InvalidUpdate,
+            "history[0].steps",
+        ),
+        (
+            {"history": [(1.0, 0.1, 1.5)], "delta": DELTA, "accountant": "rdp"},
+            InvalidUpdate,
+            "history[0].steps",
+        ),
+        (
+            {"history": [(1.0, 0.1)], "delta": DELTA, "accountant": "rdp"},
+            InvalidUpdate,
+            "history[0]",
+        ),
     ],
 )
-def test_compute_epsilon_names_the_bad_argument(kwargs: dict[str, object], named: str) -> None:
-    with pytest.raises(ValueError, match=named.replace("[", r"\[").replace("]", r"\]")):
+def test_compute_epsilon_names_the_bad_argument(
+    kwargs: dict[str, object], error: type[Exception], named: str
+) -> None:
+    with pytest.raises(error, match=named.replace("[", r"\[").replace("]", r"\]")):
         compute_epsilon(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [(4.0, 0.01, 10_000)],
+        [(1.0, 1.0, 10)],
+        [(1.5, 0.04, 2250)],
+        [(1.0, 0.1, 30), (2.0, 0.2, 5)],
+        [(0.8, 0.0625, 96)],
+    ],
+)
+def test_equal_to_opacus_accountants_on_the_same_history(
+    history: list[tuple[float, float, int]],
+) -> None:
+    rdp, prv = RDPAccountant(), PRVAccountant()
+    rdp.history, prv.history = list(history), list(history)
+    with np.errstate(all="ignore"):
+        expected_prv = prv.get_epsilon(delta=DELTA, eps_error=0.01)
+    expected_rdp = rdp.get_epsilon(delta=DELTA, alphas=list(RDP_ORDERS))
+
+    assert compute_epsilon(history=history, delta=DELTA, accountant="prv") == expected_prv
+    assert compute_epsilon(history=history, delta=DELTA, accountant="rdp") == expected_rdp
+
+
+def test_a_prv_grid_over_the_cap_falls_back_to_rdp_with_a_warning() -> None:
+    # 100,000 steps at sigma 1, q 0.01: Opacus' grid would hold ~7.5e6 points (~1.2 GB).
+    history = [(1.0, 0.01, 100_000)]
+
+    reason = prv_fallback_reason(history=history, delta=DELTA)
+    with pytest.warns(RuntimeWarning, match="RDP bound"):
+        eps = compute_epsilon(history=history, delta=DELTA, accountant="prv")
+
+    assert reason is not None
+    assert str(PRV_MAX_POINTS) in reason
+    assert eps == compute_epsilon(history=history, delta=DELTA, accountant="rdp")
+    assert prv_fallback_reason(history=[(4.0, 0.01, 10_000)], delta=DELTA) is None
 
 
 def test_noise_multiplier_matches_opacus_test_suite() -> None:

@@ -10,18 +10,27 @@ import pytest
 from fedrank.cli import main
 from fedrank.privacy.accountant import compute_epsilon
 from fedrank.privacy.ledger import PrivacyLedger, Release
-from fedrank.privacy.report import LEDGER_FILES, SETTINGS_FILE, privacy_summary
+from fedrank.privacy.randomness import NOT_PRIVATE_NOTE
+from fedrank.privacy.relation import NEIGHBOURING_RELATION
+from fedrank.privacy.report import (
+    LEDGER_FILES,
+    SETTINGS_FILE,
+    claim_settings,
+    format_privacy_report,
+    privacy_summary,
+)
 
 DELTA = 1e-5
 
 
-def write_run(folder: Path, *, budget: float) -> None:
+def write_run(folder: Path, *, budget: float, noise: str | None = None) -> None:
     settings = {
         "dp": "sample",
         "delta": DELTA,
         "accountant": "rdp",
         "record": {"budget": budget, "noise_multiplier": 1.0, "clip_norm": 1.0},
         "client": None,
+        **(claim_settings(noise) if noise else {}),  # type: ignore[arg-type]
     }
     (folder / SETTINGS_FILE).write_text(json.dumps(settings))
     ledger = PrivacyLedger(
@@ -80,3 +89,18 @@ def test_a_folder_without_privacy_settings_is_an_error(
 ) -> None:
     assert main(["privacy", str(tmp_path)]) == 2
     assert "privacy.json not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("noise", ["secure", "reproducible"])
+def test_the_report_states_the_relation_and_flags_reproducible_noise(
+    tmp_path: Path, noise: str
+) -> None:
+    write_run(tmp_path, budget=8.0, noise=noise)
+
+    report = format_privacy_report(tmp_path)
+    settings = json.loads((tmp_path / SETTINGS_FILE).read_text())
+
+    assert settings["neighbouring_relation"] == NEIGHBOURING_RELATION
+    assert f"neighbouring relation: {NEIGHBOURING_RELATION}" in report
+    assert (NOT_PRIVATE_NOTE.upper() in report) == (noise == "reproducible")
+    assert settings["note"] == (NOT_PRIVATE_NOTE if noise == "reproducible" else None)

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedrank.config import Scenario
 from fedrank.errors import CheckpointError, ConfigError
 from fedrank.privacy.ledger import PrivacyLedger
+from fedrank.protos.codecs import ArraysCodec
 from fedrank.server.checkpoint import list_checkpoints, load_checkpoint
 from fedrank.server.results import ResultsWriter
 from fedrank.server.resume import (
@@ -34,10 +35,11 @@ from fedrank.strategies.dp_client_level import ClientLevelDp
 from fedrank.strategies.fedavg import SeededFedAvg
 
 DELTA = 1e-5
+CODEC = ArraysCodec.for_state({"fc1": np.zeros(3, dtype=np.int64)})
 
 
 def scenario_in(folder: Path, **changes: Any) -> Scenario:
-    return Scenario(
+    return Scenario.of(
         dataset="digits", num_clients=4, clients_per_round=2, rounds=5, seed=3,
         results_dir=str(folder), **changes,
     )  # fmt: skip
@@ -46,9 +48,10 @@ def scenario_in(folder: Path, **changes: Any) -> Scenario:
 def plain(scenario: Scenario) -> SeededFedAvg:
     """A strategy without state of its own (every draw seeded by seed and round)."""
     return SeededFedAvg(
-        partitions={p: 100 + p for p in range(scenario.num_clients)},
-        clients_per_round=scenario.clients_per_round,
-        seed=scenario.seed,
+        codec=CODEC,
+        partitions={p: 100 + p for p in range(scenario.run.num_clients)},
+        clients_per_round=scenario.run.clients_per_round,
+        seed=scenario.run.seed,
     )
 
 
@@ -123,7 +126,7 @@ def test_resume_restores_the_state_and_drops_rows_past_the_checkpoint(tmp_path: 
     # for round 4 written before a crash, then a torn line.
     scenario = scenario_in(tmp_path)
     results = ResultsWriter(tmp_path)
-    strategy = CountingFedAvg(partitions={0: 1, 1: 2}, clients_per_round=2)
+    strategy = CountingFedAvg(codec=CODEC, partitions={0: 1, 1: 2}, clients_per_round=2)
     checkpoints = RunCheckpointer(scenario, strategy)
     checkpoints.start(lambda: ranking([0, 1, 2, 3]), results=results)
     for r in range(4):
@@ -136,7 +139,7 @@ def test_resume_restores_the_state_and_drops_rows_past_the_checkpoint(tmp_path: 
 
     # Act: a new process would load the latest checkpoint and start from it.
     state = latest_checkpoint(tmp_path)
-    fresh = CountingFedAvg(partitions={0: 7, 1: 8}, clients_per_round=2)
+    fresh = CountingFedAvg(codec=CODEC, partitions={0: 7, 1: 8}, clients_per_round=2)
     arrays, start = RunCheckpointer(scenario, fresh).start(
         lambda: ranking([9, 9, 9, 9]),
         results=ResultsWriter(tmp_path, append=True),
@@ -219,7 +222,13 @@ class FakeGrid:
 def dp_strategy(ledger: PrivacyLedger) -> ClientLevelDp:
     inner = FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
     return ClientLevelDp(
-        inner, ledger=ledger, clip_norm=1.0, noise_multiplier=1.2, expected_clients=2, seed=5
+        inner,
+        codec=ArraysCodec.for_state({"w": np.zeros(4, dtype=np.float32)}),
+        ledger=ledger,
+        clip_norm=1.0,
+        noise_multiplier=1.2,
+        expected_clients=2,
+        seed=5,
     )
 
 

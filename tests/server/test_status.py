@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import socket
+import threading
+import time
 
 import grpc
 import pytest
@@ -17,6 +19,7 @@ from fedrank.protos.status_codec import RunStatus
 from fedrank.server.status import (
     STATUS_SERVICE,
     StatusBoard,
+    check_linger,
     fetch_status,
     serve_status,
     status_after_round,
@@ -140,9 +143,106 @@ def test_status_command_fails_clearly_when_nothing_answers(capsys):
 @pytest.mark.parametrize("value", ["9095", "host:", ":9095", "h:70000", "h:x", "::1:9095"])
 def test_status_address_is_validated(value):
     with pytest.raises(ConfigError, match="status-address"):
-        Scenario(status_address=value)
+        Scenario.of(status_address=value)
 
 
 @pytest.mark.parametrize("value", ["", "0.0.0.0:9095", "localhost:0", "[::1]:9095"])
 def test_status_address_accepts_host_and_port(value):
-    assert Scenario(status_address=value).status_address == value
+    assert Scenario.of(status_address=value).output.status_address == value
+
+
+# ------------------------------------------------------------------ after the run
+
+
+def _run_in_thread(address: str, *, linger: float, fail: bool = False):
+    """A run on a thread: two rounds, then the block ends (raising if ``fail``).
+
+    Returns the thread, the board (once the block has been entered), an event set
+    when the block's body is done, and a list that receives what the block raised.
+    """
+    entered, done = threading.Event(), threading.Event()
+    holder: dict[str, StatusBoard] = {}
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with serve_status(address, total_rounds=2, linger=linger) as board:
+                holder["board"] = board
+                entered.set()
+                board.record_round(ROW1)
+                board.record_round(ROW2)
+                done.set()
+                if fail:
+                    raise RuntimeError("boom")
+        except BaseException as err:  # the thread reports it to the test
+            raised.append(err)
+            entered.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert entered.wait(30)
+    return thread, holder["board"], done, raised
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("fail", "state"), [(False, "finished"), (True, "failed")])
+def test_the_final_state_and_figures_keep_answering_after_the_run(fail, state):
+    address = _free_address()
+    thread, board, done, raised = _run_in_thread(address, linger=600, fail=fail)
+    assert done.wait(30)
+
+    # The run is over (its block has ended), the answer stays.
+    for _ in range(600):
+        if board.snapshot().state in ("finished", "failed"):
+            break
+        time.sleep(0.05)
+    after, health_name = fetch_status(address)
+    still_serving = _health(address, STATUS_SERVICE)
+    board.stop_lingering()
+    thread.join(30)
+
+    assert (after.state, after.round, after.total_rounds) == (state, 2, 2)
+    assert (after.last_accuracy, after.epsilon_spent, after.rejected_replies) == (0.8, 0.9, 3)
+    assert health_name == "SERVING"
+    assert still_serving == health_pb2.HealthCheckResponse.SERVING
+    assert not thread.is_alive()
+    assert [type(e) for e in raised] == ([RuntimeError] if fail else [])
+    with pytest.raises(FedrankError, match="nothing answers"):
+        fetch_status(address, timeout=0.5)
+
+
+@pytest.mark.integration
+def test_an_interrupted_run_does_not_linger():
+    address = _free_address()
+    stopped = threading.Event()
+
+    def run() -> None:
+        with pytest.raises(KeyboardInterrupt), serve_status(address, total_rounds=1, linger=600):
+            raise KeyboardInterrupt
+        stopped.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+
+    assert stopped.is_set()  # not held for 600 s
+    with pytest.raises(FedrankError, match="nothing answers"):
+        fetch_status(address, timeout=0.5)
+
+
+def test_without_an_address_nothing_lingers():
+    with serve_status("", total_rounds=1, linger=600) as board:
+        board.record_round(ROW0)
+
+    assert board.snapshot().state == "finished"  # returned at once: nothing to answer with
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "5", True, None])
+def test_linger_must_be_finite_seconds(value):
+    with pytest.raises(ConfigError, match="status-linger"):
+        check_linger(value)
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 60])
+def test_linger_accepts_seconds(value):
+    assert check_linger(value) == float(value)

@@ -70,7 +70,7 @@ def test_a_cell_that_cannot_run_fails_the_grid_before_any_run(tmp_path: Path) ->
         return {}, []
 
     with pytest.raises(ConfigError, match="dataset"):
-        run_grid(Scenario(dataset="digits"), cells, tmp_path, runner=record)
+        run_grid(Scenario.of(dataset="digits"), cells, tmp_path, runner=record)
 
     assert ran == []
 

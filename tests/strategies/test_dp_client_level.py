@@ -16,6 +16,7 @@ from fedrank.errors import ConfigError, PrivacyBudgetExhausted
 from fedrank.privacy.accountant import compute_epsilon
 from fedrank.privacy.ledger import PrivacyLedger
 from fedrank.privacy.mechanisms import l2_norm
+from fedrank.protos.codecs import ArraysCodec
 from fedrank.strategies.dp_client_level import ClientLevelDp
 
 DELTA = 1e-5
@@ -67,6 +68,7 @@ def make_strategy(
     inner = FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
     return ClientLevelDp(
         inner,
+        codec=ArraysCodec.for_state(GLOBAL),
         ledger=ledger,
         clip_norm=clip,
         noise_multiplier=sigma,
@@ -119,7 +121,7 @@ def test_updates_are_clipped_and_averaged_uniformly(tmp_path: Path) -> None:
     np.testing.assert_allclose(arrays["b"].numpy(), [0.15, 0.2], atol=1e-6)
     assert arrays["w"].numpy().dtype == np.float32
     assert metrics["dp-clip-fraction"] == 0.5
-    assert metrics["dp-replies"] == 2
+    assert metrics["replies"] == 2
 
 
 def test_noise_on_the_average_has_std_sigma_c_over_m(tmp_path: Path) -> None:
@@ -222,8 +224,8 @@ def test_a_malformed_reply_is_rejected_and_the_round_goes_on(tmp_path: Path) -> 
 
     assert arrays is not None
     assert metrics is not None
-    assert metrics["dp-replies"] == 1
-    assert metrics["dp-rejected"] == 1
+    assert metrics["replies"] == 1
+    assert metrics["rejected"] == 1
 
 
 def test_poisson_sampling_is_seeded_and_amplified(tmp_path: Path) -> None:

@@ -15,12 +15,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedrank.privacy.accountant import compute_epsilon, history_from_array
 from fedrank.privacy.ledger import PrivacyLedger
-from fedrank.protos import PrivacyReportData, encode_privacy_report
-from fedrank.strategies.dp_sample_level import HISTORY_ARRAY, HISTORY_RECORD, SampleLevelDpAudit
+from fedrank.protos import PrivacyReportData, encode_privacy_report, keys
+from fedrank.protos.codecs import ArraysCodec
+from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
 from fedrank.strategies.sampling import train_messages
 
 DELTA = 1e-5
 PARTITIONS = {0: 11, 1: 12}
+CODEC = ArraysCodec.for_state({"w": np.zeros(2, dtype=np.float32)}, privacy_report=True)
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +108,12 @@ def make(tmp_path: Path, budget: float | None = None) -> tuple[SampleLevelDpAudi
         tmp_path / "ledger.jsonl", budget_epsilon=budget, delta=DELTA, accountant="rdp"
     )
     audit = SampleLevelDpAudit(
-        inner, ledger=ledger, partitions=PARTITIONS, clip_norm=1.0, noise_multiplier=None
+        inner,
+        codec=CODEC,
+        ledger=ledger,
+        partitions=PARTITIONS,
+        clip_norm=1.0,
+        noise_multiplier=None,
     )
     return audit, inner
 
@@ -197,11 +204,11 @@ def test_each_train_message_carries_its_partys_recorded_history(tmp_path: Path) 
     second = list(audit.configure_train(2, arrays, ConfigRecord({}), None))  # type: ignore[arg-type]
 
     # Assert: round 1 had no earlier release; round 2 gets round 1's, per party.
-    assert all(HISTORY_RECORD not in m.content.array_records for m in first)
+    assert all(keys.PRIVACY_HISTORY not in m.content.array_records for m in first)
     assert sorted(m.metadata.dst_node_id for m in second) == sorted(PARTITIONS.values())
     for message in second:
-        record = message.content.array_records[HISTORY_RECORD]
-        assert history_from_array(record[HISTORY_ARRAY].numpy()) == ((1.0, 0.25, 4),)
+        record = message.content.array_records[keys.PRIVACY_HISTORY]
+        assert history_from_array(record[keys.HISTORY].numpy()) == ((1.0, 0.25, 4),)
         assert message.content.array_records["arrays"]["w"].numpy().tolist() == [0.0, 0.0]
 
 

@@ -8,7 +8,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
 
+from fedrank.protos.codecs import ArraysCodec
 from fedrank.strategies.fedavg import SeededFedAvg
+
+CODEC = ArraysCodec.for_state({"w": np.zeros(3, dtype=np.float32)})
 
 
 def round_messages(strategy: SeededFedAvg) -> list[Message]:
@@ -25,7 +28,11 @@ def weights_reply(message: Message, value: float, examples: int) -> Message:
 @pytest.mark.parametrize("min_replies", [2, 3])
 def test_too_few_valid_replies_skip_the_round(flower_identity: None, min_replies: int) -> None:
     strategy = SeededFedAvg(
-        partitions={0: 10, 1: 11, 2: 12}, clients_per_round=3, seed=0, min_replies=min_replies
+        codec=CODEC,
+        partitions={0: 10, 1: 11, 2: 12},
+        clients_per_round=3,
+        seed=0,
+        min_replies=min_replies,
     )
     messages = round_messages(strategy)
     replies = [
@@ -41,7 +48,9 @@ def test_too_few_valid_replies_skip_the_round(flower_identity: None, min_replies
 
 
 def test_enough_valid_replies_are_averaged_by_examples(flower_identity: None) -> None:
-    strategy = SeededFedAvg(partitions={0: 10, 1: 11, 2: 12}, clients_per_round=3, min_replies=2)
+    strategy = SeededFedAvg(
+        codec=CODEC, partitions={0: 10, 1: 11, 2: 12}, clients_per_round=3, min_replies=2
+    )
     messages = round_messages(strategy)
     replies = [weights_reply(messages[0], 1.0, 10), weights_reply(messages[1], 4.0, 30)]
 

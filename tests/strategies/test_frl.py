@@ -3,10 +3,11 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedrank.protos import UpdateHeader, encode_ranking_update
+from fedrank.protos.codecs import RankingCodec
+from fedrank.protos.ranking_wire import RankingWire
+from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.strategies.frl import FrlVote
 from fedrank.strategies.ranking import borda_vote
-from fedrank.strategies.ranking_wire import RankingWire
-from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.sampling import sample_partitions
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
@@ -19,7 +20,7 @@ def _strategy(min_replies: int = 1) -> FrlVote:
     return FrlVote(
         partitions={p: 100 + p for p in range(5)},
         clients_per_round=3,
-        wire=WIRE,
+        codec=RankingCodec(WIRE),
         min_replies=min_replies,
         seed=1,
     )
@@ -66,7 +67,8 @@ def test_bad_replies_are_rejected_counted_and_the_round_goes_on() -> None:
     assert metrics["rejected.not_permutation"] == 1
     assert metrics["rejected.missing_layer"] == 1
     assert metrics["rejected.round"] == 1
-    assert metrics["rejected.malformed"] == 2
+    assert metrics["rejected.malformed"] == 1
+    assert metrics["rejected.unknown_record"] == 1  # arrays where a ranking belongs
     voted = from_array_record(arrays)
     for name in SIZES:
         np.testing.assert_array_equal(voted[name], borda_vote(np.stack([g[name] for g in good])))
@@ -120,7 +122,7 @@ def test_the_vote_sees_the_valid_replies_and_the_ranking_sent_this_round() -> No
     strategy = FrlVote(
         partitions={p: 100 + p for p in range(5)},
         clients_per_round=3,
-        wire=WIRE,
+        codec=RankingCodec(WIRE),
         vote=vote,
         smoothing=0.25,
     )

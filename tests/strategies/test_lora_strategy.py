@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrank.protos.codecs import ArraysCodec
 from fedrank.strategies.lora import LoraAggregation
 from fedrank.strategies.lora_aggregation import fedit_average, svd_recompress_updates
 
@@ -20,6 +21,7 @@ GLOBAL = {
     "m.lora_B": np.zeros((4, 2), dtype=np.float32),
     "classifier.weight": RNG.normal(size=(2, 4)).astype(np.float32),
 }
+CODEC = ArraysCodec.for_state(GLOBAL)
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +64,7 @@ def run_round(
 
 def make(mode: str = "fedit", **kwargs: int) -> LoraAggregation:
     return LoraAggregation(
+        codec=CODEC,
         partitions=PARTITIONS,
         clients_per_round=kwargs.pop("clients_per_round", 3),
         seed=0,
@@ -148,10 +151,11 @@ def test_a_bad_reply_is_rejected_with_its_reason_and_the_round_goes_on(
 def test_a_bad_example_count_is_rejected() -> None:
     updates = [client_update(s) for s in range(3)]
 
-    _, metrics = run_round(make(), updates, [10, 0, float("nan")])
+    for bad in (0, float("nan"), 1e308, -5):
+        _, metrics = run_round(make(), updates, [10, bad, bad])
 
-    assert metrics is not None
-    assert (metrics["replies"], metrics["rejected.bad_num_examples"]) == (1, 2)
+        assert metrics is not None
+        assert (metrics["replies"], metrics["rejected.bad_num_examples"]) == (1, 2)
 
 
 def test_too_few_valid_replies_skip_the_round() -> None:
@@ -182,6 +186,7 @@ def robust_round(
 ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
     """One round of a 7-client LoraAggregation with ``robust``; also the replies it got."""
     strategy = LoraAggregation(
+        codec=CODEC,
         partitions=SEVEN,
         clients_per_round=7,
         seed=0,
@@ -260,9 +265,21 @@ def test_robust_rules_stay_near_the_benign_mean_where_the_plain_average_does_not
 def test_coordinate_rules_cannot_feed_svd_and_unknown_rules_are_refused() -> None:
     with pytest.raises(ValueError, match="svd"):
         LoraAggregation(
-            partitions=SEVEN, clients_per_round=7, seed=0, mode="svd", rank=2, robust="median"
+            codec=CODEC,
+            partitions=SEVEN,
+            clients_per_round=7,
+            seed=0,
+            mode="svd",
+            rank=2,
+            robust="median",
         )
     with pytest.raises(ValueError, match="robust"):
         LoraAggregation(
-            partitions=SEVEN, clients_per_round=7, seed=0, mode="fedit", rank=2, robust="mode"
+            codec=CODEC,
+            partitions=SEVEN,
+            clients_per_round=7,
+            seed=0,
+            mode="fedit",
+            rank=2,
+            robust="mode",
         )

@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fedrank.artifacts import top_k_mask
 from fedrank.errors import InvalidUpdate
 from fedrank.strategies.ranking import (
     anchored_ranks,
@@ -11,7 +12,6 @@ from fedrank.strategies.ranking import (
     borda_vote,
     check_rank_vector,
     ranks_from_order,
-    top_k_mask,
 )
 
 

@@ -5,13 +5,15 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
+from fedrank.protos.codecs import ArraysCodec
+from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.strategies.fedavg import SeededFedAvg
-from fedrank.strategies.records import from_array_record, to_array_record
 from fedrank.strategies.robust_fedavg import seeded_fedavg
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
 PARTITIONS = {p: 100 + p for p in range(10)}
+CODEC = ArraysCodec.for_state({"w": np.zeros(5, dtype=np.float32)})
 
 
 def _reply(node: int, weights: np.ndarray) -> Message:
@@ -31,17 +33,19 @@ def _reply(node: int, weights: np.ndarray) -> Message:
     [("median", FedMedian), ("trimmed", FedTrimmedAvg), ("krum", Krum), ("multikrum", MultiKrum)],
 )
 def test_each_aggregator_is_flowers_own_with_seeded_sampling(name: str, flower_class: type) -> None:
-    strategy = seeded_fedavg(name, partitions=PARTITIONS, clients_per_round=10, trim_fraction=0.2)
+    strategy = seeded_fedavg(
+        name, codec=CODEC, partitions=PARTITIONS, clients_per_round=10, trim_fraction=0.2
+    )
     assert isinstance(strategy, flower_class)
     assert isinstance(strategy, SeededFedAvg)
 
 
 def test_parameters_follow_the_trim_fraction() -> None:
     trimmed = seeded_fedavg(
-        "trimmed", partitions=PARTITIONS, clients_per_round=10, trim_fraction=0.3
+        "trimmed", codec=CODEC, partitions=PARTITIONS, clients_per_round=10, trim_fraction=0.3
     )
     multikrum = seeded_fedavg(
-        "multikrum", partitions=PARTITIONS, clients_per_round=10, trim_fraction=0.2
+        "multikrum", codec=CODEC, partitions=PARTITIONS, clients_per_round=10, trim_fraction=0.2
     )
     assert isinstance(trimmed, FedTrimmedAvg)
     assert trimmed.beta == 0.3
@@ -54,7 +58,7 @@ def test_median_aggregates_coordinate_wise_and_leaves_the_replies_whole() -> Non
     weights = [rng.normal(size=5).astype(np.float32) for _ in range(5)]
     weights.append(np.full(5, 1e6, dtype=np.float32))  # one wild reply
     replies = [_reply(100 + i, w) for i, w in enumerate(weights)]
-    strategy = seeded_fedavg("median", partitions=PARTITIONS, clients_per_round=6)
+    strategy = seeded_fedavg("median", codec=CODEC, partitions=PARTITIONS, clients_per_round=6)
 
     arrays, metrics = strategy.aggregate_train(1, replies)
 
@@ -67,4 +71,4 @@ def test_median_aggregates_coordinate_wise_and_leaves_the_replies_whole() -> Non
 
 def test_unknown_aggregation_is_refused() -> None:
     with pytest.raises(ValueError, match="aggregation"):
-        seeded_fedavg("borda", partitions=PARTITIONS, clients_per_round=10)
+        seeded_fedavg("borda", codec=CODEC, partitions=PARTITIONS, clients_per_round=10)

@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.serverapp.strategy import FedAvg
 
 from fedrank.privacy.ledger import PrivacyLedger
+from fedrank.protos.codecs import ArraysCodec
 from fedrank.server.resume import SupportsState, ledgers_of
-from fedrank.simulations.adversary import Adversary
+from fedrank.simulations.attacks.adversary import Adversary
 from fedrank.strategies.dp_client_level import ClientLevelDp
 from fedrank.strategies.dp_sample_level import SampleLevelDpAudit
 from fedrank.strategies.wrapping import WrappingStrategy
+
+CODEC = ArraysCodec.for_state({"w": np.zeros(2, dtype=np.float32)})
 
 
 def ledger(path: Path) -> PrivacyLedger:
@@ -20,17 +24,30 @@ def ledger(path: Path) -> PrivacyLedger:
 
 
 def adversary(inner: Any) -> Adversary:
-    return Adversary(inner, partitions={0: 1, 1: 2}, malicious=frozenset({1}), craft=lambda *a: [])
+    return Adversary(
+        inner, partitions={0: 1, 1: 2}, malicious=frozenset({1}), craft=lambda *a: [], codec=CODEC
+    )
 
 
 def test_a_ledger_under_an_adversary_is_still_found(tmp_path: Path) -> None:
     client = ledger(tmp_path / "client.jsonl")
     record = ledger(tmp_path / "record.jsonl")
     dp = ClientLevelDp(
-        FedAvg(), ledger=client, clip_norm=1.0, noise_multiplier=1.0, expected_clients=2, seed=0
+        FedAvg(),
+        codec=CODEC,
+        ledger=client,
+        clip_norm=1.0,
+        noise_multiplier=1.0,
+        expected_clients=2,
+        seed=0,
     )
     audit = SampleLevelDpAudit(
-        dp, ledger=record, partitions={0: 1, 1: 2}, clip_norm=1.0, noise_multiplier=None
+        dp,
+        codec=CODEC,
+        ledger=record,
+        partitions={0: 1, 1: 2},
+        clip_norm=1.0,
+        noise_multiplier=None,
     )
 
     found = ledgers_of(adversary(audit))
@@ -41,6 +58,7 @@ def test_a_ledger_under_an_adversary_is_still_found(tmp_path: Path) -> None:
 def test_the_inner_checkpoint_state_passes_through_every_wrapper(tmp_path: Path) -> None:
     audit = SampleLevelDpAudit(
         FedAvg(),
+        codec=CODEC,
         ledger=ledger(tmp_path / "record.jsonl"),
         partitions={0: 1},
         clip_norm=1.0,

@@ -1,0 +1,263 @@
+"""The two shapes of a fedrank message, both directions: rankings and arrays.
+
+A task picks its codec (:meth:`fedrank.tasks.base.Task.codec`); the server encodes the
+global state with it and decodes every reply through it (the gate, :mod:`.gate`), the
+client decodes the global state and encodes its reply with it. Decoding validates the
+whole message and raises only :class:`~fedrank.errors.InvalidUpdate`.
+
+- :class:`RankingCodec`: FRL. The state is a rank vector per supermask layer, sent
+  bit-packed in the ``update`` record (:class:`~fedrank.protos.ranking_wire.RankingWire`).
+- :class:`ArraysCodec`: FedAvg weights and LoRA adapters. The state is named float
+  arrays in the ``arrays`` record, checked against the layout of the global state
+  (names in order, shapes, dtypes, finite values); under sample-level DP a reply also
+  carries its privacy report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedrank.errors import InvalidUpdate
+from fedrank.protos import keys
+from fedrank.protos.gate import RecordType, check_records, read_metrics
+from fedrank.protos.ranking_wire import RankingWire
+from fedrank.protos.records import to_array_record
+from fedrank.protos.serde import decode_privacy_report, encode_privacy_report
+from fedrank.protos.updates import PrivacyReportData
+
+State = dict[str, np.ndarray]
+Layout = dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
+"""Tensor name -> (shape, dtype), in the state's order."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """What a client sends back after local training.
+
+    Parameters
+    ----------
+    state : dict of str to ndarray
+        Its rank vectors, weights or adapter tensors.
+    num_examples : int
+        Its weight in an average.
+    metrics : Mapping[str, float]
+        Other reply metrics (:data:`fedrank.protos.keys.REPLY_METRICS`).
+    privacy : PrivacyReportData, optional
+        Its DP-SGD report, under sample-level DP.
+    """
+
+    state: State
+    num_examples: int
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    privacy: PrivacyReportData | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """A reply that passed the gate, as the strategies see it.
+
+    Parameters
+    ----------
+    node : int
+        The sender.
+    state : dict of str to ndarray
+        Validated state (rank vectors, or arrays of the global layout).
+    weight : float
+        Its example count, finite and in (0, ``MAX_EXAMPLES``].
+    metrics : Mapping[str, float]
+        Its validated metrics.
+    privacy : PrivacyReportData, optional
+        Its decoded privacy report (sample-level DP).
+    """
+
+    node: int
+    state: State
+    weight: float
+    metrics: Mapping[str, float]
+    privacy: PrivacyReportData | None = None
+
+
+class Codec(Protocol):
+    """Encode and decode one run's messages (see the module docstring)."""
+
+    def encode_global(self, server_round: int, state: Mapping[str, np.ndarray]) -> RecordDict:
+        """The records carrying the global state to a client."""
+        ...
+
+    def decode_global(self, server_round: int, content: RecordDict) -> State:
+        """The validated global state a client received."""
+        ...
+
+    def encode_reply(self, server_round: int, reply: Reply) -> RecordDict:
+        """The records of a client's reply."""
+        ...
+
+    def decode_reply(self, server_round: int, message: Message) -> Update:
+        """The validated reply (raises ``InvalidUpdate``)."""
+        ...
+
+
+def _metrics_record(reply: Reply) -> MetricRecord:
+    return MetricRecord({keys.NUM_EXAMPLES: int(reply.num_examples), **dict(reply.metrics)})
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingCodec:
+    """FRL rank vectors, bit-packed (see :class:`RankingWire`)."""
+
+    wire: RankingWire
+
+    def encode_global(self, server_round: int, state: Mapping[str, np.ndarray]) -> RecordDict:
+        """The global ranking in the ``update`` record."""
+        return self.wire.encode(server_round, state)
+
+    def decode_global(self, server_round: int, content: RecordDict) -> State:
+        """The validated global ranking."""
+        return self.wire.decode(server_round, content)
+
+    def encode_reply(self, server_round: int, reply: Reply) -> RecordDict:
+        """The client's ranking and metrics."""
+        content = self.wire.encode(server_round, reply.state)
+        content[keys.METRICS] = _metrics_record(reply)
+        return content
+
+    def decode_reply(self, server_round: int, message: Message) -> Update:
+        """The reply's validated ranking (a permutation per layer) and metrics."""
+        content = message.content
+        check_records(content, required={keys.UPDATE: ConfigRecord, keys.METRICS: MetricRecord})
+        if set(content[keys.UPDATE]) != {keys.RANKING}:
+            raise InvalidUpdate(
+                "malformed", f"the {keys.UPDATE!r} record must hold only {keys.RANKING!r}"
+            )
+        metrics = read_metrics(content.metric_records[keys.METRICS])
+        return Update(
+            node=message.metadata.src_node_id,
+            state=self.wire.decode(server_round, content),
+            weight=metrics[keys.NUM_EXAMPLES],
+            metrics=metrics,
+        )
+
+
+def layout_of(state: Mapping[str, np.ndarray]) -> Layout:
+    """Name -> (shape, dtype) of a state, in its order."""
+    return {name: (tuple(value.shape), value.dtype) for name, value in state.items()}
+
+
+def read_arrays(record: ArrayRecord, layout: Layout) -> State:
+    """The record's arrays, checked against ``layout``: names, shapes, dtypes, finite.
+
+    Raises
+    ------
+    InvalidUpdate
+        ``missing_tensor``, ``extra_tensor``, ``malformed_array``, ``wrong_shape``,
+        ``wrong_dtype`` or ``not_finite``.
+    """
+    missing = [name for name in layout if name not in record]
+    extra = [name for name in record if name not in layout]
+    if missing:
+        raise InvalidUpdate("missing_tensor", f"reply lacks tensors {missing[:3]}")
+    if extra:
+        raise InvalidUpdate("extra_tensor", f"reply has unexpected tensors {extra[:3]}")
+    out: State = {}
+    for name, (shape, dtype) in layout.items():
+        array = record[name]
+        if tuple(array.shape) != shape:
+            raise InvalidUpdate(
+                "wrong_shape", f"{name}: expected {shape}, got {tuple(array.shape)}"
+            )
+        if array.dtype != str(dtype):
+            raise InvalidUpdate("wrong_dtype", f"{name}: expected {dtype}, got {array.dtype}")
+        try:
+            value = array.numpy()
+        except Exception as err:  # a foreign payload numpy cannot read: any error is its fault
+            raise InvalidUpdate("malformed_array", f"{name}: unreadable array: {err}") from err
+        if value.shape != shape or value.dtype != dtype:
+            raise InvalidUpdate(
+                "malformed_array", f"{name}: the data does not match its declared {shape} {dtype}"
+            )
+        if not np.all(np.isfinite(value)):
+            raise InvalidUpdate("not_finite", f"{name}: contains NaN or infinite values")
+        out[name] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraysCodec:
+    """Named float arrays (FedAvg weights, LoRA adapters) against a fixed layout.
+
+    Parameters
+    ----------
+    layout : Layout
+        Names (in order), shapes and dtypes of the global state.
+    privacy_report : bool
+        Replies must carry a DP-SGD privacy report (sample-level DP).
+    """
+
+    layout: Layout
+    privacy_report: bool = False
+
+    @classmethod
+    def for_state(
+        cls, state: Mapping[str, np.ndarray], *, privacy_report: bool = False
+    ) -> ArraysCodec:
+        """The codec of a run whose global state looks like ``state``."""
+        return cls(layout=layout_of(state), privacy_report=privacy_report)
+
+    def encode_global(self, server_round: int, state: Mapping[str, np.ndarray]) -> RecordDict:
+        """The global arrays in the ``arrays`` record."""
+        return RecordDict({keys.ARRAYS: to_array_record(state)})
+
+    def decode_global(self, server_round: int, content: RecordDict) -> State:
+        """The validated global arrays."""
+        record = content.array_records.get(keys.ARRAYS)
+        if record is None:
+            raise InvalidUpdate("missing_record", f"message lacks its {keys.ARRAYS!r} record")
+        return read_arrays(record, self.layout)
+
+    def encode_reply(self, server_round: int, reply: Reply) -> RecordDict:
+        """The client's arrays, metrics and (under DP-SGD) privacy report."""
+        content = RecordDict(
+            {
+                keys.ARRAYS: to_array_record({name: reply.state[name] for name in self.layout}),
+                keys.METRICS: _metrics_record(reply),
+            }
+        )
+        if reply.privacy is not None:
+            content[keys.PRIVACY] = ConfigRecord(
+                {keys.REPORT: encode_privacy_report(reply.privacy)}
+            )
+        return content
+
+    def decode_reply(self, server_round: int, message: Message) -> Update:
+        """The reply's validated arrays, metrics and privacy report."""
+        content = message.content
+        optional: dict[str, RecordType] = (
+            {keys.PRIVACY: ConfigRecord} if self.privacy_report else {}
+        )
+        check_records(
+            content,
+            required={keys.ARRAYS: ArrayRecord, keys.METRICS: MetricRecord},
+            optional=optional,
+        )
+        metrics = read_metrics(content.metric_records[keys.METRICS])
+        privacy = None
+        if self.privacy_report:
+            record = content.config_records.get(keys.PRIVACY, ConfigRecord())
+            payload = record.get(keys.REPORT)
+            if not isinstance(payload, bytes) or set(record) != {keys.REPORT}:
+                raise InvalidUpdate(
+                    "missing_privacy_report", "sample-level DP needs exactly one privacy report"
+                )
+            privacy = decode_privacy_report(payload)
+        return Update(
+            node=message.metadata.src_node_id,
+            state=read_arrays(content.array_records[keys.ARRAYS], self.layout),
+            weight=metrics[keys.NUM_EXAMPLES],
+            metrics=metrics,
+            privacy=privacy,
+        )

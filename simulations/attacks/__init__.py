@@ -1,0 +1,1 @@
+"""Simulated attacks: colluding adversaries, crafted replies, poisoned data (simulations only)."""
