@@ -87,14 +87,19 @@ def coarse_vote(bits: int, *, tie_break: str = "reference") -> RankVote:
     Returns
     -------
     RankVote
-        ``(bucket replies, reference ranking) -> (new global ranking, 0 left out)``.
+        ``(bucket replies, reference ranking, anchor) -> (new global ranking, 0 left
+        out)``; the anchor (vote smoothing) must be 0.
     """
     if not 1 <= bits <= MAX_BUCKET_BITS:
         raise ValueError(f"bits: expected 1..{MAX_BUCKET_BITS}, got {bits}")
     if tie_break not in ("reference", "index"):
         raise ValueError(f"tie_break: expected 'reference' or 'index', got {tie_break!r}")
 
-    def vote(updates: Sequence[Rankings], reference: Rankings) -> tuple[dict[str, np.ndarray], int]:
+    def vote(
+        updates: Sequence[Rankings], reference: Rankings, anchor: float = 0.0
+    ) -> tuple[dict[str, np.ndarray], int]:
+        if anchor:
+            raise ValueError("anchor: coarse rankings are voted without smoothing")
         if not updates:
             raise ValueError("updates: need at least one client update to vote")
         state = {

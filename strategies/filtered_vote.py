@@ -91,7 +91,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from fedrank.strategies.ranking import vote_layers
+from fedrank.strategies.ranking import anchored_ranks, borda_sums
 
 __all__ = [
     "MAD_TO_SIGMA",
@@ -122,10 +122,18 @@ def _check_shapes(rankings: npt.NDArray[np.integer], reference: npt.NDArray[np.i
         )
 
 
+def _rho_from_squares(squares: npt.NDArray[np.floating], n: int) -> FloatArray:
+    """Spearman's rho of two permutations of ``0..n-1`` from ``sum (r - g)^2``."""
+    if n < 2:
+        return np.ones(squares.shape[0], dtype=np.float64)
+    rho: FloatArray = 1.0 - 6.0 * np.asarray(squares, dtype=np.float64) / (n * (n * n - 1.0))
+    return rho
+
+
 def spearman_to_reference(
     rankings: npt.NDArray[np.integer], reference: npt.NDArray[np.integer]
 ) -> FloatArray:
-    """Spearman correlation of every rank vector with the reference rank vector.
+    """Spearman correlation of every rank vector with the reference rank vector (exact).
 
     Parameters
     ----------
@@ -142,14 +150,73 @@ def spearman_to_reference(
     """
     _check_shapes(rankings, reference)
     n = reference.shape[0]
-    if n < 2:
-        return np.ones(rankings.shape[0], dtype=np.float64)
     diff = rankings.astype(np.int64) - reference.astype(np.int64)
     if n >= 2_000_000:  # sum d^2 <= n^3 / 3 would overflow int64; float64 is exact enough
         diff = diff.astype(np.float64)
-    squares = np.einsum("ij,ij->i", diff, diff)
-    rho: FloatArray = 1.0 - 6.0 * np.asarray(squares, dtype=np.float64) / (n * (n * n - 1.0))
-    return rho
+    return _rho_from_squares(np.einsum("ij,ij->i", diff, diff), n)
+
+
+def displacement_gram(
+    rankings: Sequence[npt.NDArray[np.integer]], reference: npt.NDArray[np.integer]
+) -> FloatArray:
+    """Gram matrix ``G[i, j] = (r_i - g) . (r_j - g)`` of the replies' displacements.
+
+    Everything the vote's tests need comes out of this one ``(m, m)`` matrix: the
+    Spearman agreement with ``g`` (the diagonal, :func:`spearman_from_gram`), the
+    cosines between displacements (:func:`direction_from_gram`) and their norms. It
+    costs one pass over the replies (each written once as ``float32`` displacements,
+    exact below ``2**24`` edges) and one matrix product, instead of one pass per
+    statistic; measured relative error against exact integer sums about ``2e-6``
+    (1.2M edges), far below any threshold the vote sets.
+
+    Parameters
+    ----------
+    rankings : sequence of numpy.ndarray
+        ``m`` rank vectors of shape ``(n,)`` (not stacked: no extra copy).
+    reference : numpy.ndarray
+        Shape ``(n,)``, the global ranking sent this round.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` of shape ``(m, m)``, symmetric, non-negative diagonal.
+    """
+    if reference.ndim != 1 or any(r.shape != reference.shape for r in rankings):
+        raise ValueError(
+            f"rankings, reference: expected rank vectors of shape {reference.shape}, "
+            f"got {[r.shape for r in rankings]}"
+        )
+    displacement = np.empty((len(rankings), reference.shape[0]), dtype=np.float32)
+    for row, ranks in zip(displacement, rankings, strict=True):
+        np.subtract(ranks, reference, out=row, casting="unsafe")
+    gram: FloatArray = (displacement @ displacement.T).astype(np.float64)
+    return gram
+
+
+def spearman_from_gram(gram: npt.NDArray[np.floating], n: int) -> FloatArray:
+    """Every reply's Spearman correlation with ``g``, from :func:`displacement_gram`."""
+    return _rho_from_squares(np.diagonal(gram), n)
+
+
+def direction_from_gram(gram: npt.NDArray[np.floating]) -> FloatArray:
+    """Median cosine of every reply's displacement with the others', from the Gram matrix.
+
+    See :func:`direction_agreement`; a zero displacement has cosine 0 with everything
+    and a lone reply scores 1.
+    """
+    m = gram.shape[0]
+    if m == 1:
+        return np.ones(1, dtype=np.float64)
+    norms = np.sqrt(np.maximum(np.diagonal(gram), 0.0))
+    outer = norms[:, None] * norms[None, :]
+    pairwise = np.clip(
+        np.divide(gram, outer, out=np.zeros((m, m), dtype=np.float64), where=outer > 0.0),
+        -1.0,
+        1.0,
+    )
+    others = pairwise[~np.eye(m, dtype=np.bool_)].reshape(m, m - 1)
+    agreement: FloatArray = np.median(others, axis=1)
+    return agreement
 
 
 def direction_agreement(
@@ -179,18 +246,7 @@ def direction_agreement(
         ``float64`` of shape ``(m,)``, in ``[-1, 1]``.
     """
     _check_shapes(rankings, reference)
-    m = rankings.shape[0]
-    if m == 1:
-        return np.ones(1, dtype=np.float64)
-    displacement = rankings.astype(np.float64) - reference.astype(np.float64)
-    norms = np.linalg.norm(displacement, axis=1)
-    unit = np.divide(
-        displacement, norms[:, None], out=np.zeros_like(displacement), where=norms[:, None] > 0.0
-    )
-    pairwise = np.clip(unit @ unit.T, -1.0, 1.0)
-    others = pairwise[~np.eye(m, dtype=np.bool_)].reshape(m, m - 1)
-    agreement: FloatArray = np.median(others, axis=1)
-    return agreement
+    return direction_from_gram(displacement_gram(list(rankings), reference))
 
 
 def cosines(vectors: npt.NDArray[np.floating], direction: npt.NDArray[np.floating]) -> FloatArray:
@@ -282,6 +338,7 @@ def filtered_vote(
     reference: Mapping[str, npt.NDArray[np.integer]],
     *,
     mads: float,
+    anchor: float = 0.0,
 ) -> FilteredVote:
     """Drop the replies that disagree with the reference, Borda-vote the rest.
 
@@ -310,14 +367,17 @@ def filtered_vote(
     names = list(reference)
     if any(sorted(u) != sorted(names) for u in updates):
         raise ValueError(f"updates: every update must have the reference's layers {names}")
-    stacked = {name: np.stack([u[name] for u in updates]) for name in names}
-    agreement = {name: spearman_to_reference(stacked[name], reference[name]) for name in names}
+    grams = [displacement_gram([u[name] for u in updates], reference[name]) for name in names]
+    agreement = {
+        name: spearman_from_gram(gram, reference[name].shape[0])
+        for name, gram in zip(names, grams, strict=True)
+    }
     rho = np.stack([agreement[name] for name in names])
     candidates = np.flatnonzero((rho > MIN_AGREEMENT).all(axis=0))
     if candidates.shape[0] == 0:  # nothing plausible: judge them all by the same rule
         candidates = np.arange(len(updates))
     direction = np.stack(
-        [direction_agreement(stacked[name][candidates], reference[name]) for name in names]
+        [direction_from_gram(gram[np.ix_(candidates, candidates)]) for gram in grams]
     )
     direction_z = np.stack([agreement_z_scores(layer) for layer in direction])
     # Against the round, not just below zero: in a small layer a benign reply's median
@@ -329,4 +389,10 @@ def filtered_vote(
     kept = np.zeros(len(updates), dtype=np.bool_)
     kept[candidates[keep_agreeing(z, mads=mads)]] = True
     survivors = [u for u, keep in zip(updates, kept, strict=True) if keep]
-    return FilteredVote(state=vote_layers(survivors), kept=kept, agreement=agreement)
+    state = {
+        name: anchored_ranks(
+            borda_sums([u[name] for u in survivors]), len(survivors), reference[name], anchor=anchor
+        )
+        for name in names
+    }
+    return FilteredVote(state=state, kept=kept, agreement=agreement)

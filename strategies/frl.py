@@ -47,8 +47,12 @@ class FrlVote(Strategy):
     seed : int
         Sampling seed.
     vote : RankVote, optional
-        ``(valid replies, global ranking sent this round) -> (new ranking, replies
-        left out)``; defaults to the plain Borda vote (:func:`rank_vote`).
+        ``(valid replies, global ranking sent this round, anchor) -> (new ranking,
+        replies left out)``; defaults to the plain Borda vote (:func:`rank_vote`).
+    smoothing : float
+        The vote's smoothing across rounds: in round ``t`` the global ranking sent
+        counts as ``smoothing * t`` mean replies (the anchor), so the ranking moves a
+        step ``1 / (1 + smoothing * t)`` of the way the replies point; 0 is FRL's vote.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class FrlVote(Strategy):
         min_replies: int = 1,
         seed: int = 0,
         vote: RankVote | None = None,
+        smoothing: float = 0.0,
     ) -> None:
         self.partitions = dict(partitions)
         self.clients_per_round = clients_per_round
@@ -67,6 +72,7 @@ class FrlVote(Strategy):
         self.min_replies = min_replies
         self.seed = seed
         self.vote = vote or rank_vote("borda")
+        self.smoothing = smoothing
         self._reference: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
@@ -110,7 +116,7 @@ class FrlVote(Strategy):
                 self.min_replies,
             )
             return None, metrics
-        state, left_out = self.vote(valid, self._reference)
+        state, left_out = self.vote(valid, self._reference, self.smoothing * server_round)
         metrics["filtered"] = left_out
         return to_array_record(state), metrics
 
@@ -148,4 +154,5 @@ def frl_strategy(
         min_replies=scenario.run.min_replies,
         seed=scenario.run.seed,
         vote=vote,
+        smoothing=scenario.frl.vote_smoothing,
     )

@@ -12,6 +12,7 @@ inversion, which is what makes the authors' argsort-of-argsort vote slow.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -47,11 +48,78 @@ def ranks_from_order(order: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def borda_sums(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-edge sum of positions over rank vectors of one layer, without stacking them.
+
+    Equal to ``np.stack(rows).sum(axis=0)`` in int64, minus the ``(m, n)`` copy.
+    """
+    if not rows:
+        raise ValueError("rows: need at least one rank vector")
+    votes = np.zeros(rows[0].shape, dtype=np.int64)
+    for row in rows:
+        np.add(votes, row, out=votes, casting="unsafe")  # int32 or int64 positions
+    return votes
+
+
 def vote_layers(updates: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Borda vote of every layer over the clients' rank-vector updates."""
     if not updates:
         raise ValueError("updates: need at least one client update to vote")
-    return {name: borda_vote(np.stack([u[name] for u in updates])) for name in updates[0]}
+    return {
+        name: ranks_from_order(np.argsort(borda_sums([u[name] for u in updates]), kind="stable"))
+        for name in updates[0]
+    }
+
+
+def anchored_ranks(
+    sums: np.ndarray, total_weight: float, reference: np.ndarray | None, *, anchor: float
+) -> np.ndarray:
+    """Rank the mean positions ``sums / total_weight`` after adding ``anchor`` times ``reference``.
+
+    The vote's smoothing across rounds: the global ranking sent this round enters the
+    vote as ``anchor`` mean replies, so the new ranking moves only a fraction ``1 / (1 +
+    anchor)`` of the way the replies point (a server step size in rank space, as FedAvg's
+    server learning rate or the FedOpt family, Reddi et al. 2021, arXiv 2003.00295).
+    Added to the *mean* position, not to its rank: the mean of replies that disagree
+    (heterogeneous clients) is compressed towards the middle, so the reference weighs
+    more in such a round than in one where the replies agree.
+
+    Parameters
+    ----------
+    sums : numpy.ndarray
+        Per-edge (weighted) sums of positions, shape ``(n,)``.
+    total_weight : float
+        The total weight behind ``sums`` (number of replies for plain Borda), > 0.
+    reference : numpy.ndarray or None
+        The global rank vector sent this round, shape ``(n,)``; only needed when
+        ``anchor > 0``.
+    anchor : float
+        Weight of ``reference`` in mean replies, ``>= 0``; 0 ranks ``sums`` alone.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 rank vector; ties go to the lower edge index. The keys are computed
+        element by element (``sums + anchor * total_weight * reference``), so equal
+        inputs in any reply order give the same ranks.
+    """
+    if not (math.isfinite(anchor) and anchor >= 0.0):
+        raise ValueError(f"anchor: must be a finite number >= 0, got {anchor}")
+    if not (math.isfinite(total_weight) and total_weight > 0.0):
+        raise ValueError(f"total_weight: must be a positive number, got {total_weight}")
+    if sums.ndim != 1:
+        raise ValueError(f"sums: expected a 1-D array, got shape {sums.shape}")
+    if anchor == 0.0:
+        return ranks_from_order(np.argsort(sums, kind="stable"))
+    if reference is None or reference.shape != sums.shape:
+        got = None if reference is None else reference.shape
+        raise ValueError(
+            f"reference: an anchor needs a rank vector of shape {sums.shape}, got {got}"
+        )
+    keys = reference.astype(np.float64)
+    keys *= anchor * total_weight
+    keys += sums
+    return ranks_from_order(np.argsort(keys, kind="stable"))
 
 
 def check_rank_vector(name: str, ranks: np.ndarray, n: int) -> np.ndarray:

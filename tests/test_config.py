@@ -107,6 +107,8 @@ def test_seed_out_of_range_is_one_line() -> None:
         ({"trim-fraction": 0.5}, "trim-fraction"),
         ({"strategy": "fedavg", "aggregator": "krum", "trim-fraction": 0.4}, "trim-fraction"),
         ({"filter-mads": 0.0}, "filter-mads"),
+        ({"vote-smoothing": -0.1}, "vote-smoothing"),
+        ({"vote-smoothing": float("inf")}, "vote-smoothing"),
         ({"attack-seed": -1}, "attack-seed"),
         ({"attack-scale": 0.0}, "attack-scale"),
         ({"attack-knowledge": "some"}, "attack-knowledge"),

@@ -26,6 +26,12 @@ class FrlConfig:
         low=0,
         high=16,
     )
+    # docs/robustness.md, "Heterogeneous data": the vote's smoothing across rounds.
+    vote_smoothing: float = setting(
+        0.0,
+        "FRL vote: in round t the global ranking sent counts as vote-smoothing x t mean replies",
+        low=0.0,
+    )
 
     def __post_init__(self) -> None:
         check_section(self)

@@ -256,7 +256,8 @@ def _did_you_mean(key: str) -> str:
 
 
 def _check_coarse_rankings(s: Scenario) -> None:
-    """``rank-bits`` > 0 (coarse uplink rankings): FRL, plain Borda, no ranking attack."""
+    """``rank-bits`` > 0 (coarse uplink rankings): FRL, plain Borda (no smoothing), no
+    ranking attack."""
     if s.frl.rank_bits == 0:
         return
     if s.spec.update != "ranking":
@@ -271,6 +272,10 @@ def _check_coarse_rankings(s: Scenario) -> None:
         raise ConfigError(
             "rank-bits",
             f"the {s.attack.kind!r} attack crafts full rankings; use rank-bits = 0 with it",
+        )
+    if s.frl.vote_smoothing:
+        raise ConfigError(
+            "rank-bits", "coarse rankings are voted without smoothing; use vote-smoothing = 0"
         )
 
 

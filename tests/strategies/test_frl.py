@@ -112,9 +112,11 @@ def test_configure_train_sends_the_packed_global_ranking_to_the_sampled_nodes() 
 
 def test_the_vote_sees_the_valid_replies_and_the_ranking_sent_this_round() -> None:
     calls: list[tuple[int, dict[str, np.ndarray]]] = []
+    anchors: list[float] = []
 
-    def vote(updates, reference):  # type: ignore[no-untyped-def]
+    def vote(updates, reference, anchor):  # type: ignore[no-untyped-def]
         calls.append((len(updates), dict(reference)))
+        anchors.append(anchor)
         return dict(updates[0]), 2
 
     strategy = FrlVote(
@@ -122,17 +124,19 @@ def test_the_vote_sees_the_valid_replies_and_the_ranking_sent_this_round() -> No
         clients_per_round=3,
         codec=RankingCodec(WIRE),
         vote=vote,
+        smoothing=0.25,
     )
     sent = _valid(42)
-    strategy.configure_train(1, to_array_record(sent), ConfigRecord(), grid=None)  # type: ignore[arg-type]
-    replies = [_reply(100 + i, _valid(i)) for i in range(3)]
+    strategy.configure_train(3, to_array_record(sent), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    replies = [_reply(100 + i, _valid(i), server_round=3) for i in range(3)]
 
-    arrays, metrics = strategy.aggregate_train(1, replies)
+    arrays, metrics = strategy.aggregate_train(3, replies)
 
     assert arrays is not None
     assert metrics is not None
     assert metrics["filtered"] == 2
     assert calls[0][0] == 3
+    assert anchors == [0.75]  # smoothing x round
     for name in SIZES:
         np.testing.assert_array_equal(calls[0][1][name], sent[name])
         np.testing.assert_array_equal(from_array_record(arrays)[name], _valid(0)[name])

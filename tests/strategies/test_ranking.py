@@ -6,7 +6,13 @@ from hypothesis.extra import numpy as hnp
 
 from fedrank.artifacts import top_k_mask
 from fedrank.errors import InvalidUpdate
-from fedrank.strategies.ranking import borda_vote, check_rank_vector, ranks_from_order
+from fedrank.strategies.ranking import (
+    anchored_ranks,
+    borda_sums,
+    borda_vote,
+    check_rank_vector,
+    ranks_from_order,
+)
 
 
 @st.composite
@@ -88,3 +94,55 @@ def test_check_rank_vector_rejects_with_a_reason(ranks: np.ndarray, reason: str)
 def test_check_rank_vector_accepts_any_int_dtype() -> None:
     out = check_rank_vector("l", np.array([2, 0, 1], dtype=np.uint16), 3)
     assert out.dtype == np.int64
+
+
+# ---------------------------------------------------------------- anchored ranks
+
+
+@settings(max_examples=60)
+@given(
+    n=st.integers(2, 40),
+    m=st.integers(1, 6),
+    anchor=st.floats(0.0, 50.0),
+    seed=st.integers(0, 2**16),
+)
+def test_a_larger_anchor_never_moves_the_vote_further_from_the_reference(
+    n: int, m: int, anchor: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    reference = rng.permutation(n)
+    sums = np.stack([rng.permutation(n) for _ in range(m)]).sum(axis=0)
+
+    def distance(a: float) -> int:
+        return int(np.sum((anchored_ranks(sums, m, reference, anchor=a) - reference) ** 2))
+
+    assert distance(anchor + 1.0) <= distance(anchor)
+
+
+def test_anchor_zero_is_the_plain_vote_and_a_huge_one_the_reference() -> None:
+    rng = np.random.default_rng(1)
+    reference = rng.permutation(50)
+    stacked = np.stack([rng.permutation(50) for _ in range(7)])
+    sums = borda_sums(list(stacked))
+    np.testing.assert_array_equal(sums, stacked.sum(axis=0))
+    np.testing.assert_array_equal(
+        anchored_ranks(sums, 7, reference, anchor=0.0), borda_vote(stacked)
+    )
+    np.testing.assert_array_equal(anchored_ranks(sums, 7, reference, anchor=1e12), reference)
+
+
+def test_anchored_ranks_golden_values() -> None:
+    # sums 10 4 6 (two replies: mean 5 2 3), reference 0 2 1, anchor 2: keys 5 6 5 -> 0 2 1
+    np.testing.assert_array_equal(
+        anchored_ranks(np.array([10, 4, 6]), 2, np.array([0, 2, 1]), anchor=2.0), [0, 2, 1]
+    )
+    # anchor 0.5: keys 5 3 3.5 -> 2 0 1
+    np.testing.assert_array_equal(
+        anchored_ranks(np.array([10, 4, 6]), 2, np.array([0, 2, 1]), anchor=0.5), [2, 0, 1]
+    )
+
+
+@pytest.mark.parametrize("anchor", [-0.1, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_anchor_is_refused(anchor: float) -> None:
+    with pytest.raises(ValueError, match="anchor"):
+        anchored_ranks(np.arange(3), 1, np.arange(3), anchor=anchor)

@@ -71,9 +71,9 @@ def test_a_malicious_partitions_reply_is_the_crafted_one(tmp_path: Path) -> None
     seen: list[dict[str, np.ndarray]] = []
     borda = rank_vote("borda")
 
-    def recording_vote(updates, reference):  # type: ignore[no-untyped-def]
+    def recording_vote(updates, reference, anchor):  # type: ignore[no-untyped-def]
         seen.extend(dict(u) for u in updates)
-        return borda(updates, reference)
+        return borda(updates, reference, anchor)
 
     task = image_task(scenario)
     with server_identity(grid.run):
