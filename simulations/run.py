@@ -126,7 +126,7 @@ def simulate(
     )
     # Each simulated site keeps its own DP ledger (its default policy: the scenario's
     # request) under <results>/sites.
-    with simulated_sites(scenario.output.results_dir, fresh=resume_from is None):
+    with simulated_sites(scenario.output.results_dir):
         _run(scenario, server_app, client_app, backend=backend, ray_address=ray_address)
     summary_path = Path(scenario.output.results_dir) / "summary.json"
     if not summary_path.exists():

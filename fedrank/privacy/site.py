@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -439,18 +438,16 @@ SITES_FOLDER = "sites"
 
 
 @contextlib.contextmanager
-def simulated_sites(results_dir: str | os.PathLike[str], *, fresh: bool) -> Iterator[Path]:
+def simulated_sites(results_dir: str | os.PathLike[str]) -> Iterator[Path]:
     """Give a simulation's sites their ledger folder (``$FEDRANK_SITE_ROOT``) meanwhile.
 
-    ``fresh``: a new run in ``results_dir``; the sites' ledgers of an earlier run there
-    are removed (the server's own ledgers are too). A resumed run keeps them: each site
-    goes on from its own books. Clients in this process, and Ray workers started from
-    it, inherit the variable.
+    The folder is ``<results_dir>/sites``; each site creates its own part when it first
+    records a release. A new run's results folder is empty (the run refuses any other),
+    so its sites start new ledgers; a resumed run finds them as it left them and each
+    site goes on from its own books. Nothing is ever removed. Clients in this process,
+    and Ray workers started from it, inherit the variable.
     """
     root = Path(results_dir).resolve() / SITES_FOLDER
-    if fresh and root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
     before = os.environ.get(SITE_ROOT_ENV)
     os.environ[SITE_ROOT_ENV] = str(root)
     try:

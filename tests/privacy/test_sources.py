@@ -92,12 +92,11 @@ def test_simulated_sites_get_a_ledger_folder_for_the_run_only(
     old.parent.mkdir(parents=True)
     old.write_text("{}\n", encoding="utf-8")
 
-    with simulated_sites(tmp_path, fresh=False) as root:
-        kept = old.exists()
+    with simulated_sites(tmp_path / "new") as fresh:
+        created = fresh.exists()  # nothing is made before a site records a release
+    with simulated_sites(tmp_path) as root:
         assert os.environ[SITE_ROOT_ENV] == str(root)
-    with simulated_sites(tmp_path, fresh=True):
-        removed = not old.exists()
 
-    assert kept
-    assert removed
+    assert not created
+    assert old.read_text(encoding="utf-8") == "{}\n"  # a resumed run's books are kept
     assert SITE_ROOT_ENV not in os.environ

@@ -83,3 +83,24 @@ def test_a_small_grid_runs_resumes_and_tabulates(tmp_path: Path) -> None:
     assert "| head | client | rqm | 2 |" in table
     plot_grid(rows, out / "privacy.png")
     assert (out / "privacy.png").stat().st_size > 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_lora_path_runs_real_dp_lora_federations(tmp_path: Path) -> None:
+    # Arrange: one client-level cell at epsilon 8 on a tiny base, 2 rounds.
+    base = TINY.replace(rounds=2)
+    cells = [HeadCell("client", 8.0, seed=0)]
+
+    # Act
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = run_privacy_grid(base, cells, tmp_path / "grid", train="lora")
+
+    # Assert: a real run's ledger epsilon, within the budget, and its results folder.
+    (row,) = rows
+    assert row["train"] == "lora" and row["level"] == "client"
+    assert 0.0 < row["epsilon"] <= 8.0
+    assert row["rounds"] == 2
+    assert (tmp_path / "grid" / "client-8.0-seed0" / "summary.json").exists()
+    with pytest.raises(ConfigError, match="Gaussian"):
+        run_privacy_grid(base, [HeadCell("client", 8.0, "rqm", 2)], tmp_path / "g2", train="lora")
