@@ -83,7 +83,7 @@ def frl() -> dict[str, float]:
     assert len(decoded) == REPLIES
 
     def aggregate() -> object:
-        state, _ = vote(decoded, reference)
+        state, _ = vote(decoded, reference, 0.0)
         return to_array_record(state)
 
     return _times(read, lambda: gate(1, replies, lambda r: codec.decode_reply(1, r)), aggregate)
