@@ -243,12 +243,12 @@ def train_lora(
         raise ConfigError("data", "the client has no records")
     if head_lr is not None and not head_lr > 0:
         raise ConfigError("head_lr", f"must be positive or None, got {head_lr}")
+    if dp is not None and proximal_mu:
+        raise ConfigError("proximal-mu", "DP-SGD would drop the proximal term; use 0 under DP")
     if canaries is not None and dp is None:
         raise ConfigError("canaries", "gradient canaries audit DP-SGD: give dp too")
     if dp is not None and not isinstance(randomness, RandomSource):
         raise ConfigError("randomness", "DP-SGD needs a RandomSource for noise and batches")
-    if dp is not None and proximal_mu:
-        raise ConfigError("proximal-mu", "DP-SGD would drop the proximal term; use 0 under DP")
     proximal = ProximalTerm([p for p in model.parameters() if p.requires_grad], proximal_mu)
     opt = _optimizer(_param_groups(model, lr, head_lr), optimizer, lr, weight_decay)
     dataset = TensorDataset(data.input_ids, data.attention_mask, data.labels)
