@@ -86,7 +86,14 @@ TEXT: dict[str, Any] = {
     "lora_rank": 2,
 }
 SAMPLE_DP: dict[str, Any] = {"dp": "sample", "dp_target_epsilon": 50.0}
-CLIENT_DP: dict[str, Any] = {"dp": "client", "dp_client_noise_multiplier": 1.0}
+# Fault tests compare a round with and without the faulty reply, so the noise must
+# replay, and they read the reply counts a client-level DP run withholds by default.
+CLIENT_DP: dict[str, Any] = {
+    "dp": "client",
+    "dp_client_noise_multiplier": 1.0,
+    "dp_reproducible_noise": True,
+    "dp_publish_diagnostics": True,
+}
 HONEST_SIGMA = 3.0  # an honest client's DP-SGD sigma in the reports built here
 
 
@@ -222,7 +229,8 @@ def configure(run: Round, server_round: int) -> Round:
     scenario, codec = run.scenario, run.codec
     arrays = to_array_record(global_state(scenario))
     config = ConfigRecord({keys.SETTINGS_DIGEST: scenario.settings_digest()})
-    messages = list(run.strategy.configure_train(server_round, arrays, config, grid=None))  # type: ignore[arg-type]
+    grid = _Nodes(list(partitions_of(scenario).values()))
+    messages = list(run.strategy.configure_train(server_round, arrays, config, grid=grid))  # type: ignore[arg-type]
     pid_of = {node: pid for pid, node in partitions_of(scenario).items()}
     replies = {
         pid_of[m.metadata.dst_node_id]: honest_reply(
@@ -231,6 +239,17 @@ def configure(run: Round, server_round: int) -> Round:
         for m in messages
     }
     return Round(scenario, run.strategy, codec, messages, replies, server_round)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Nodes:
+    """What a strategy asks of the grid while it configures a round: the node ids
+    (client-level DP's Poisson sample draws one coin per node)."""
+
+    node_ids: list[int]
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
 
 
 def applicable_faults(scenario: Scenario) -> list[str]:

@@ -102,6 +102,9 @@ class _NoRounds:
     def aggregate_train(self, *args: object) -> tuple[None, None]:
         return None, None
 
+    def configure_evaluate(self, *args: object) -> list[object]:
+        return []  # no federated evaluation
+
 
 def test_a_run_resumed_from_round_zero_writes_its_row_once(tmp_path: Path) -> None:
     results = ResultsWriter(tmp_path, append=True)
