@@ -111,10 +111,10 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.resume:
         scenario, checkpoint = _resume_from_args(args)
     else:
-        from fedrank.server.results import check_results_dir
+        from fedrank.server.results import claim_results_dir
 
         scenario = _scenario_from_args(args)
-        check_results_dir(scenario.output.results_dir)
+        scenario = scenario.replace(results_dir=claim_results_dir(scenario.output.results_dir))
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")

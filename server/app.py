@@ -112,7 +112,9 @@ def deployed_scenario(run_config: dict[str, Any]) -> tuple[Scenario, CheckpointS
     asked = deployable(Scenario.from_mapping(run_config, source="run config"))
     folder = asked.output.resume_from
     if not folder:
-        return asked, None
+        from fedrank.server.results import claim_results_dir
+
+        return asked.replace(results_dir=claim_results_dir(asked.output.results_dir)), None
     values = asked.to_run_config()
     try:
         resumed = resume_scenario(folder, {key: values[key] for key in RESUMABLE_FIELDS})

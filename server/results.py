@@ -6,6 +6,10 @@ what to do); a run that fails while starting leaves the folder as it found it
 (:meth:`ResultsWriter.starting`); a resumed run keeps every row up to its checkpoint,
 recovers from a last line cut short by a crash, and refuses, naming the file and line,
 what it cannot recover (:func:`resume_rows`).
+
+The default folder, ``results/latest``, is a link: a run left at that default writes to
+a new ``results/runs/<date>-<time>`` folder and points ``results/latest`` at it
+(:func:`new_run_folder`), so running twice never meets an earlier run's files.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,44 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 _FIELD = "results-dir"
+DEFAULT_RESULTS = "results/latest"
+"""``results-dir``'s default: a link to the newest run left at the default."""
+
+
+def new_run_folder(results_dir: str, *, now: float | None = None) -> str:
+    """The folder a new run writes to: ``results_dir`` itself, unless it is the default,
+    :data:`DEFAULT_RESULTS`: then a new ``results/runs/<YYYYmmdd-HHMMSS>`` (``-2``,
+    ``-3``, ... if taken)."""
+    if results_dir != DEFAULT_RESULTS:
+        return results_dir
+    runs = Path(DEFAULT_RESULTS).parent / "runs"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    folder, n = runs / stamp, 2
+    while folder.exists() or folder.is_symlink():
+        folder, n = runs / f"{stamp}-{n}", n + 1
+    return str(folder)
+
+
+def claim_results_dir(results_dir: str) -> str:
+    """The checked folder of a new run (:func:`new_run_folder`, :func:`check_results_dir`).
+
+    For a run left at the default, ``results/latest`` becomes a link to its folder.
+    Nothing is moved or deleted: a ``results/latest`` that is a real folder (written by
+    an earlier version) is left as it is, and the run only goes elsewhere.
+    """
+    folder = new_run_folder(results_dir)
+    check_results_dir(folder)
+    if folder != results_dir:
+        link = Path(results_dir)
+        if link.is_symlink() or not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            staged = link.with_name(f".latest-{os.getpid()}")
+            staged.unlink(missing_ok=True)
+            staged.symlink_to(Path(folder).relative_to(link.parent), target_is_directory=True)
+            os.replace(staged, link)  # atomic: the link always names one run
+        else:
+            log.warning("%s is a folder of an earlier run; it is left as it is", link)
+    return folder
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -98,16 +98,17 @@ def simulate(
     wraps the server's strategy (a privacy audit's self-test; not with an attack).
     """
     from fedrank.server.app import make_server_app
-    from fedrank.server.results import check_results_dir
+    from fedrank.server.results import check_results_dir, claim_results_dir
     from fedrank.simulations.attacks.adversary import attack_components
     from fedrank.tasks import load_task
 
     if backend not in BACKENDS:
         raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
     load_task(scenario).check()  # a run that cannot run fails here, before Ray starts
-    check_results_dir(
-        scenario.output.results_dir, resume_round=None if resume_from is None else resume_from.round
-    )
+    if resume_from is None:
+        scenario = scenario.replace(results_dir=claim_results_dir(scenario.output.results_dir))
+    else:
+        check_results_dir(scenario.output.results_dir, resume_round=resume_from.round)
     if backend == "ray":
         local = not (ray_address or os.environ.get("RAY_ADDRESS"))
         check_ray_placement(

@@ -98,7 +98,8 @@ def test_the_lora_path_runs_real_dp_lora_federations(tmp_path: Path) -> None:
 
     # Assert: a real run's ledger epsilon, within the budget, and its results folder.
     (row,) = rows
-    assert row["train"] == "lora" and row["level"] == "client"
+    assert row["train"] == "lora"
+    assert row["level"] == "client"
     assert 0.0 < row["epsilon"] <= 8.0
     assert row["rounds"] == 2
     assert (tmp_path / "grid" / "client-8.0-seed0" / "summary.json").exists()
