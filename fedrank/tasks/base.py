@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from flwr.app import RecordDict
@@ -43,6 +43,31 @@ def heldout_split(
     chosen = np.zeros(count, dtype=bool)
     chosen[rng.permutation(count)[:held]] = True
     return np.flatnonzero(~chosen), np.flatnonzero(chosen)
+
+
+class Examples(Protocol):
+    """A site's examples as the tasks hold them (images or tokenised texts)."""
+
+    def __len__(self) -> int: ...
+
+    def subset(self, indices: np.ndarray) -> Any: ...
+
+
+E = TypeVar("E", bound=Examples)
+
+
+def split_local(data: E, scenario: Scenario, partition_id: int) -> tuple[E, E]:
+    """A site's (training, held-out) examples: :func:`heldout_split` of ``eval-fraction``
+    (nothing held out: all of ``data`` trains, the held-out part is empty)."""
+    train, heldout = heldout_split(
+        len(data),
+        fraction=scenario.data.eval_fraction,
+        seed=scenario.run.seed,
+        partition_id=partition_id,
+    )
+    if len(heldout) == 0:
+        return data, data.subset(heldout)
+    return data.subset(train), data.subset(heldout)
 
 
 class Task(Protocol):

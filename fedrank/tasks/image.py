@@ -32,7 +32,7 @@ from fedrank.models.supermask import get_rankings, layer_sizes, set_rankings
 from fedrank.protos import keys
 from fedrank.protos.codecs import ArraysCodec, Codec, RankingCodec, Reply
 from fedrank.protos.ranking_wire import RankingWire
-from fedrank.tasks.base import State, heldout_split, proximal_mu
+from fedrank.tasks.base import State, proximal_mu, split_local
 from fedrank.tasks.data import data_source, partition_spec
 from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
 
@@ -116,13 +116,7 @@ class ImageTask:
 
     def split_local(self, data: ImageSplit, *, partition_id: int) -> tuple[ImageSplit, ImageSplit]:
         """(training, held-out) examples of a site: ``eval-fraction`` held out, seeded."""
-        s = self.scenario
-        train, heldout = heldout_split(
-            len(data), fraction=s.data.eval_fraction, seed=s.run.seed, partition_id=partition_id
-        )
-        if len(heldout) == 0:
-            return data, data.subset(heldout)  # nothing held out: train on all of it
-        return data.subset(train), data.subset(heldout)
+        return split_local(data, self.scenario, partition_id)
 
     # -- model ---------------------------------------------------------------------
 

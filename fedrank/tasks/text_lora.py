@@ -52,7 +52,7 @@ from fedrank.privacy.site import read_history, write_history
 from fedrank.privacy.sources import site_source
 from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
-from fedrank.tasks.base import State, heldout_split, proximal_mu
+from fedrank.tasks.base import State, proximal_mu, split_local
 from fedrank.tasks.data import data_source, partition_spec
 
 log = logging.getLogger(__name__)
@@ -158,13 +158,7 @@ class TextLoraTask:
         self, data: TokenizedText, *, partition_id: int
     ) -> tuple[TokenizedText, TokenizedText]:
         """(training, held-out) records of a site: ``eval-fraction`` held out, seeded."""
-        s = self.scenario
-        train, heldout = heldout_split(
-            len(data), fraction=s.data.eval_fraction, seed=s.run.seed, partition_id=partition_id
-        )
-        if len(heldout) == 0:
-            return data, data.subset(heldout)  # nothing held out: train on all of it
-        return data.subset(train), data.subset(heldout)
+        return split_local(data, self.scenario, partition_id)
 
     def heldout(self) -> TokenizedText:
         """The held-out test records (all, or ``test-records`` of them)."""
