@@ -13,7 +13,6 @@ reached the reference's (the first variant's) whole-run uplink.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import statistics
@@ -25,6 +24,7 @@ from typing import Any
 from fedrank.config import Scenario
 from fedrank.config.fields import RunConfigValue
 from fedrank.errors import ConfigError
+from fedrank.simulations.grid_csv import append_row, read_csv
 from fedrank.tasks import load_task
 from fedrank.tasks.registry import STRATEGIES
 
@@ -135,16 +135,7 @@ def read_rounds(results_dir: str | Path) -> list[dict[str, Any]]:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The CSV's rows, numbers parsed (an absent file: no rows)."""
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for name in CSV_FIELDS[5:12]:
-            row[name] = float(row[name])
-        for name in ("seed", "rounds"):
-            row[name] = int(row[name])
-    return rows
+    return read_csv(path, floats=CSV_FIELDS[5:12], ints=("seed", "rounds"))
 
 
 Runner = Callable[[Scenario], dict[str, Any]]
@@ -197,12 +188,7 @@ def run_comparison(
             "seconds": round(float(summary["seconds"]), 1),
             "results_dir": scenario.output.results_dir,
         }
-        new_file = not csv_path.exists()
-        with csv_path.open("a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(csv_path, CSV_FIELDS, row)
         if on_run:
             on_run(row)
     return read_rows(csv_path)

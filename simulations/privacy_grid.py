@@ -14,7 +14,6 @@ hours), Gaussian mechanisms only. The epsilon ``None`` is the non-private twin.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Literal
 from fedrank.config import Scenario
 from fedrank.config.fields import RunConfigValue
 from fedrank.errors import ConfigError
+from fedrank.simulations.grid_csv import append_row, read_csv
 from fedrank.simulations.head_federation import (
     HeadCell,
     Level,
@@ -129,19 +129,14 @@ def _cell_key(train: Train, cell: HeadCell) -> tuple[str, ...]:
 
 def read_rows(path: Path) -> list[Row]:
     """The CSV's rows, numbers as numbers."""
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(encoding="utf-8", newline="") as f:
-        for raw in csv.DictReader(f):
-            row: Row = dict(raw)
-            for key in ("epsilon", "noise", "accuracy", "mean_sampled", "seconds"):
-                row[key] = float(row[key])
-            for key in ("bits", "clients", "expected_per_round", "rounds", "seed"):
-                row[key] = int(row[key])
-            eps = row["target_epsilon"]
-            row["target_epsilon"] = None if eps in ("", "None") else float(eps)
-            rows.append(row)
+    rows = read_csv(
+        path,
+        floats=("epsilon", "noise", "accuracy", "mean_sampled", "seconds"),
+        ints=("bits", "clients", "expected_per_round", "rounds", "seed"),
+    )
+    for row in rows:
+        eps = row["target_epsilon"]
+        row["target_epsilon"] = None if eps in ("", "None") else float(eps)
     return rows
 
 
@@ -188,12 +183,7 @@ def run_privacy_grid(
         else:
             row = _lora_row(scenario, cell, out)
         row = {"train": train, **row}
-        fresh = not path.exists()
-        with path.open("a", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            if fresh:
-                writer.writeheader()
-            writer.writerow({k: row[k] for k in CSV_FIELDS})
+        append_row(path, CSV_FIELDS, row)
         if on_row is not None:
             on_row(row)
     return read_rows(path)

@@ -13,7 +13,6 @@ with FedAvg ones, label flipping with both. Each seed sets both the scenario see
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import statistics
@@ -23,6 +22,7 @@ from typing import Any
 
 from fedrank.config import RANKING_ATTACKS, UPDATE_ATTACKS, Scenario
 from fedrank.errors import ConfigError
+from fedrank.simulations.grid_csv import append_row, read_csv
 from fedrank.tasks import load_task
 from fedrank.tasks.registry import STRATEGIES
 
@@ -135,16 +135,11 @@ def cell_scenario(base: Scenario, cell: GridCell, runs_dir: Path) -> Scenario:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The CSV's rows, numbers parsed (an absent file: no rows)."""
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for name in ("malicious_fraction", "final_accuracy", "best_accuracy", "seconds"):
-            row[name] = float(row[name])
-        for name in ("seed", "rounds", "malicious_replies", "filtered_replies", "rejected_replies"):
-            row[name] = int(row[name])
-    return rows
+    return read_csv(
+        path,
+        floats=("malicious_fraction", "final_accuracy", "best_accuracy", "seconds"),
+        ints=("seed", "rounds", "malicious_replies", "filtered_replies", "rejected_replies"),
+    )
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str, str, float, int]:
@@ -203,12 +198,7 @@ def run_grid(
             "seconds": round(float(summary["seconds"]), 1),
             "results_dir": scenario.output.results_dir,
         }
-        new_file = not csv_path.exists()
-        with csv_path.open("a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(csv_path, CSV_FIELDS, row)
         done.add(cell.key)
         if on_run:
             on_run(row)
