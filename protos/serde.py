@@ -2,7 +2,8 @@
 
 The only module that touches the generated protobuf classes: ``*_to_proto`` /
 ``*_from_proto`` pairs, and the ``encode_*`` / ``decode_*`` functions built
-on them. The rest of fedrank sees numpy arrays and the dataclasses of
+on them (privacy reports in :mod:`fedrank.protos.privacy_serde`, re-exported
+here). The rest of fedrank sees numpy arrays and the dataclasses of
 :mod:`fedrank.protos.updates`.
 
 Everything a client sends crosses a trust boundary, so decoding accepts
@@ -17,13 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedrank.errors import InvalidUpdate
-from fedrank.protos import privacy_pb2, update_pb2
+from fedrank.protos import update_pb2
 from fedrank.protos.envelope import (
     check_body,
     distinct_names,
@@ -40,16 +40,14 @@ from fedrank.protos.packing import (
     permutation_problem,
     unpack_ranks,
 )
+from fedrank.protos.privacy_serde import decode_privacy_report as decode_privacy_report
+from fedrank.protos.privacy_serde import encode_privacy_report as encode_privacy_report
 from fedrank.protos.updates import (
-    SCHEMA_VERSION,
     AdapterExpectation,
     AdapterUpdateData,
     Factors,
-    Mechanism,
-    PrivacyReportData,
     RankingExpectation,
     UpdateHeader,
-    privacy_report_problem,
 )
 
 __all__ = [
@@ -71,11 +69,6 @@ _FACTORS: dict[Factors, update_pb2.AdapterFactors] = {
     "AB": update_pb2.ADAPTER_FACTORS_AB,
     "B": update_pb2.ADAPTER_FACTORS_B,
 }
-_MECHANISMS: dict[Mechanism, privacy_pb2.PrivacyMechanism] = {
-    "dp_sgd": privacy_pb2.PRIVACY_MECHANISM_DP_SGD,
-    "gaussian": privacy_pb2.PRIVACY_MECHANISM_GAUSSIAN,
-}
-_PRIVACY_MAX_BYTES = 1024  # a report is under 100 bytes; anything near this is not one
 
 
 # ---------------------------------------------------------------- rankings
@@ -353,67 +346,3 @@ def decode_adapter_update(payload: bytes, *, expect: AdapterExpectation) -> Adap
     header_from_proto(update, expect=expect)
     check_body(update, "adapter")
     return _adapter_from_proto(update.adapter, expect=expect)
-
-
-# ---------------------------------------------------------------- privacy reports
-
-
-def _privacy_to_proto(report: PrivacyReportData) -> privacy_pb2.PrivacyReport:
-    return privacy_pb2.PrivacyReport(
-        schema_version=SCHEMA_VERSION,
-        mechanism=_MECHANISMS[report.mechanism],
-        noise_multiplier=report.noise_multiplier,
-        sample_rate=report.sample_rate,
-        steps=report.steps,
-        clipping_norm=report.clipping_norm,
-        epsilon_spent=report.epsilon_spent,
-        delta=report.delta,
-    )
-
-
-def _privacy_from_proto(report: privacy_pb2.PrivacyReport) -> PrivacyReportData:
-    if report.schema_version != SCHEMA_VERSION:
-        raise InvalidUpdate(
-            "schema_version",
-            f"schema version: expected {SCHEMA_VERSION}, got {report.schema_version}",
-        )
-    names = {number: name for name, number in _MECHANISMS.items()}
-    mechanism = names.get(report.mechanism)
-    if mechanism is None:
-        raise InvalidUpdate(
-            "unknown_mechanism",
-            f"mechanism: expected one of {sorted(_MECHANISMS)}, got enum value {report.mechanism}",
-        )
-    values: dict[str, Any] = {
-        "noise_multiplier": report.noise_multiplier,
-        "sample_rate": report.sample_rate,
-        "steps": report.steps,
-        "clipping_norm": report.clipping_norm,
-        "epsilon_spent": report.epsilon_spent,
-        "delta": report.delta,
-    }
-    problem = privacy_report_problem(mechanism=mechanism, **values)
-    if problem is not None:
-        raise InvalidUpdate(*problem)
-    return PrivacyReportData(mechanism=mechanism, **values)
-
-
-def encode_privacy_report(report: PrivacyReportData) -> bytes:
-    """Encode a client's privacy report (validated when the dataclass was built)."""
-    return _privacy_to_proto(report).SerializeToString(deterministic=True)
-
-
-def decode_privacy_report(
-    payload: bytes, *, max_bytes: int = _PRIVACY_MAX_BYTES
-) -> PrivacyReportData:
-    """Decode and validate a privacy report before it enters the privacy ledger.
-
-    Raises
-    ------
-    InvalidUpdate
-        For anything but a valid report (and never any other exception).
-        Reasons: ``too_large``, ``malformed``, ``non_canonical``,
-        ``schema_version``, ``unknown_mechanism``, ``non_finite``,
-        ``negative``, ``bad_sample_rate``, ``bad_delta``.
-    """
-    return _privacy_from_proto(parse(payload, privacy_pb2.PrivacyReport, max_bytes=max_bytes))

@@ -24,7 +24,6 @@ only if they differ (:meth:`fedrank.privacy.ledger.PrivacyLedger.record`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -41,7 +40,6 @@ from flwr.serverapp.strategy import Strategy
 from fedrank import __version__
 from fedrank.config import Scenario
 from fedrank.errors import CheckpointError, ConfigError
-from fedrank.privacy.ledger import PrivacyLedger
 from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.server.checkpoint import (
     CheckpointState,
@@ -49,6 +47,8 @@ from fedrank.server.checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
+from fedrank.server.ledger_positions import check_ledger_positions, ledger_positions
+from fedrank.server.ledger_positions import ledgers_of as ledgers_of
 from fedrank.server.results import ResultsWriter
 
 log = logging.getLogger(__name__)
@@ -217,91 +217,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state(numpy_state)  # noqa: NPY002
     raw = bytearray(base64.b64decode(state["torch"]))
     torch.set_rng_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
-
-
-# ------------------------------------------------------------------ privacy ledgers
-
-
-def ledgers_of(strategy: Strategy) -> list[PrivacyLedger]:
-    """Every privacy ledger a strategy (or a strategy it wraps) records releases in.
-
-    A wrapper keeps its inner strategy as ``.strategy`` and its ledger as ``.ledger``
-    (:class:`fedrank.strategies.dp_client_level.ClientLevelDp` does).
-    """
-    found: list[PrivacyLedger] = []
-    current: object = strategy
-    for _ in range(16):  # wrappers nest a few levels at most; never loop forever
-        ledger = getattr(current, "ledger", None)
-        if isinstance(ledger, PrivacyLedger) and ledger not in found:
-            found.append(ledger)
-        current = getattr(current, "strategy", None)
-        if current is None:
-            break
-    return found
-
-
-def _releases_digest(ledger: PrivacyLedger, count: int) -> str:
-    lines = "\n".join(r.to_json() for r in ledger.releases[:count])
-    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
-
-
-def _ledger_key(ledger: PrivacyLedger, results_dir: Path) -> str:
-    path = ledger.path.resolve()
-    try:
-        return str(path.relative_to(results_dir.resolve()))
-    except ValueError:
-        return str(path)
-
-
-def ledger_positions(strategy: Strategy, results_dir: Path) -> list[dict[str, Any]]:
-    """Where each of the strategy's ledgers stands: path, releases, their digest."""
-    return [
-        {
-            "path": _ledger_key(ledger, results_dir),
-            "releases": len(ledger.releases),
-            "sha256": _releases_digest(ledger, len(ledger.releases)),
-        }
-        for ledger in ledgers_of(strategy)
-    ]
-
-
-def check_ledger_positions(
-    positions: list[dict[str, Any]], strategy: Strategy, results_dir: Path
-) -> None:
-    """Refuse to resume with a ledger that lacks releases the checkpoint saw.
-
-    Raises
-    ------
-    CheckpointError
-        A ledger recorded in the checkpoint is not used by ``strategy``, holds fewer
-        releases than it did, or holds other ones (replaced or edited).
-    """
-    live = {_ledger_key(ledger, results_dir): ledger for ledger in ledgers_of(strategy)}
-    for position in positions:
-        ledger = live.get(position["path"])
-        if ledger is None:
-            raise CheckpointError(
-                f"the checkpoint counts releases in the privacy ledger {position['path']}, "
-                "which this run does not use: resume with the same privacy settings"
-            )
-        have, need = len(ledger.releases), int(position["releases"])
-        if have < need:
-            raise CheckpointError(
-                f"privacy ledger {ledger.path} holds {have} releases, the checkpoint saw "
-                f"{need}: epsilon would be undercounted; restore the ledger file"
-            )
-        if _releases_digest(ledger, need) != position["sha256"]:
-            raise CheckpointError(
-                f"privacy ledger {ledger.path}: its first {need} releases are not those the "
-                "checkpoint saw (file replaced or edited); restore the ledger file"
-            )
-        if have > need:
-            log.warning(
-                "privacy ledger %s: %d releases after the checkpoint (the interrupted "
-                "round) still count",
-                ledger.path,
-                have - need,
-            )
 
 
 # ------------------------------------------------------------------ the checkpointer

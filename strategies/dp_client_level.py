@@ -18,53 +18,31 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrank.errors import ConfigError
-from fedrank.privacy.adaptive_clipping import adaptive_clipping_round, update_noise_multiplier
+from fedrank.privacy.adaptive_clipping import update_noise_multiplier
 from fedrank.privacy.ledger import PrivacyLedger, Release
-from fedrank.privacy.mechanisms import client_level_dp_aggregate, l2_norm
+from fedrank.privacy.mechanisms import l2_norm
 from fedrank.privacy.randomness import RandomSource
-from fedrank.privacy.release import state_digest
 from fedrank.privacy.sources import CLIENT_NOISE, CLIENT_SAMPLING
 from fedrank.protos.codecs import ArraysCodec
 from fedrank.protos.gate import gate, rejection_metrics
+from fedrank.strategies.dp_client_release import AdaptiveClipping as AdaptiveClipping
+from fedrank.strategies.dp_client_release import (
+    FloatState,
+    NoisedRelease,
+    noised_release,
+    updates_against,
+)
 from fedrank.strategies.sampling import in_partition_order, partition_order
 from fedrank.strategies.wrapping import WrappingStrategy
 
 Sampling = Literal["fixed", "poisson"]
-FloatState = dict[str, npt.NDArray[np.float64]]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class AdaptiveClipping:
-    """Adaptive clipping (Andrew et al. 2021, arXiv 1905.03871) of client-level DP.
-
-    Parameters
-    ----------
-    target_quantile : float
-        gamma: the fraction of updates the clip norm should leave unclipped, in [0, 1].
-    learning_rate : float
-        eta: the geometric step of the clip norm, > 0.
-    count_stddev : float
-        sigma_b: noise std of the unclipped count, > noise multiplier / 2.
-    """
-
-    target_quantile: float
-    learning_rate: float
-    count_stddev: float
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.target_quantile <= 1.0:
-            raise ConfigError("target_quantile", f"must lie in [0, 1], got {self.target_quantile}")
-        for name in ("learning_rate", "count_stddev"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(name, f"must be a finite number > 0, got {value!r}")
 
 
 class ClientLevelDp(WrappingStrategy):
@@ -387,14 +365,7 @@ class ClientLevelDp(WrappingStrategy):
             in_partition_order(replies, self.partitions),
             lambda reply: self.codec.decode_reply(server_round, reply).state,
         )
-        updates = [
-            {
-                name: state[name].astype(np.float64) - base.astype(np.float64)
-                for name, base in reference.items()
-            }
-            for state in valid
-        ]
-        return updates, rejected
+        return updates_against(valid, reference), rejected
 
     def _noised(
         self,
@@ -403,51 +374,14 @@ class ClientLevelDp(WrappingStrategy):
         reference: Mapping[str, npt.NDArray[np.floating]],
         *,
         attempt: int,
-    ) -> _Outcome:
-        """New global arrays (reference + noised average update), their digest, and
-        (adaptive clipping) the noised unclipped fraction and the next clip norm."""
-        rng = self.source.derive(CLIENT_NOISE, server_round, attempt)
-        shapes = {name: value.shape for name, value in reference.items()}
-        fraction, next_clip = math.nan, self.clip_norm
-        if self.adaptive is None:
-            average = client_level_dp_aggregate(
-                updates,
-                shapes=shapes,
-                clip_norm=self.clip_norm,
-                noise_multiplier=self.noise_multiplier,
-                rng=rng,
-                expected_clients=self.expected_clients,
-            )
-        else:
-            result = adaptive_clipping_round(
-                updates,
-                shapes=shapes,
-                clip_norm=self.clip_norm,
-                noise_multiplier=self.noise_multiplier,
-                count_stddev=self.adaptive.count_stddev,
-                expected_clients=self.expected_clients,
-                target_quantile=self.adaptive.target_quantile,
-                learning_rate=self.adaptive.learning_rate,
-                rng=rng,
-            )
-            average = result.average
-            fraction, next_clip = result.unclipped_fraction, result.next_clip_norm
-        values = {
-            name: np.asarray(base.astype(np.float64) + average[name], dtype=base.dtype)
-            for name, base in reference.items()
-        }
-        extra = () if self.adaptive is None else (fraction,)
-        return _Outcome(
-            arrays=ArrayRecord({name: Array(value) for name, value in values.items()}),
-            digest=state_digest(values, *extra),
-            unclipped_fraction=fraction,
-            next_clip_norm=next_clip,
+    ) -> NoisedRelease:
+        """:func:`noised_release` of the round, noised from (round, ``attempt``)."""
+        return noised_release(
+            updates,
+            reference,
+            rng=self.source.derive(CLIENT_NOISE, server_round, attempt),
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            expected_clients=self.expected_clients,
+            adaptive=self.adaptive,
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Outcome:
-    arrays: ArrayRecord
-    digest: str
-    unclipped_fraction: float
-    next_clip_norm: float

@@ -8,11 +8,12 @@ and is for simulations only: a run that uses one makes no privacy claim
 (:data:`NOT_PRIVATE_NOTE`).
 
 A source's whole state is its key and the number of keystream bytes it has used
-(:class:`SourceState`, JSON-serialisable): a coordinator keeps it in its own private
-checkpoint (never in ``scenario.json``, never sent to a client) and resumes the stream
-exactly. :meth:`RandomSource.derive` gives independent child streams by label (a
-round, a stream name, an attempt) without advancing the parent, so a resumed round can
-redraw exactly, or draw fresh noise under a new label.
+(:class:`~fedrank.privacy.source_state.SourceState`, JSON-serialisable): a
+coordinator keeps it in its own private checkpoint (never in ``scenario.json``, never
+sent to a client) and resumes the stream exactly. :meth:`RandomSource.derive` gives
+independent child streams by label (a round, a stream name, an attempt) without
+advancing the parent, so a resumed round can redraw exactly, or draw fresh noise under
+a new label.
 
 Conversions (all exact in distribution up to float64 rounding): uniforms use 53 bits;
 Gaussians use the Box-Muller transform (Box and Muller 1958), whose 53-bit uniforms
@@ -29,26 +30,22 @@ import hmac
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from fedrank.errors import CheckpointError, ConfigError
-
-SourceKind = Literal["secure", "reproducible"]
-SOURCE_KINDS: tuple[SourceKind, ...] = ("secure", "reproducible")
+from fedrank.errors import ConfigError
+from fedrank.privacy.source_state import BLOCK_BYTES, MAX_POSITION, SEGMENT_BLOCKS
+from fedrank.privacy.source_state import KEY_BYTES as KEY_BYTES
+from fedrank.privacy.source_state import SOURCE_KINDS as SOURCE_KINDS
+from fedrank.privacy.source_state import SourceKind as SourceKind
+from fedrank.privacy.source_state import SourceState as SourceState
 
 NOT_PRIVATE_NOTE = "not private: reproducible noise"
 """What a run whose noise comes from a reproducible source must say about itself."""
 
-KEY_BYTES = 32
-_BLOCK = 64  # ChaCha20 block size in bytes
-_SEGMENT_BLOCKS = 1 << 32  # blocks under one nonce: the 32-bit block counter's range
-_MAX_POSITION = (1 << 96) * _SEGMENT_BLOCKS * _BLOCK  # the 96-bit nonce carries segments
 _REPRODUCIBLE_DOMAIN = b"fedrank/reproducible-noise/v1\x00"
 _DERIVE_DOMAIN = b"fedrank/derive/v1\x00"
 _TWO_POW_53 = float(1 << 53)
@@ -57,58 +54,6 @@ _TWO_POW_53 = float(1 << 53)
 _MT_WORDS = 624
 _MT_HEADER = 24
 _CPU_STATE_BYTES = 5056  # torch 2.x CPUGeneratorImplState; checked before writing into it
-
-
-@dataclass(frozen=True)
-class SourceState:
-    """Everything a :class:`RandomSource` is: kind, key and keystream position.
-
-    Parameters
-    ----------
-    kind : {"secure", "reproducible"}
-        Where the key came from.
-    key : bytes
-        The 32-byte ChaCha20 key. Secret for a secure source: keep the state in a
-        private checkpoint only (``repr`` never shows it).
-    position : int
-        Keystream bytes already used, >= 0.
-    """
-
-    kind: SourceKind
-    key: bytes = field(repr=False)
-    position: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in SOURCE_KINDS:
-            raise ConfigError("kind", f"must be one of {SOURCE_KINDS}, got {self.kind!r}")
-        if not isinstance(self.key, bytes) or len(self.key) != KEY_BYTES:
-            raise ConfigError("key", f"must be {KEY_BYTES} bytes")
-        if (
-            isinstance(self.position, bool)
-            or not isinstance(self.position, int)
-            or not 0 <= self.position < _MAX_POSITION
-        ):
-            raise ConfigError("position", f"must be an integer >= 0, got {self.position!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"kind", "key" (hex), "position"}``."""
-        return {"kind": self.kind, "key": self.key.hex(), "position": self.position}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SourceState:
-        """Inverse of :meth:`to_dict`.
-
-        Raises
-        ------
-        CheckpointError
-            ``data`` is not a state written by :meth:`to_dict`.
-        """
-        try:
-            if set(data) != {"kind", "key", "position"}:
-                raise ValueError(f"expected the keys kind, key, position, got {sorted(data)}")
-            return cls(kind=data["kind"], key=bytes.fromhex(data["key"]), position=data["position"])
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"not a random source state: {err}") from err
 
 
 def _encode_labels(labels: Sequence[str | int]) -> bytes:
@@ -222,16 +167,16 @@ class RandomSource:
     def random_bytes(self, count: int) -> bytes:
         """The next ``count`` bytes of the keystream."""
         count = _check_count("count", count, minimum=0)
-        if self._position + count > _MAX_POSITION:
+        if self._position + count > MAX_POSITION:
             raise ConfigError("count", "the stream is exhausted; derive a new source")
         out = bytearray()
         position = self._position
         while len(out) < count:
-            block, offset = divmod(position, _BLOCK)
-            segment, counter = divmod(block, _SEGMENT_BLOCKS)
+            block, offset = divmod(position, BLOCK_BYTES)
+            segment, counter = divmod(block, SEGMENT_BLOCKS)
             # Never let the 32-bit block counter wrap inside one call: the library
             # refuses, and a wrap would repeat the keystream.
-            room = (_SEGMENT_BLOCKS - counter) * _BLOCK - offset
+            room = (SEGMENT_BLOCKS - counter) * BLOCK_BYTES - offset
             take = min(count - len(out), room)
             nonce = counter.to_bytes(4, "little") + segment.to_bytes(12, "little")
             encryptor = Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()

@@ -44,7 +44,7 @@ from fedrank.models.lora import (
     set_adapter_tensors,
     trainable_tensors,
 )
-from fedrank.models.model_card import DpGuarantee, ModelCard
+from fedrank.models.model_card import ModelCard
 from fedrank.privacy.canaries import read_site_canaries
 from fedrank.privacy.plan import check_plan, rqm_params, sample_noise_multiplier
 from fedrank.privacy.rqm import rqm_decode_update, rqm_encode_update
@@ -54,6 +54,7 @@ from fedrank.protos import PrivacyReportData, keys
 from fedrank.protos.codecs import ArraysCodec, Codec, Reply
 from fedrank.tasks.base import State, proximal_mu, split_local
 from fedrank.tasks.data import data_source, partition_spec
+from fedrank.tasks.lora_card import lora_model_card
 
 log = logging.getLogger(__name__)
 
@@ -368,33 +369,4 @@ class TextLoraTask:
 
     def model_card(self, facts: Mapping[str, Any]) -> ModelCard:
         """The facts of the run for the exported adapter's model card."""
-        s, dp = self.scenario, self.scenario.dp
-        privacy = []
-        summary = facts.get("privacy") or {}
-        for unit in ("record", "client"):
-            figures = summary.get(unit)
-            if figures and figures["releases"]:
-                sigmas = [s for p in figures["parties"].values() for s in p["noise_multipliers"]]
-                privacy.append(
-                    DpGuarantee(
-                        unit,
-                        epsilon=figures["max_epsilon"],
-                        delta=dp.delta,
-                        clip_norm=dp.clip_norm if unit == "record" else dp.client_clip_norm,
-                        noise_multiplier=min(sigmas),
-                        accountant=dp.accountant,
-                    )
-                )
-        stopped = facts.get("stopped")
-        return ModelCard(
-            data=f"{s.effective.dataset} ({s.data.train_records or 'all'} training records, "
-            f"{s.data.partitioner} partition)",
-            rounds=int(facts["rounds"]),
-            clients=s.run.num_clients,
-            clients_per_round=s.run.clients_per_round,
-            aggregation=s.lora.aggregation,
-            accuracy=float(facts["final_accuracy"]),
-            test_records=len(self.heldout()),
-            privacy=tuple(privacy),
-            notes=f"The run stopped early: {stopped.rstrip('.')}." if stopped else "",
-        )
+        return lora_model_card(self.scenario, facts, test_records=len(self.heldout()))
