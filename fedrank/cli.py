@@ -55,16 +55,14 @@ def _resume_from_args(args: argparse.Namespace) -> tuple[Scenario, CheckpointSta
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    # Validated (and a resumed run's checkpoint read) before anything starts.
+    # Validated (and a resumed run's checkpoint read) before anything starts; simulate()
+    # checks the task, then claims the results folder, before Ray or any round starts.
     user_project_on_path()
     checkpoint: CheckpointState | None = None
     if args.resume:
         scenario, checkpoint = _resume_from_args(args)
     else:
-        from fedrank.server.results import claim_results_dir
-
         scenario = scenario_from_args(args)
-        scenario = scenario.replace(results_dir=claim_results_dir(scenario.output.results_dir))
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -107,10 +105,11 @@ def _simulate(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     bar.close()
+    results_dir = summary["scenario"]["results-dir"]
     print(
         f"fedrank: final accuracy {100 * summary['final_accuracy']:.2f}% "
         f"(best {100 * summary['best_accuracy']:.2f}%) after {summary['rounds']} rounds "
-        f"in {summary['seconds']:.0f} s; results in {scenario.output.results_dir}"
+        f"in {summary['seconds']:.0f} s; results in {results_dir}"
     )
     if summary.get("stopped"):
         print(f"fedrank: stopped early: {summary['stopped']}")
@@ -121,7 +120,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(
             f"fedrank: error: every round was skipped (fewer than min-replies = "
             f"{run.min_replies} valid replies each time): nothing was trained; see "
-            f"{scenario.output.results_dir}/metrics.jsonl for the reasons",
+            f"{results_dir}/metrics.jsonl for the reasons",
             file=sys.stderr,
         )
         return 1

@@ -62,10 +62,6 @@ def backend_config(scenario: Scenario, *, ray_address: str | None) -> dict[str, 
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         init_args["address"] = address
-        # Workers of a running cluster do not inherit this process's environment: the
-        # simulated sites' ledger folder travels explicitly.
-        if SITE_ROOT_ENV in os.environ:
-            init_args["runtime_env"] = {"env_vars": {SITE_ROOT_ENV: os.environ[SITE_ROOT_ENV]}}
     return {
         # Flower passes these straight to the actor's ``.options()``. Its pool puts an
         # actor whose process died back in service; without restarts every later
@@ -105,10 +101,6 @@ def simulate(
     if backend not in BACKENDS:
         raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
     load_task(scenario).check()  # a run that cannot run fails here, before Ray starts
-    if resume_from is None:
-        scenario = scenario.replace(results_dir=claim_results_dir(scenario.output.results_dir))
-    else:
-        check_results_dir(scenario.output.results_dir, resume_round=resume_from.round)
     if backend == "ray":
         local = not (ray_address or os.environ.get("RAY_ADDRESS"))
         check_ray_placement(
@@ -121,6 +113,10 @@ def simulate(
         if wrap is not None:
             raise ConfigError("attack", "a simulated attack and another strategy wrapper")
         wrap = wrap_strategy
+    if resume_from is None:
+        scenario = scenario.replace(results_dir=claim_results_dir(scenario.output.results_dir))
+    else:
+        check_results_dir(scenario.output.results_dir, resume_round=resume_from.round)
     client_app = client_app or attack_client_app
     server_app = make_server_app(
         scenario, on_round=on_round, resume_from=resume_from, wrap_strategy=wrap
@@ -162,10 +158,32 @@ def _run(
 
         from fedrank.simulations.ray_engine import fast_dispatch
 
+        config = backend_config(scenario, ray_address=ray_address)
+        if "address" in config["init_args"]:
+            _connect_to_cluster(config["init_args"])
         with fast_dispatch():  # Flower's dispatcher scans every node for every message
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=scenario.run.num_clients,
-                backend_config=backend_config(scenario, ray_address=ray_address),
+                backend_config=config,
             )
+
+
+def _connect_to_cluster(init_args: dict[str, Any]) -> None:
+    """Join a running Ray cluster with the environment its workers need.
+
+    Workers of a running cluster do not inherit this process's environment: the module
+    path (Flower's own ``ray.init`` passes only that, and takes no other runtime
+    environment) and the simulated sites' ledger folder travel explicitly. Flower's Ray
+    backend then finds Ray initialised and uses this connection (and shuts it down).
+    """
+    import sys
+
+    import ray
+
+    paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {"PYTHONPATH": os.pathsep.join(paths)}
+    if SITE_ROOT_ENV in os.environ:
+        env[SITE_ROOT_ENV] = os.environ[SITE_ROOT_ENV]
+    ray.init(runtime_env={"env_vars": env}, include_dashboard=False, **init_args)
