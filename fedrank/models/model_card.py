@@ -35,9 +35,10 @@ class DpGuarantee:
     delta : float
     clip_norm : float
         The L2 clip of each record's gradient or each client's update.
-    noise_multiplier : float
+    noise_multiplier : float or None
         Noise standard deviation over ``clip_norm`` (the smallest over parties if
-        they differ).
+        they differ); None when no Gaussian noise was added (RQM: each client's
+        update was randomly quantized instead).
     accountant : str
         Which accountant computed epsilon (``"rdp"``, ``"prv"``).
     """
@@ -46,7 +47,7 @@ class DpGuarantee:
     epsilon: float
     delta: float
     clip_norm: float
-    noise_multiplier: float
+    noise_multiplier: float | None
     accountant: str = "rdp"
 
     def __post_init__(self) -> None:
@@ -58,8 +59,10 @@ class DpGuarantee:
             raise ConfigError("delta", f"must lie in (0, 1), got {self.delta}")
         if not self.clip_norm > 0:
             raise ConfigError("clip_norm", f"must be positive, got {self.clip_norm}")
-        if not self.noise_multiplier > 0:
-            raise ConfigError("noise_multiplier", f"must be positive, got {self.noise_multiplier}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(
+                "noise_multiplier", f"must be positive or None, got {self.noise_multiplier}"
+            )
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,8 @@ def _privacy_section(card: ModelCard) -> str:
         return "## Privacy\n\nTrained without differential privacy.\n"
     rows = "".join(
         f"| {g.unit} | {g.epsilon:.4g} | {g.delta:.3g} | {g.clip_norm:.4g} | "
-        f"{g.noise_multiplier:.4g} | {g.accountant} |\n"
+        f"{'RQM' if g.noise_multiplier is None else f'{g.noise_multiplier:.4g}'} | "
+        f"{g.accountant} |\n"
         for g in card.privacy
     )
     return (

@@ -35,14 +35,20 @@ def lora_model_card(
     for unit in ("record", "client"):
         figures = summary.get(unit)
         if figures and figures["releases"]:
-            sigmas = [s for p in figures["parties"].values() for s in p["noise_multipliers"]]
+            # RQM releases add no Gaussian noise (their sigma is recorded as 0).
+            sigmas = [
+                sigma
+                for party in figures["parties"].values()
+                for sigma in party["noise_multipliers"]
+                if sigma > 0
+            ]
             privacy.append(
                 DpGuarantee(
                     unit,
                     epsilon=figures["max_epsilon"],
                     delta=dp.delta,
                     clip_norm=dp.clip_norm if unit == "record" else dp.client_clip_norm,
-                    noise_multiplier=min(sigmas),
+                    noise_multiplier=min(sigmas) if sigmas else None,
                     accountant=dp.accountant,
                 )
             )

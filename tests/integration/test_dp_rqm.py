@@ -38,3 +38,6 @@ def test_an_rqm_federation_records_one_release_per_client_reply(tmp_path: Path) 
     assert summary["privacy"]["client"]["max_epsilon"] == max(spent)
     assert summary["rejected_replies"] == 0  # every reply was on the grid
     assert "RQM (randomized quantization on the client)" in format_privacy_report(tmp_path)
+    card = (tmp_path / "adapter" / "README.md").read_text(encoding="utf-8")
+    assert "| client | " in card
+    assert "| RQM | rdp |" in card  # no Gaussian noise multiplier is claimed
