@@ -128,6 +128,12 @@ def _add_launchers(sub: Any) -> None:
         "--data-path", default="", help="this site's own data file (default: its partition)"
     )
     node.add_argument(
+        "--dp-policy",
+        default="",
+        help="this site's DP policy file (TOML: min-noise-multiplier, max-epsilon, delta, "
+        "ledger; docs/privacy.md), checked now; a run asking for less is refused",
+    )
+    node.add_argument(
         "--runtime-port",
         type=int,
         default=9094,
@@ -184,6 +190,7 @@ def _run_supernode(args: argparse.Namespace) -> int:
         # Checked now (exists, reads as a dataset) and absolute: the ClientApp that reads
         # it runs in another process and folder.
         "data_path": str(check_site_data(args.data_path)) if args.data_path else "",
+        "dp_policy": str(Path(args.dp_policy).resolve()) if args.dp_policy else "",
         "runtime_port": args.runtime_port,
         "health_address": args.health_address,
         "mode": _mode(args),

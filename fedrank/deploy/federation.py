@@ -278,13 +278,14 @@ def _start_sites(fed: LocalFederation, say: Say) -> None:
     for i in range(plan.sites):
         name = f"site-{i}"
         credentials = plan.directory / "certs" / "sites" / name
-        data = plan.data_paths.get(i)
+        data, policy = plan.data_paths.get(i), plan.dp_policies.get(i)
         node = SuperNodeLaunch.from_credentials(
             ca_cert=fed.ca_cert,
             credentials=credentials,
             superlink=fed.address,
             partition_id=i,
             data_path="" if data is None else str(data),
+            dp_policy="" if policy is None else str(policy),
             runtime_port=ports[2 * i],
             health_address=f"{HOST}:{ports[2 * i + 1]}",
         )

@@ -25,6 +25,8 @@ class FederationPlan:
         Number of SuperNodes; site ``i`` has ``partition-id = i``.
     data_paths : Mapping[int, Path]
         Site number -> that site's own data file (its ``data-path``).
+    dp_policies : Mapping[int, Path]
+        Site number -> that site's DP policy file (its ``dp-policy``).
     port : int
         The SuperLink's API port; 0 picks a free one.
     timeout : float
@@ -37,6 +39,7 @@ class FederationPlan:
     directory: Path
     sites: int = 2
     data_paths: Mapping[int, Path] = dataclasses.field(default_factory=dict)
+    dp_policies: Mapping[int, Path] = dataclasses.field(default_factory=dict)
     port: int = 0
     timeout: float = 60.0
     connection: str = CONNECTION

@@ -28,6 +28,7 @@ from typing import Literal
 
 from fedrank.deploy import certs
 from fedrank.errors import ConfigError
+from fedrank.privacy.site_policy import load_policy
 
 Mode = Literal["secure", "insecure-demo"]
 MODES: tuple[Mode, ...] = ("secure", "insecure-demo")
@@ -160,15 +161,17 @@ class SuperLinkLaunch:
         return argv
 
 
-def node_config(*, partition_id: int, data_path: str = "") -> str:
-    """The ``--node-config`` value: the site's partition and, optionally, its own data."""
+def node_config(*, partition_id: int, data_path: str = "", dp_policy: str = "") -> str:
+    """The ``--node-config`` value: the site's partition and, optionally, its own data and
+    its own DP policy file (:mod:`fedrank.privacy.site_policy`)."""
     if isinstance(partition_id, bool) or not isinstance(partition_id, int) or partition_id < 0:
         raise ConfigError("partition-id", f"must be an integer >= 0, got {partition_id!r}")
     text = f"partition-id={partition_id}"
-    if data_path:
-        if '"' in data_path or "'" in data_path:
-            raise ConfigError("data-path", f"must not contain quotes, got {data_path!r}")
-        text += f" data-path={json.dumps(data_path)}"
+    for key, value in (("data-path", data_path), ("dp-policy", dp_policy)):
+        if value:
+            if '"' in value or "'" in value:
+                raise ConfigError(key, f"must not contain quotes, got {value!r}")
+            text += f" {key}={json.dumps(value)}"
     return text
 
 
@@ -188,6 +191,7 @@ class SuperNodeLaunch:
     runtime_key: Path | None = None
     runtime_ca: Path | None = None
     data_path: str = ""
+    dp_policy: str = ""
     runtime_port: int = 9094
     health_address: str = ""
     mode: Mode = "secure"
@@ -197,9 +201,13 @@ class SuperNodeLaunch:
         _check_port("runtime-port", self.runtime_port)
         if not self.superlink:
             raise ConfigError("superlink", "must be the SuperLink's host:port")
-        node_config(partition_id=self.partition_id, data_path=self.data_path)
+        node_config(
+            partition_id=self.partition_id, data_path=self.data_path, dp_policy=self.dp_policy
+        )
         if self.data_path and not Path(self.data_path).exists():  # a file or a folder
             raise ConfigError("data-path", f"no such file or folder on this site: {self.data_path}")
+        if self.dp_policy:  # read and checked now, not at the run's discovery
+            load_policy({"dp-policy": self.dp_policy})
         if self.mode == "secure":
             _require_files(
                 "tls",
@@ -234,7 +242,9 @@ class SuperNodeLaunch:
             ]
         argv += [
             "--node-config",
-            node_config(partition_id=self.partition_id, data_path=self.data_path),
+            node_config(
+                partition_id=self.partition_id, data_path=self.data_path, dp_policy=self.dp_policy
+            ),
             "--host",
             "127.0.0.1",
             "--port",

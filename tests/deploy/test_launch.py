@@ -133,3 +133,32 @@ def test_cli_refuses_a_secure_superlink_without_certificates(capsys):
 
     assert status == 2
     assert "insecure-demo" in capsys.readouterr().err
+
+
+def test_a_sites_dp_policy_travels_in_its_node_config(tmp_path):
+    from flwr.common.config import parse_config_args
+
+    text = node_config(partition_id=2, data_path="/d/own.csv", dp_policy="/etc/site/policy.toml")
+
+    assert parse_config_args([text]) == {
+        "partition-id": 2,
+        "data-path": "/d/own.csv",
+        "dp-policy": "/etc/site/policy.toml",
+    }
+
+
+def test_a_bad_dp_policy_is_refused_when_the_site_starts(certs, tmp_path, capsys):
+    policy = tmp_path / "policy.toml"
+    policy.write_text("min-noise-multiplier = 1.0\n", encoding="utf-8")  # no delta, no ledger
+
+    status = main(
+        ["supernode", "--superlink", "127.0.0.1:8000", "--ca", str(certs / "ca.crt"),
+         "--credentials", str(certs / "site-0"), "--partition-id", "1",
+         "--dp-policy", str(policy), "--print"]
+    )  # fmt: skip
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1
+    assert err[0].startswith("fedrank: error: dp-policy: ")
+    assert "policy.toml" in err[0]

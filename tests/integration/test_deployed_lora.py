@@ -35,6 +35,7 @@ from fedrank.data.text import read_corpus
 from fedrank.deploy.federation import LocalFederation, local_federation
 from fedrank.deploy.federation_plan import FederationPlan
 from fedrank.deploy.processes import free_ports
+from fedrank.deploy.run_config import check_run_config
 from fedrank.privacy.accountant import compute_epsilon
 from fedrank.privacy.report import privacy_summary
 
@@ -99,7 +100,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "dp-client-target-epsilon": 40.0,
     "dp-client-noise-multiplier": 0.7,
     "dp-client-clip-norm": 1.5,
-    "dp-client-sampling": "poisson",
+    "dp-client-sampling": "fixed",  # all 2 of 2: fixed-size sampling is exact here
     "physical-batch-size": 4,
     "attack-seed": 9,
     "attack-knowledge": "all",
@@ -112,8 +113,32 @@ NOT_DEFAULT: dict[str, Any] = {
     "attack-source-class": 0,
     "attack-target-class": 1,
     "status-linger": 0.5,
+    "min-clients": 2,
+    "connect-timeout": 30.0,
+    "discovery-timeout": 150.0,
+    "vote-smoothing": 0.1,
+    "server-lr": 0.5,
+    "server-momentum": 0.8,
+    "server-beta1": 0.8,
+    "server-beta2": 0.98,
+    "server-tau": 0.01,
+    "proximal-mu": 0.1,
+    "dp-adaptive-clipping": True,
+    "dp-clip-quantile": 0.6,
+    "dp-clip-learning-rate": 0.1,
+    "dp-count-stddev": 1.0,
+    "dp-publish-diagnostics": True,
 }
-NOT_DEPLOYABLE = {"attack", "malicious-fraction", "resume-from"}
+# Settings this LoRA run under Gaussian DP cannot take at another value (FRL's coarse
+# rankings; RQM in place of the Gaussian mechanism): checked through the run-config
+# parser the ServerApp uses (check-run-config) instead of a run of their own.
+OTHER_RUN: dict[str, Any] = {
+    "rank-bits": 4,
+    "dp-mechanism": "rqm",
+    "dp-rqm-levels": 8,
+    "dp-rqm-keep-probability": 0.6,
+}
+NOT_DEPLOYABLE = {"attack", "malicious-fraction", "resume-from", "dp-reproducible-noise"}
 PER_TEST = {"results-dir", "status-address"}
 
 
@@ -153,9 +178,29 @@ def site_reviews(folder: Path) -> dict[int, Path]:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     folder = tmp_path_factory.mktemp("deployed-lora")
-    plan = FederationPlan(directory=folder / "fed", sites=2, data_paths=site_reviews(folder))
+    plan = FederationPlan(
+        directory=folder / "fed",
+        sites=2,
+        data_paths=site_reviews(folder),
+        dp_policies=site_policies(folder),
+    )
     with local_federation(plan, say=print) as fed:
         yield fed
+
+
+def site_policies(folder: Path) -> dict[int, Path]:
+    """Each site's own DP policy (its ledger beside it): sample-level DP needs one."""
+    out = {}
+    for site in range(2):
+        path = folder / f"site-{site}-policy" / "dp-policy.toml"
+        path.parent.mkdir(parents=True)
+        path.write_text(
+            "min-noise-multiplier = 0.5\nmax-epsilon = 100.0\ndelta = 1e-5\n"
+            'ledger = "ledger.jsonl"\n',
+            encoding="utf-8",
+        )
+        out[site] = path
+    return out
 
 
 def submit(fed: LocalFederation, values: dict[str, Any]) -> list[str]:
@@ -237,8 +282,18 @@ def test_every_field_reaches_the_server_app_and_the_client_app_unchanged(
         "status-address": f"127.0.0.1:{status_port}",
     }
     defaults = Scenario().to_run_config()
-    assert set(values) | NOT_DEPLOYABLE == set(FIELDS)  # a new key needs a value here
-    assert [k for k, v in values.items() if v == defaults[k]] == []
+    assert set(values) | set(OTHER_RUN) | NOT_DEPLOYABLE == set(FIELDS)  # a new key needs one
+    assert [k for k, v in {**values, **OTHER_RUN}.items() if v == defaults[k]] == []
+    frl = check_run_config(run_config({"strategy": "frl", "rank-bits": 4}))
+    rqm_values = {k: v for k, v in OTHER_RUN.items() if k != "rank-bits"}
+    rqm = check_run_config(
+        run_config({"strategy": "lora", "dp": "client", "dp-client-target-epsilon": 8.0,
+                    **rqm_values})
+    )  # fmt: skip
+    assert frl.frl.rank_bits == 4
+    assert (rqm.dp.client_mechanism, rqm.dp.rqm_levels, rqm.dp.rqm_keep_probability) == (
+        "rqm", 8, 0.6,
+    )  # fmt: skip
 
     submit(federation, values)
 
