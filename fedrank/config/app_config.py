@@ -20,7 +20,6 @@ APP_OVERRIDES: dict[str, RunConfigValue] = {
     "num-clients": 2,
     "clients-per-round": 2,
     "rounds": 5,
-    "results-dir": "results/flwr-run",
 }
 """Where the app's defaults differ from the scenario's."""
 
