@@ -101,9 +101,11 @@ def _cases() -> dict[str, dict[str, Any]]:
     cases: dict[str, dict[str, Any]] = {}
     for vote in ("borda", "filtered", "trimmed", "median"):
         cases[f"frl-{vote}"] = {**IMAGE, "strategy": "frl", "aggregator": vote}
-    for rule in ("mean", "trimmed", "median", "krum", "multikrum"):
+    cases["frl-coarse"] = {**IMAGE, "strategy": "frl", "rank_bits": 4}
+    flower = ("fedavgm", "fedadam", "fedyogi", "fedprox", "bulyan")  # Flower's baselines
+    for rule in ("mean", "trimmed", "median", "krum", "multikrum", *flower):
         cases[f"fedavg-{rule}"] = {**IMAGE, "strategy": "fedavg", "aggregator": rule}
-    for rule in ("mean", "trimmed", "median", "krum", "multikrum"):
+    for rule in ("mean", "trimmed", "median", "krum", "multikrum", *flower):
         cases[f"lora-{rule}"] = {**TEXT, "aggregator": rule}
     cases["dp-lora-sample"] = {**TEXT, **SAMPLE_DP}
     cases["dp-lora-client"] = {**TEXT, **CLIENT_DP}
