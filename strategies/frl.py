@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
 from fedrank.config import Scenario
 from fedrank.protos.codecs import RankingCodec
@@ -25,12 +24,13 @@ from fedrank.protos.gate import gate, rejection_metrics
 from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.strategies.coarse import coarse_vote
 from fedrank.strategies.sampling import train_messages
+from fedrank.strategies.server_evaluated import ServerEvaluated
 from fedrank.strategies.votes import RankVote, rank_vote
 
 log = logging.getLogger(__name__)
 
 
-class FrlVote(Strategy):
+class FrlVote(ServerEvaluated):
     """Federated Rank Learning: clients rank edges, the server takes a Borda vote.
 
     Parameters
@@ -119,18 +119,6 @@ class FrlVote(Strategy):
         state, left_out = self.vote(valid, self._reference, self.smoothing * server_round)
         metrics["filtered"] = left_out
         return to_array_record(state), metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """No federated evaluation: the server evaluates on held-out data."""
-        return []
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """No federated evaluation."""
-        return None
 
 
 def frl_strategy(

@@ -35,6 +35,7 @@ from fedrank.strategies.lora_robust import (
 )
 from fedrank.strategies.robust_vote import trim_count
 from fedrank.strategies.sampling import in_partition_order, train_messages
+from fedrank.strategies.server_evaluated import ServerEvaluated
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def aggregate_adapters(
     return fedit_average(updates, weights)
 
 
-class LoraAggregation(Strategy):
+class LoraAggregation(ServerEvaluated):
     """Federated LoRA (Hu et al., arXiv 2106.09685) over seeded client samples.
 
     ``mode``: ``"fedit"`` averages A and B separately (Zhang et al., arXiv 2305.05644);
@@ -189,18 +190,6 @@ class LoraAggregation(Strategy):
         else:
             dropped = 0
         return aggregate_adapters(updates, weights, mode=self.mode, rank=self.rank), dropped
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """No federated evaluation: the server evaluates on the held-out test split."""
-        return []
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """No federated evaluation."""
-        return None
 
 
 def lora_strategy(
