@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -168,6 +170,7 @@ class LocalFederation:
         proc = self.group.start(name, self.run_command(app, run_config), env=env)
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = b""
+        run_id: str | None = None
         with self.group.log_path(name).open("rb") as out:
             while True:
                 code = proc.poll()
@@ -176,14 +179,39 @@ class LocalFederation:
                 if code is not None and pending:  # the last line, unterminated
                     lines, pending = [*lines, pending], b""
                 for line in lines:
+                    text = line.decode(errors="replace")
+                    run_id = run_id or _started_run(text)
                     if echo is not None:
-                        echo(line.decode(errors="replace"))
+                        echo(text)
                 if code is not None:
-                    return code
+                    return code if code != 0 or run_id is None else self._outcome(run_id, echo)
                 self.check_alive()
                 if deadline is not None and time.monotonic() > deadline:
                     raise FederationError(f"the run did not end within {timeout:g} s")
                 time.sleep(0.5)
+
+    def _outcome(self, run_id: str, echo: Say | None) -> int:
+        """0 if run ``run_id`` completed, else 1: ``flwr run --stream`` exits 0 however
+        the run ended, so its status is read back from the SuperLink (``flwr ls``)."""
+        argv = [flower_executable("flwr"), "ls", self.connection, "--run-id", run_id]
+        done = subprocess.run(
+            [*argv, "--format", "json"],
+            env=self.cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        try:
+            (run,) = json.loads(done.stdout)["runs"]
+            status, details = str(run["status"]), str(run.get("status-details", ""))
+        except (ValueError, KeyError, TypeError) as err:
+            status, details = "unknown", f"flwr ls gave no status ({err}): {done.stderr[-300:]}"
+        if status == "finished:completed":
+            return 0
+        if echo is not None:
+            echo(f"fedrank: run {run_id} ended {status}{f' ({details})' if details else ''}")
+        return 1
 
     def wait(self) -> NoReturn:
         """Block until a SuperLink or SuperNode exits (then raise) or this process is stopped."""
@@ -361,3 +389,9 @@ def local_federation(plan: FederationPlan, *, say: Say = print) -> Iterator[Loca
             say(f"stopped {line}")
         with contextlib.suppress(FileNotFoundError):
             (plan.directory / "federation.json").unlink()
+
+
+def _started_run(line: str) -> str | None:
+    """The run id in ``flwr run``'s "Successfully started run N" line, if it is one."""
+    found = re.search(r"Successfully started run (\d+)", line)
+    return found[1] if found else None

@@ -70,3 +70,26 @@ def test_federation_up_with_an_app_it_cannot_read_starts_nothing(processes: Proc
     assert "no-app-here" in log
     assert not any("flower-" in what for what in seen.values())
     assert not (tmp_path / "fed").exists()
+
+
+def test_federation_up_with_a_run_that_fails_exits_1_and_stops_everything(
+    processes: Processes, tmp_path: Path
+):
+    # The ServerApp starts and fails (no such dataset): `flwr run --stream` exits 0, and
+    # federation up reads the run's status back (finished:failed); every process it
+    # started is gone when it returns.
+    root = Path(__file__).resolve().parents[2]
+    argv = [str(VENV_BIN / "fedrank"), "federation", "up", "--sites", "1"]
+    argv += ["--dir", str(tmp_path / "fed"), "--timeout", "180", "--run", str(root)]
+    argv += ["--run-config", 'dataset="no-such-data" rounds=1', "--run-timeout", "300"]
+
+    up = processes.start("up", argv, env=env_without_venv(), cwd=tmp_path)
+    code = up.wait(timeout=600)
+    seen = processes.descendants()
+
+    log = processes.log("up")
+    assert code == 1, log
+    assert "ended finished:failed" in log
+    assert "flwr run ended with status 1" in log
+    assert any("flower-supernode" in what for what in seen.values())
+    assert still_running(list(seen)) == []
