@@ -50,6 +50,18 @@ def new_run_folder(results_dir: str, *, now: float | None = None) -> str:
     return str(folder)
 
 
+def _make_unique(folder: str) -> str:
+    """Create ``folder`` (or the next free ``-N`` sibling) atomically; return its path."""
+    base, n = folder, 2
+    Path(folder).parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            Path(folder).mkdir()
+            return folder
+        except FileExistsError:
+            folder, n = f"{base}-{n}", n + 1
+
+
 def claim_results_dir(results_dir: str) -> str:
     """The checked folder of a new run (:func:`new_run_folder`, :func:`check_results_dir`).
 
@@ -60,6 +72,7 @@ def claim_results_dir(results_dir: str) -> str:
     folder = new_run_folder(results_dir)
     check_results_dir(folder)
     if folder != results_dir:
+        folder = _make_unique(folder)  # two runs started in the same second get two
         link = Path(results_dir)
         if link.is_symlink() or not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ def test_two_runs_at_the_default_get_two_folders_and_latest_names_the_second(
     monkeypatch.chdir(tmp_path)
 
     first = claim_results_dir(DEFAULT_RESULTS)
-    Path(first).mkdir(parents=True)
+    assert Path(first).is_dir()  # claimed: made at once, empty
     (Path(first) / "metrics.jsonl").write_text("{}\n", encoding="utf-8")
     second = claim_results_dir(DEFAULT_RESULTS)
 
@@ -63,3 +63,17 @@ def test_a_real_latest_folder_of_an_earlier_version_is_left_alone(
     assert not old.is_symlink()
     assert os.listdir(old) == ["summary.json"]
     assert Path(folder).parent == Path("results/runs")
+
+
+def test_two_claims_in_the_same_second_get_two_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        "fedrank.server.results.time.localtime", lambda now=None: (2026, 1, 2, 3, 4, 5, 0, 2, 0)
+    )
+
+    first, second = claim_results_dir(DEFAULT_RESULTS), claim_results_dir(DEFAULT_RESULTS)
+
+    assert first == "results/runs/20260102-030405"
+    assert second == "results/runs/20260102-030405-2"
