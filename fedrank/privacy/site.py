@@ -45,9 +45,9 @@ from fedrank.privacy.accountant import (
     history_to_array,
     run_lengths,
 )
-from fedrank.privacy.ledger import PrivacyLedger, Release
+from fedrank.privacy.ledger import PrivacyLedger
 from fedrank.privacy.plan import planned_release, sample_noise_multiplier
-from fedrank.privacy.release import state_digest
+from fedrank.privacy.release import dp_sgd_release, state_digest
 from fedrank.privacy.site_policy import (
     INLINE_KEYS,
     LEDGER_FILE,
@@ -225,15 +225,13 @@ class SiteGuard:
         Call it before the reply leaves. Returns the site's epsilon at the *run's* delta
         and accountant over its whole ledger: what its privacy report states.
         """
-        release = Release(
-            round=server_round,
-            mechanism="dp-sgd",
+        release = dp_sgd_release(
+            server_round=server_round,
+            party=self.party,
             noise_multiplier=noise_multiplier,
             sample_rate=sample_rate,
             steps=steps,
             clip_norm=clip_norm,
-            unit="record",
-            party=self.party,
             digest=state_digest(state),
         )
         self.ledger.record(release)
