@@ -169,7 +169,11 @@ class OutputConfig:
 
     PREFIX: ClassVar[str] = ""
 
-    results_dir: str = setting("results/latest", "the run's results folder")
+    results_dir: str = setting(
+        "results/latest",
+        "the run's results folder, which must be new or empty; at the default each run gets a "
+        "new results/runs/<date>-<time> and results/latest links it",
+    )
     status_address: str = setting(
         "", "host:port where the coordinator serves health and status (empty: off)"
     )
