@@ -113,7 +113,7 @@ def _array(rng: np.random.Generator, like: Array | None) -> Array:
     if like is not None and kind == 2 and like.stype == "numpy.ndarray":  # NaN or inf in it
         try:
             value = like.numpy().copy()
-        except (TypeError, ValueError):  # like is already a broken one
+        except Exception:  # like is already a broken one (numpy may raise anything)
             value = np.zeros(0, dtype=np.float32)
         if value.size and np.issubdtype(value.dtype, np.floating):
             value.flat[rng.integers(value.size)] = [np.nan, np.inf, -np.inf][rng.integers(3)]
