@@ -99,6 +99,9 @@ def test_the_deployed_app_logs_each_round_and_resumes_a_run(
     results = tmp_path / "run-1"
     flower = logging.getLogger("flwr")
     monkeypatch.setattr(flower, "propagate", flower.propagate)  # the app turns it off
+    # INFO whatever an earlier test in this process left (`fedrank simulate` run in
+    # process quiets Flower's logger to ERROR); restored after the test.
+    caplog.set_level(logging.INFO, logger="flwr")
     flower.addHandler(caplog.handler)
     try:
         serve(run_config(results))
