@@ -148,12 +148,7 @@ def add_experiments(sub: Any) -> None:
     )
     rob.add_argument("--fractions", default="0,0.1,0.2,0.3", help="malicious fractions")
     rob.add_argument("--seeds", default="0", help="seeds (scenario and attack seed)")
-    rob.add_argument("--backend", choices=("ray", "local"), default="ray")
-    rob.add_argument("--out", default="results/robustness", help="output folder")
-    rob.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS)")
-    rob.add_argument("--quiet", action="store_true", help="no line per finished run")
-    rob.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
-    add_scenario_flags(rob)
+    _add_grid_run_flags(rob, out="results/robustness")
     rob.set_defaults(func=_robustness)
     privacy_commands.add_privacy_grid(grids, add_scenario_flags, scenario_from_args)
     privacy_commands.add_rqm_table(grids)
@@ -169,10 +164,16 @@ def add_experiments(sub: Any) -> None:
         f"equal-uplink column (default: {BASELINE_VARIANTS})",
     )
     bas.add_argument("--seeds", default="0", help="seeds")
-    bas.add_argument("--backend", choices=("ray", "local"), default="ray")
-    bas.add_argument("--out", default="results/baselines", help="output folder")
-    bas.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS)")
-    bas.add_argument("--quiet", action="store_true", help="no line per finished run")
-    bas.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
-    add_scenario_flags(bas)
+    _add_grid_run_flags(bas, out="results/baselines")
     bas.set_defaults(func=_baselines)
+
+
+def _add_grid_run_flags(parser: Any, *, out: str) -> None:
+    """The flags every grid of runs takes: backend, output folder, cluster, verbosity,
+    and every scenario field."""
+    parser.add_argument("--backend", choices=("ray", "local"), default="ray")
+    parser.add_argument("--out", default=out, help="output folder")
+    parser.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS)")
+    parser.add_argument("--quiet", action="store_true", help="no line per finished run")
+    parser.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    add_scenario_flags(parser)
