@@ -33,6 +33,7 @@ from fedrank.privacy.analysis import (
     PRV_MAX_MECHANISMS,
     PRV_MAX_POINTS,
     RDP_ORDERS,
+    least_within,
     prv_domain,
     prv_epsilon,
     prv_reason,
@@ -286,14 +287,4 @@ def noise_multiplier_for_epsilon(
         )
     if spent(low) <= target:
         return low
-    # Invariant: spent(low) > target >= spent(high). Epsilon falls as sigma grows.
-    for _ in range(200):
-        if target - high_eps <= tolerance or high / low < 1 + 1e-9:
-            break
-        middle = math.sqrt(low * high)
-        middle_eps = spent(middle)
-        if middle_eps <= target:
-            high, high_eps = middle, middle_eps
-        else:
-            low = middle
-    return high
+    return least_within(spent, target, low, high, high_eps, tolerance=tolerance)

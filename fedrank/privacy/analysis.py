@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -168,3 +168,30 @@ def prv_epsilon(grouped: Grouped, delta: float) -> float:
         )
         _, _, eps_upper = composed.compute_epsilon(delta, delta_error, PRV_EPS_ERROR)
     return float(eps_upper)
+
+
+def least_within(
+    spent: Callable[[float], float],
+    target: float,
+    low: float,
+    high: float,
+    high_spent: float,
+    *,
+    tolerance: float,
+) -> float:
+    """The smallest parameter in ``[low, high]`` (to ``tolerance`` in epsilon) whose
+    ``spent`` stays within ``target``: a geometric bisection.
+
+    ``spent`` falls as the parameter grows (more noise, a wider extension); the caller
+    has checked ``spent(low) > target >= high_spent = spent(high)``.
+    """
+    for _ in range(200):
+        if target - high_spent <= tolerance or high / low < 1 + 1e-9:
+            break
+        middle = math.sqrt(low * high)
+        middle_spent = spent(middle)
+        if middle_spent <= target:
+            high, high_spent = middle, middle_spent
+        else:
+            low = middle
+    return high

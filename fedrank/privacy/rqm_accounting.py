@@ -46,7 +46,7 @@ from opacus.accountants.analysis.rdp import get_privacy_spent
 
 from fedrank.errors import ConfigError
 from fedrank.privacy.accountant import RDP_ORDERS
-from fedrank.privacy.analysis import rdp_total
+from fedrank.privacy.analysis import least_within, rdp_total
 from fedrank.privacy.bounds import check_delta
 from fedrank.privacy.rqm import RqmParams, cell_of
 
@@ -230,16 +230,7 @@ def rqm_extension_for_epsilon(
         )
     if spent(low) <= target_epsilon:
         return low
-    for _ in range(200):
-        if target_epsilon - high_eps <= tolerance or high / low < 1 + 1e-9:
-            break
-        middle = math.sqrt(low * high)
-        middle_eps = spent(middle)
-        if middle_eps <= target_epsilon:
-            high, high_eps = middle, middle_eps
-        else:
-            low = middle
-    return high
+    return least_within(spent, target_epsilon, low, high, high_eps, tolerance=tolerance)
 
 
 def epsilon_with_rqm(
