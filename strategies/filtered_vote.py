@@ -91,6 +91,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from fedrank.strategies.displacements import (
+    direction_from_gram,
+    displacement_gram,
+    rho_from_squares,
+    spearman_from_gram,
+)
 from fedrank.strategies.ranking import anchored_ranks, borda_sums
 
 __all__ = [
@@ -122,14 +128,6 @@ def _check_shapes(rankings: npt.NDArray[np.integer], reference: npt.NDArray[np.i
         )
 
 
-def _rho_from_squares(squares: npt.NDArray[np.floating], n: int) -> FloatArray:
-    """Spearman's rho of two permutations of ``0..n-1`` from ``sum (r - g)^2``."""
-    if n < 2:
-        return np.ones(squares.shape[0], dtype=np.float64)
-    rho: FloatArray = 1.0 - 6.0 * np.asarray(squares, dtype=np.float64) / (n * (n * n - 1.0))
-    return rho
-
-
 def spearman_to_reference(
     rankings: npt.NDArray[np.integer], reference: npt.NDArray[np.integer]
 ) -> FloatArray:
@@ -153,111 +151,7 @@ def spearman_to_reference(
     diff = rankings.astype(np.int64) - reference.astype(np.int64)
     if n >= 2_000_000:  # sum d^2 <= n^3 / 3 would overflow int64; float64 is exact enough
         diff = diff.astype(np.float64)
-    return _rho_from_squares(np.einsum("ij,ij->i", diff, diff), n)
-
-
-def displacement_gram(
-    rankings: Sequence[npt.NDArray[np.integer]], reference: npt.NDArray[np.integer]
-) -> FloatArray:
-    """Gram matrix ``G[i, j] = (r_i - g) . (r_j - g)`` of the replies' displacements.
-
-    Everything the vote's tests need comes out of this one ``(m, m)`` matrix: the
-    Spearman agreement with ``g`` (the diagonal, :func:`spearman_from_gram`), the
-    cosines between displacements (:func:`direction_from_gram`) and their norms. It
-    costs one pass over the replies (each written once as ``float32`` displacements,
-    exact below ``2**24`` edges) and one matrix product, instead of one pass per
-    statistic; measured relative error against exact integer sums about ``2e-6``
-    (1.2M edges), far below any threshold the vote sets.
-
-    Parameters
-    ----------
-    rankings : sequence of numpy.ndarray
-        ``m`` rank vectors of shape ``(n,)`` (not stacked: no extra copy).
-    reference : numpy.ndarray
-        Shape ``(n,)``, the global ranking sent this round.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``float64`` of shape ``(m, m)``, symmetric, non-negative diagonal.
-    """
-    return _gram_and_sums(rankings, reference, sums=None)
-
-
-# Edges per block of the pass over a layer's replies (measured best of 4k-128k on
-# 10 x 1.2M edges): large enough that numpy's per-call cost is small, small enough
-# that a block of the reference and of the sums is still cached when the next reply
-# comes.
-_BLOCK = 65_536
-
-
-def _gram_and_sums(
-    rankings: Sequence[npt.NDArray[np.integer]],
-    reference: npt.NDArray[np.integer],
-    *,
-    sums: npt.NDArray[np.int64] | None,
-) -> FloatArray:
-    """:func:`displacement_gram`, adding every reply into ``sums`` in the same pass if given.
-
-    Reading the replies is most of the cost of both the displacements and the Borda
-    sums, so they share one read, block by block. A block's displacement is taken in
-    ``int32`` (exact: ``|r - g| < n``) and converted to ``float32`` from there, which
-    numpy does about three times as fast as from ``int64``; the conversion of an exact
-    integer is correctly rounded from either, so the values are those of one
-    whole-row ``int64`` subtraction. The Gram matrix is one product of the whole
-    ``(m, n)`` matrix, so its float rounding, hence every decision taken on it, is
-    that of the statistic computed on its own.
-    """
-    if reference.ndim != 1 or any(r.shape != reference.shape for r in rankings):
-        raise ValueError(
-            f"rankings, reference: expected rank vectors of shape {reference.shape}, "
-            f"got {[r.shape for r in rankings]}"
-        )
-    n = reference.shape[0]
-    exact = np.int32 if n <= np.iinfo(np.int32).max else np.int64
-    displacement = np.empty((len(rankings), n), dtype=np.float32)
-    ranks_block = np.empty(min(n, _BLOCK), dtype=exact)
-    g_block = np.empty(min(n, _BLOCK), dtype=exact)
-    for start in range(0, n, _BLOCK):
-        stop = min(start + _BLOCK, n)
-        g = g_block[: stop - start]
-        np.copyto(g, reference[start:stop], casting="unsafe")  # positions < n: exact
-        for row, ranks in zip(displacement, rankings, strict=True):
-            block = ranks[start:stop]
-            r = ranks_block[: stop - start]
-            np.copyto(r, block, casting="unsafe")
-            np.subtract(r, g, out=row[start:stop], casting="unsafe")
-            if sums is not None:
-                total = sums[start:stop]
-                np.add(total, block, out=total, casting="unsafe")  # as borda_sums adds
-    gram: FloatArray = (displacement @ displacement.T).astype(np.float64)
-    return gram
-
-
-def spearman_from_gram(gram: npt.NDArray[np.floating], n: int) -> FloatArray:
-    """Every reply's Spearman correlation with ``g``, from :func:`displacement_gram`."""
-    return _rho_from_squares(np.diagonal(gram), n)
-
-
-def direction_from_gram(gram: npt.NDArray[np.floating]) -> FloatArray:
-    """Median cosine of every reply's displacement with the others', from the Gram matrix.
-
-    See :func:`direction_agreement`; a zero displacement has cosine 0 with everything
-    and a lone reply scores 1.
-    """
-    m = gram.shape[0]
-    if m == 1:
-        return np.ones(1, dtype=np.float64)
-    norms = np.sqrt(np.maximum(np.diagonal(gram), 0.0))
-    outer = norms[:, None] * norms[None, :]
-    pairwise = np.clip(
-        np.divide(gram, outer, out=np.zeros((m, m), dtype=np.float64), where=outer > 0.0),
-        -1.0,
-        1.0,
-    )
-    others = pairwise[~np.eye(m, dtype=np.bool_)].reshape(m, m - 1)
-    agreement: FloatArray = np.median(others, axis=1)
-    return agreement
+    return rho_from_squares(np.einsum("ij,ij->i", diff, diff), n)
 
 
 def direction_agreement(
@@ -413,7 +307,7 @@ def filtered_vote(
     # reading the survivors again.
     sums = {name: np.zeros(reference[name].shape, dtype=np.int64) for name in names}
     grams = [
-        _gram_and_sums([u[name] for u in updates], reference[name], sums=sums[name])
+        displacement_gram([u[name] for u in updates], reference[name], sums=sums[name])
         for name in names
     ]
     agreement = {

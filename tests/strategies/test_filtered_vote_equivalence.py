@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedrank.strategies.displacements import _BLOCK, displacement_gram
 from fedrank.strategies.filtered_vote import FilteredVote, filtered_vote
 
 IntArray = npt.NDArray[np.integer]
@@ -119,6 +120,39 @@ def assert_same(outcome: FilteredVote, expected: Outcome) -> None:
         assert outcome.agreement[name].tobytes() == agreement[name].tobytes()
 
 
+# ------------------------------------------------------------------ the one pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.sampled_from([1, 2, 7, _BLOCK - 1, _BLOCK, _BLOCK + 1, 2 * _BLOCK + 3]),
+    m=st.integers(1, 5),
+    dtype=st.sampled_from([np.int64, np.int32]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_one_pass_gives_the_whole_row_gram_and_the_borda_sums(
+    n: int, m: int, dtype: type[np.integer], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    reference = rng.permutation(n)
+    rows = [rng.permutation(n).astype(dtype) for _ in range(m)]
+    sums = np.zeros(n, dtype=np.int64)
+
+    gram = displacement_gram(rows, reference, sums=sums)
+
+    displacement = (np.stack(rows).astype(np.int64) - reference).astype(np.float32)
+    assert gram.tobytes() == (displacement @ displacement.T).astype(np.float64).tobytes()
+    np.testing.assert_array_equal(sums, np.stack(rows).astype(np.int64).sum(axis=0))
+
+
+def test_the_sums_must_be_int64_of_the_layer_shape() -> None:
+    rows = [np.arange(5), np.arange(5)[::-1].copy()]
+    with pytest.raises(ValueError, match="sums"):
+        displacement_gram(rows, np.arange(5), sums=np.zeros(5, dtype=np.int32))
+    with pytest.raises(ValueError, match="sums"):
+        displacement_gram(rows, np.arange(5), sums=np.zeros(4, dtype=np.int64))
+
+
 # ------------------------------------------------------------------ random rounds
 
 REPLY_KINDS = ("random", "reference", "reversed", "repeat", "near")
@@ -127,7 +161,7 @@ REPLY_KINDS = ("random", "reference", "reversed", "repeat", "near")
 @st.composite
 def rounds(draw: st.DrawFn) -> tuple[list[Layers], Layers, float, float]:
     sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=3))
-    reference = {
+    reference: Layers = {
         f"layer{i}": np.array(draw(st.permutations(range(n))), dtype=np.int64)
         for i, n in enumerate(sizes)
     }
@@ -140,6 +174,7 @@ def rounds(draw: st.DrawFn) -> tuple[list[Layers], Layers, float, float]:
         for name, g in reference.items():
             kind = draw(st.sampled_from(REPLY_KINDS))
             n = g.shape[0]
+            ranks: IntArray
             if kind == "reference":
                 ranks = g.copy()
             elif kind == "reversed":
@@ -180,13 +215,13 @@ def large_round(
     ``reversed_count`` reversed; a second, small layer. Large enough that the float32
     Gram matrix is rounded (its sums exceed 2**24)."""
     rng = np.random.default_rng(seed)
-    reference = {"big": rng.permutation(n), "small": rng.permutation(97)}
+    reference: Layers = {"big": rng.permutation(n), "small": rng.permutation(97)}
     learning = {
         name: rng.normal(0.0, 0.1 * g.shape[0], g.shape[0]) for name, g in reference.items()
     }
     updates: list[Layers] = []
     for client in range(m):
-        reply = {}
+        reply: Layers = {}
         for name, g in reference.items():
             noisy = g + learning[name] + rng.normal(0.0, 0.15 * g.shape[0], g.shape[0])
             ranks = _ranks(noisy)
