@@ -21,7 +21,7 @@ Implementation note: the per-edge order statistics come from one ``np.sort`` alo
 the client axis, on ``int32`` when the positions fit. ``np.partition`` (linear per
 edge instead of ``m log m``) was measured *slower* with numpy 2.4 for m in
 {25, 100, 400}: its per-column selection overhead dominates at these small ``m``
-(``python -m benchmarks.robust_vote`` prints both).
+(``python -m benchmarks.robust_vote --clients 25`` prints both).
 """
 
 from __future__ import annotations
