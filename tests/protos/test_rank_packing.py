@@ -180,9 +180,9 @@ def test_permutation_problems_are_named(ranks: np.ndarray, n: int, match: str) -
     assert match in problem
 
 
-# Sizes around the unpacker's chunk of 8192 groups (65,536 entries): a repeat or a gap
-# may sit in another chunk than the value it collides with.
-CHUNK_SIZES = [65_535, 65_536, 65_537, 2 * 65_536 + 3]
+# Sizes around the check's step of 32,768 entries and the unpacker's chunk of 65,536:
+# a repeat or a gap may sit in another step than the value it collides with.
+CHUNK_SIZES = [32_767, 32_768, 32_769, 65_536, 65_537, 2 * 65_536 + 3]
 mutations = st.lists(
     st.tuples(st.sampled_from(["repeat", "out_of_range", "swap"]), seeds), max_size=3
 )
