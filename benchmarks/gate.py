@@ -13,7 +13,8 @@ Three timings per kind, each for a round of 10 honest replies:
 
 The gate's own cost is ``gate - read`` (reading is needed with or without it); the
 figure of issue 16 is that cost over a round without the gate, ``read + aggregate``.
-Times are the best of 15 in CPU time of the (single) thread, taken in turns.
+Times are the best of 25 in CPU time of the (single) thread, taken in turns; on a
+shared machine the load average printed before and after says how far to trust them.
 
 FRL: 1.2M edges in three layers (an MLP of 784-1024-384-10). LoRA: the adapter and
 head of the packaged MiniLM at rank 8 on query and value (about 75k parameters).
@@ -23,6 +24,7 @@ Run: ``PYTHONPATH=. nice python -m benchmarks.gate``
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -42,7 +44,7 @@ from fedrank.strategies.lora import aggregate_adapters
 from fedrank.strategies.votes import rank_vote
 
 REPLIES = 10
-REPEATS = 15
+REPEATS = 25
 FRL_LAYERS = {"fc1": 784 * 1024, "fc2": 1024 * 384, "fc3": 384 * 10}
 
 
@@ -136,6 +138,7 @@ def main() -> dict[str, float]:
     TaskIdentity.task_id = 1  # Flower builds Messages only inside a task
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
+    print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     ratios = {}
     for name, times in (("FRL, 1.2M edges", frl()), ("LoRA, MiniLM adapter", lora())):
         report(
@@ -155,6 +158,7 @@ def main() -> dict[str, float]:
             f"({per_reply * 1e3:.2f} ms a reply)"
         )
         ratios[name] = overhead
+    print("\nload average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return ratios
 
 

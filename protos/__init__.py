@@ -10,6 +10,7 @@ from fedrank.protos.packing import (
     pack_ranks,
     packed_size,
     permutation_problem,
+    unpack_permutation,
     unpack_ranks,
 )
 from fedrank.protos.serde import (
@@ -50,5 +51,6 @@ __all__ = [
     "packed_size",
     "permutation_problem",
     "ranking_size_limit",
+    "unpack_permutation",
     "unpack_ranks",
 ]

@@ -6,6 +6,7 @@ nothing but :class:`fedrank.errors.InvalidUpdate` on bad input.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable
 from typing import Literal, TypeVar, cast
@@ -119,6 +120,7 @@ _OTHER_TYPES = {
 }
 
 
+@functools.cache  # a schema's answer never changes; asked once per reply otherwise
 def _walkable(descriptor: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
     """Only the field types :func:`_canonical_fields` knows, no repeated ones but
     messages and packed varints."""

@@ -35,6 +35,7 @@ __all__ = [
     "padding_is_zero",
     "permutation_problem",
     "rank_buckets",
+    "unpack_permutation",
     "unpack_ranks",
 ]
 
@@ -43,6 +44,7 @@ MAX_BUCKET_BITS = 16
 _GROUP = 8  # entries per group: 8 entries of `bits` bits are exactly `bits` bytes
 _CHUNK_GROUPS = 8192  # groups per step: keeps a step's working set in cache
 _WORD = np.dtype("<u8")
+_MARK_CHUNK = 32768  # entries a permutation check marks per step
 
 
 def bits_for(n: int) -> int:
@@ -180,7 +182,8 @@ def unpack_ranks(data: bytes, *, n: int, bits: int) -> npt.NDArray[np.int64]:
     """Unpack ``n`` entries of ``bits`` bits from a stream made by :func:`pack_ranks`.
 
     The values are returned as they are (each in ``0..2**bits - 1``); whether
-    they form a permutation of ``0..n-1`` is :func:`permutation_problem`'s job.
+    they form a permutation of ``0..n-1`` is :func:`permutation_problem`'s job
+    (:func:`unpack_permutation` unpacks and checks).
 
     Parameters
     ----------
@@ -236,6 +239,51 @@ def unpack_ranks(data: bytes, *, n: int, bits: int) -> npt.NDArray[np.int64]:
                 np.bitwise_or(lane_values, scratch, out=lane_values)
             np.bitwise_and(lane_values, mask, out=out[:, lane])
     return ranks[:n]
+
+
+def unpack_permutation(data: bytes, *, n: int) -> tuple[npt.NDArray[np.int64], str | None]:
+    """Unpack a rank vector of ``n`` edges and check that it is a permutation.
+
+    The stream is :func:`pack_ranks`'s (``bits_for(n)`` bits an entry). Exact, with the
+    same verdict and message as ``permutation_problem(unpack_ranks(...), n=n)``, and
+    cheaper: an unpacked entry is below ``2**bits`` by construction, so each is marked
+    in a table of ``2**bits`` flags (fewer than ``2 n`` bytes) with no range pass first,
+    and the vector is a permutation exactly when the first ``n`` flags are all set
+    (``n`` entries that reach ``n`` distinct values in ``0..n-1`` leave none out of range
+    and none repeated). Only a vector that fails is read again, by
+    :func:`permutation_problem`, to name its problem.
+
+    Parameters
+    ----------
+    data : bytes
+        Exactly ``packed_size(n=n, bits=bits_for(n))`` bytes.
+    n : int
+        Number of entries, at least 1.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, str or None)
+        The new, writable int64 vector, and ``None`` when it is a permutation of
+        ``0..n-1``, otherwise :func:`permutation_problem`'s message.
+
+    Raises
+    ------
+    ValueError
+        When ``n`` is below 1 or ``data`` has the wrong length.
+    """
+    bits = bits_for(n)
+    ranks = unpack_ranks(data, n=n, bits=bits)
+    seen = np.zeros(1 << bits, dtype=bool)
+    # In steps of _MARK_CHUNK entries (256 KB of index, which stays in cache): measured
+    # about 10% cheaper than one scatter over a layer of 800k edges.
+    for first in range(0, n, _MARK_CHUNK):
+        seen[ranks[first : first + _MARK_CHUNK]] = True
+    if seen[:n].all():
+        return ranks, None
+    problem = permutation_problem(ranks, n=n)
+    if problem is None:  # pragma: no cover - the two tests are equivalent
+        raise AssertionError(f"the flag table and permutation_problem disagree (n={n})")
+    return ranks, problem
 
 
 def padding_is_zero(data: bytes, *, n: int, bits: int) -> bool:

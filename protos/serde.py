@@ -37,8 +37,7 @@ from fedrank.protos.packing import (
     pack_ranks,
     packed_size,
     padding_is_zero,
-    permutation_problem,
-    unpack_ranks,
+    unpack_permutation,
 )
 from fedrank.protos.privacy_serde import decode_privacy_report as decode_privacy_report
 from fedrank.protos.privacy_serde import encode_privacy_report as encode_privacy_report
@@ -120,8 +119,7 @@ def _ranking_from_proto(
         packed[name] = data
     rankings = {}
     for name, n in layer_sizes.items():
-        ranks = unpack_ranks(packed[name], n=n, bits=bits_for(n))
-        problem = permutation_problem(ranks, n=n)
+        ranks, problem = unpack_permutation(packed[name], n=n)
         if problem is not None:
             raise InvalidUpdate(
                 "not_permutation", f"layer {name!r}: not a permutation of 0..{n - 1}: {problem}"
