@@ -19,10 +19,10 @@ run: $(STAMP)
 	$(BIN)/fedrank simulate $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest -n 2 --dist worksteal $(ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/pytest -m '' $(ARGS)
+	$(BIN)/pytest -n 2 --dist worksteal -m '' $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
