@@ -176,6 +176,7 @@ def _openssh_public(key: object) -> bytes:
         ),
         (b"not a key", "not an OpenSSH key"),
     ],
+    ids=["rsa", "ed25519", "pem", "garbage"],  # the keys are random: stable ids for xdist workers
 )
 def test_node_keys_flower_cannot_use_are_reported(data, needle):
     (problem,) = node_key_problems(data)
