@@ -19,10 +19,10 @@ run: $(STAMP)
 	$(BIN)/fedrank simulate $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/pytest -n 2 --dist worksteal $(ARGS)
+	$(BIN)/pytest $(ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/pytest -n 2 --dist worksteal -m '' $(ARGS)
+	$(BIN)/pytest -m '' $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
