@@ -3,7 +3,7 @@
 A full ranking costs ``ceil(log2 n)`` bits per edge (:mod:`fedrank.protos.packing`).
 With ``rank-bits = b`` a client sends instead, for every edge, the bucket of its rank,
 ``floor(rank * 2**b / n)``: ``b`` bits per edge, and each bucket holds exactly its share
-of the layer's edges (:func:`~fedrank.protos.packing.bucket_bounds`). The server accepts
+of the layer's edges (:func:`~fedrank.protos.buckets.bucket_bounds`). The server accepts
 exactly that: like a full ranking must be a permutation, a bucket vector must fill every
 bucket with its share, so a client cannot put all its weight on a few buckets.
 
@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from fedrank.errors import InvalidUpdate
 from fedrank.protos import update_pb2
+from fedrank.protos.buckets import MAX_BUCKET_BITS, bucket_problem
 from fedrank.protos.envelope import (
     check_body,
     distinct_names,
@@ -30,8 +31,6 @@ from fedrank.protos.envelope import (
     parse,
 )
 from fedrank.protos.packing import (
-    MAX_BUCKET_BITS,
-    bucket_problem,
     pack_values,
     packed_size,
     padding_is_zero,

@@ -28,8 +28,8 @@ from numpy.lib import format as npy_format
 
 from fedrank.errors import InvalidUpdate
 from fedrank.protos import keys
+from fedrank.protos.buckets import rank_buckets
 from fedrank.protos.gate import RecordType, check_records, read_metrics
-from fedrank.protos.packing import rank_buckets
 from fedrank.protos.ranking_wire import RankingWire
 from fedrank.protos.records import to_array_record
 from fedrank.protos.serde import decode_privacy_report, encode_privacy_report

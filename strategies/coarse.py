@@ -2,7 +2,7 @@
 
 With ``rank-bits = b`` a client sends, for each edge, the bucket of its rank
 ``floor(rank * 2**b / n)`` (:mod:`fedrank.protos.coarse`), not the rank. Bucket ``j``
-stands for the ranks ``lo_j .. hi_j - 1`` (:func:`fedrank.protos.packing.bucket_bounds`);
+stands for the ranks ``lo_j .. hi_j - 1`` (:func:`fedrank.protos.buckets.bucket_bounds`);
 the vote gives each edge the sum over the clients of its buckets' mid-ranks
 ``(lo_j + hi_j - 1) / 2`` (the expected rank of an edge known only to lie in the bucket),
 which is FRL's Borda count (arXiv 2110.04350, Sec. 3.2) with every rank replaced by its
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fedrank.protos.packing import MAX_BUCKET_BITS, bucket_bounds
+from fedrank.protos.buckets import MAX_BUCKET_BITS, bucket_bounds
 from fedrank.strategies.ranking import ranks_from_order
 from fedrank.strategies.votes import RankVote
 

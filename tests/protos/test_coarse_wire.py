@@ -9,19 +9,13 @@ from hypothesis import strategies as st
 
 from fedrank.errors import InvalidUpdate
 from fedrank.protos import update_pb2
+from fedrank.protos.buckets import bucket_bounds, bucket_problem, rank_buckets
 from fedrank.protos.coarse import (
     coarse_size_limit,
     decode_coarse_ranking_update,
     encode_coarse_ranking_update,
 )
-from fedrank.protos.packing import (
-    bucket_bounds,
-    bucket_problem,
-    pack_values,
-    packed_size,
-    rank_buckets,
-    unpack_ranks,
-)
+from fedrank.protos.packing import pack_values, packed_size, unpack_ranks
 from fedrank.protos.serde import decode_ranking_update, encode_ranking_update, ranking_size_limit
 from fedrank.protos.updates import RankingExpectation, UpdateHeader, model_fingerprint
 

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from fedrank.errors import InvalidUpdate
+from fedrank.protos.buckets import bucket_problem, rank_buckets
 from fedrank.protos.coarse import (
     coarse_size_limit,
     decode_coarse_ranking_update,
     encode_coarse_ranking_update,
 )
-from fedrank.protos.packing import bucket_problem, permutation_problem, rank_buckets
+from fedrank.protos.packing import permutation_problem
 from fedrank.protos.serde import (
     decode_adapter_update,
     decode_privacy_report,

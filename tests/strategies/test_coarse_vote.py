@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from fedrank.config import Scenario
 from fedrank.errors import ConfigError
+from fedrank.protos.buckets import bucket_problem, rank_buckets
 from fedrank.protos.codecs import RankingCodec, Reply
-from fedrank.protos.packing import bucket_problem, rank_buckets
 from fedrank.protos.ranking_wire import RankingWire
 from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.strategies.coarse import bucket_midpoints, coarse_borda_vote, coarse_vote
