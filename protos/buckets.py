@@ -15,6 +15,7 @@ import numpy.typing as npt
 __all__ = ["MAX_BUCKET_BITS", "bucket_bounds", "bucket_problem", "rank_buckets"]
 
 MAX_BUCKET_BITS = 16
+"""The most bits a coarse ranking spends per edge (``rank-bits``)."""
 
 
 def _check_bucket_bits(bits: int) -> int:

@@ -35,7 +35,6 @@ __all__ = [
     "unpack_ranks",
 ]
 
-"""The most bits a coarse ranking spends per edge (``rank-bits``)."""
 _GROUP = 8  # entries per group: 8 entries of `bits` bits are exactly `bits` bytes
 _CHUNK_GROUPS = 8192  # groups per step: keeps a step's working set in cache
 _WORD = np.dtype("<u8")
