@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from opacus import PrivacyEngine
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 from torch.utils.data import DataLoader
 
@@ -168,6 +166,11 @@ def train_dp_sgd(
     PrivacyBudgetExhausted
         When ``dp.epsilon_budget`` would be exceeded by this round; nothing is trained.
     """
+    # Imported here: Opacus costs seconds to import, which a LoRA run without DP-SGD
+    # need not pay (fedrank.privacy.analysis says why).
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
     device = model_device(model)
     sample_rate = 1.0 / len(loader)
     planned = epochs * len(loader)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,41 @@ def _seeded_global_rng(generator: torch.Generator, device: torch.device) -> Iter
         yield
 
 
+class MomentumSGD:
+    """SGD with momentum, step for step what ``torch.optim.SGD(params, lr, momentum)``
+    computes on the CPU (bit for bit, tested), without ``torch.optim``.
+
+    Constructing any ``torch.optim`` optimizer imports ``torch._dynamo`` (about 1.5 s),
+    which every process that trains (each Ray worker, each deployed ClientApp) would
+    pay before its first step, for a compiler these loops never use.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], *, lr: float, momentum: float) -> None:
+        self.params = list(params)
+        self.lr = lr
+        self.momentum = momentum
+        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            if grad is None:
+                continue
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = grad.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad)
+                grad = buf
+            p.add_(grad, alpha=-self.lr)
+
+
 def train_local(
     model: nn.Module,
     data: ImageSplit,
@@ -77,7 +112,7 @@ def train_local(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     proximal = ProximalTerm(params, proximal_mu)
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    optimizer = MomentumSGD(params, lr=lr, momentum=momentum)
     device = model_device(model)
     x = torch.from_numpy(data.images).to(device)
     y = torch.from_numpy(data.labels).to(device)
@@ -88,7 +123,7 @@ def train_local(
             order = torch.randperm(len(data), generator=generator).to(device)
             for start in range(0, len(data), batch_size):
                 idx = order[start : start + batch_size]
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 loss = F.cross_entropy(model(x[idx]), y[idx])
                 proximal.add_to(loss).backward()  # type: ignore[no-untyped-call]  # untyped in torch
                 optimizer.step()

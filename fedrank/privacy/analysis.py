@@ -17,15 +17,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants.analysis.prv import (
-    Domain,
-    PoissonSubsampledGaussianPRV,
-    TruncatedPrivacyRandomVariable,
-    compose_heterogeneous,
-    discretize,
-)
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.rdp import RDPAccountant
+
+# Opacus is imported where it computes, not here: importing it pulls in scipy.stats and
+# torch.distributed (about 3 s of start-up), which every fedrank process would pay,
+# FRL's included, for an accountant it may never call.
 
 # Opacus' default orders plus larger ones: with few compositions at q = 1 (client-level
 # DP over a handful of rounds) the best order lies above 63. A larger set of orders can
@@ -41,9 +36,12 @@ RDP_ORDERS: tuple[float, ...] = (
     256.0,
     512.0,
 )
-# The orders Opacus' PRV accountant sizes its domain with (RDPAccountant's defaults),
-# a subset of RDP_ORDERS: their positions in our cached curves.
-OPACUS_ALPHAS: tuple[float, ...] = tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
+# The orders Opacus' PRV accountant sizes its domain with (``RDPAccountant.DEFAULT_ALPHAS``,
+# equal by test), a subset of RDP_ORDERS: their positions in our cached curves.
+OPACUS_ALPHAS: tuple[float, ...] = (
+    *(1 + x / 10.0 for x in range(1, 100)),
+    *(float(a) for a in range(12, 64)),
+)
 _OPACUS_INDEX = np.array([RDP_ORDERS.index(a) for a in OPACUS_ALPHAS])
 
 # PRV discretisation error in epsilon; the result is the upper end of the error band.
@@ -65,6 +63,8 @@ def rdp_curve(sigma: float, q: float) -> npt.NDArray[np.float64]:
     The costly part of any accounting (up to ~0.5 s for q near 1/2): computed once per
     mechanism and process. The returned array is read-only.
     """
+    from opacus.accountants.analysis.rdp import compute_rdp
+
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         curve = np.asarray(
             compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(RDP_ORDERS)),
@@ -98,10 +98,21 @@ def rdp_epsilon(grouped: Grouped, delta: float, orders: Sequence[float] = RDP_OR
     """RDP epsilon of ``grouped`` at ``delta`` over ``orders`` (:data:`RDP_ORDERS` or
     :data:`OPACUS_ALPHAS`): what ``RDPAccountant.get_epsilon`` returns, bit for bit."""
     index = None if orders is RDP_ORDERS else _OPACUS_INDEX
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"), warnings.catch_warnings():
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return epsilon_of_rdp(_rdp_total(grouped, index), delta, orders)
+
+
+def epsilon_of_rdp(
+    curve: npt.NDArray[np.float64], delta: float, orders: Sequence[float] = RDP_ORDERS
+) -> float:
+    """Opacus' conversion (``get_privacy_spent``, Balle et al. 2020) of an RDP curve at
+    ``orders`` to epsilon at ``delta``."""
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    with warnings.catch_warnings():
         # The best order at the edge of the set means a looser bound, not a wrong one.
         warnings.filterwarnings("ignore", message="Optimal order is the")
-        eps, _ = get_privacy_spent(orders=list(orders), rdp=_rdp_total(grouped, index), delta=delta)
+        eps, _ = get_privacy_spent(orders=list(orders), rdp=curve, delta=delta)
     return float(eps)
 
 
@@ -147,6 +158,14 @@ def prv_epsilon(grouped: Grouped, delta: float) -> float:
 
     Call only when :func:`prv_reason` is None: the grid is built unconditionally.
     """
+    from opacus.accountants.analysis.prv import (
+        Domain,
+        PoissonSubsampledGaussianPRV,
+        TruncatedPrivacyRandomVariable,
+        compose_heterogeneous,
+        discretize,
+    )
+
     # PRVAccountant._get_dprv and get_epsilon, with the domain computed once (above).
     delta_error = delta / 1000
     half_width, mesh, _ = prv_domain(grouped, delta)

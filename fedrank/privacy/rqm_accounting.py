@@ -37,16 +37,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants.analysis.rdp import get_privacy_spent
 
 from fedrank.errors import ConfigError
 from fedrank.privacy.accountant import RDP_ORDERS
-from fedrank.privacy.analysis import least_within, rdp_total
+from fedrank.privacy.analysis import epsilon_of_rdp, least_within, rdp_total
 from fedrank.privacy.bounds import check_delta
 from fedrank.privacy.rqm import RqmParams, cell_of
 
@@ -182,10 +180,7 @@ def rqm_epsilon(
     rdp = rqm_rdp_curve(params, orders) * (dimension * rounds)
     if not np.any(np.isfinite(rdp)):
         return math.inf
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
-    return float(eps)
+    return epsilon_of_rdp(rdp, delta, orders)
 
 
 def rqm_extension_for_epsilon(
@@ -257,8 +252,5 @@ def epsilon_with_rqm(
     if not np.any(np.isfinite(curve)):
         return math.inf
     delta = check_delta(delta)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        eps, _ = get_privacy_spent(orders=list(orders), rdp=curve, delta=delta)
-    eps = float(eps)
+    eps = epsilon_of_rdp(curve, delta, orders)
     return eps if math.isfinite(eps) and eps >= 0 else math.inf

@@ -1,6 +1,7 @@
 import numpy as np
 
 from fedrank.data import source as source_module
+from fedrank.data.packaged import sklearn_digits
 from fedrank.data.source import DataSource, load_image_data
 
 
@@ -11,6 +12,18 @@ def test_mnist5k_is_real_and_split_is_stratified() -> None:
     assert np.bincount(data.test.labels).tolist() == [100] * 10
     assert data.train.images.min() >= 0.0
     assert data.train.images.max() <= 1.0
+
+
+def test_the_digits_are_read_exactly_as_scikit_learn_loads_them() -> None:
+    from sklearn.datasets import load_digits
+
+    data, target = sklearn_digits()
+    bunch = load_digits()
+
+    np.testing.assert_array_equal(data, bunch.data)
+    assert data.dtype == bunch.data.dtype
+    np.testing.assert_array_equal(target, bunch.target)
+    assert target.dtype == np.int64
 
 
 def test_digits_loads_with_its_own_shape() -> None:

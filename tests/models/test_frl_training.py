@@ -9,7 +9,13 @@ from fedrank.data.source import DataSource, load_image_data
 from fedrank.data.splits import ImageSplit
 from fedrank.models.factory import build_network
 from fedrank.models.supermask import get_rankings, set_rankings, to_supermask
-from fedrank.training import evaluate, load_numpy_state, numpy_state, train_local
+from fedrank.training import (
+    MomentumSGD,
+    evaluate,
+    load_numpy_state,
+    numpy_state,
+    train_local,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +119,27 @@ def test_frl_round_trip_of_a_user_model_with_batchnorm() -> None:
         assert not np.array_equal(ranks, start[name])
         np.testing.assert_array_equal(np.sort(ranks), np.arange(ranks.size))
     assert trained.keys() == start.keys()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_momentum_sgd_steps_exactly_as_torch_sgd(momentum: float) -> None:
+    torch.manual_seed(0)
+    ours, theirs = DropoutNet(), DropoutNet()
+    theirs.load_state_dict(ours.state_dict())
+    theirs.fc.weight.requires_grad_(False)  # a parameter without a gradient is skipped
+    ours.fc.weight.requires_grad_(False)
+    mine = MomentumSGD(list(ours.parameters()), lr=0.05, momentum=momentum)
+    reference = torch.optim.SGD(list(theirs.parameters()), lr=0.05, momentum=momentum)
+    start = {name: t.clone() for name, t in ours.state_dict().items()}
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for _ in range(4):
+        for model, optimizer in ((ours, mine), (theirs, reference)):
+            optimizer.zero_grad()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(1)  # the same dropout in both
+                torch.nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(ours.fc.bias, start["fc.bias"])  # it trained
+    assert torch.equal(ours.fc.weight, start["fc.weight"])  # without a gradient: untouched

@@ -20,6 +20,7 @@ from fedrank.privacy.accountant import (
     prv_fallback_reason,
     run_lengths,
 )
+from fedrank.privacy.analysis import OPACUS_ALPHAS
 
 DELTA = 1e-5
 
@@ -184,6 +185,11 @@ def test_equal_to_opacus_accountants_on_the_same_history(
 
     assert compute_epsilon(history=history, delta=DELTA, accountant="prv") == expected_prv
     assert compute_epsilon(history=history, delta=DELTA, accountant="rdp") == expected_rdp
+
+
+def test_the_prv_domain_is_sized_at_opacus_own_default_orders() -> None:
+    assert list(OPACUS_ALPHAS) == [float(a) for a in RDPAccountant.DEFAULT_ALPHAS]
+    assert set(OPACUS_ALPHAS) <= set(RDP_ORDERS)
 
 
 def test_a_prv_grid_over_the_cap_falls_back_to_rdp_with_a_warning() -> None:
