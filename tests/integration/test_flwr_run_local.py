@@ -7,8 +7,9 @@ seconds of the ServerApp's start, naming both numbers, instead of waiting for no
 that never come. Every process ``flwr run`` leaves (the local SuperLink, its
 SuperExec, the simulation and Ray's workers) is stopped by PID at the end.
 
-Needs the discovery's node-count check (issue 16: ``connect-timeout``); without it the
-ServerApp waits up to ``round-timeout`` for the missing nodes.
+Needs the discovery's node-count check (issue 16: ``connect-timeout``, 3 s here instead
+of the default 20: the two simulated nodes register as the ServerApp starts); without it
+the ServerApp waits up to ``round-timeout`` for the missing nodes.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 30.0  # seconds from the ServerApp's start to the failure
 WHOLE_RUN = 600.0  # Flower's local SuperLink and Ray start first (a minute on 2 cores)
-# The discovery's words: "only 2 nodes connected within 20 s but num-clients is 10: ..."
+# The discovery's words: "only 2 nodes connected within 3 s but num-clients is 10: ..."
 NAMED = re.compile(r"\b2 nodes\b.*num-clients is 10\b")
 
 
 def test_ten_clients_on_a_two_node_federation_fail_fast_naming_both(tmp_path: Path) -> None:
     env = flower_env(FLWR_HOME=str(tmp_path / "flwr"), RAY_USAGE_STATS_ENABLED="0")
     argv = [flower_executable("flwr"), "run", str(ROOT), "local", "--stream"]
-    argv += ["--run-config", 'num-clients=10 clients-per-round=2 dataset="digits"']
+    argv += [
+        "--run-config",
+        'num-clients=10 clients-per-round=2 dataset="digits" connect-timeout=3.0',
+    ]
     with ProcessGroup(tmp_path / "logs", new_session=True) as group:
         proc = group.start("flwr-run", argv, env=env, cwd=tmp_path)
         started: float | None = None  # when the ServerApp said what it runs
