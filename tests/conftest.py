@@ -1,5 +1,7 @@
 """Shared fixtures."""
 
+from typing import Any
+
 import pytest
 
 
@@ -15,3 +17,50 @@ def flower_identity() -> None:
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
+
+
+# ``make test`` runs on two pytest-xdist workers (``-n 2 --dist loadgroup``). The tests
+# that start a federation run one at a time in one of two groups: deployed federations
+# (SuperLink and SuperNodes: they mostly wait on Flower's 3 s polling) and simulations
+# (Ray or local processes: they use the CPU). So at most one of each runs at once, and
+# the unit tests fill the gaps. Groups are chosen here by node id, because xdist's own
+# ``xdist_group`` mark does not reach its scheduler under pytest 9 (xdist renames
+# ``item._nodeid``, which pytest 9 no longer reads).
+DEPLOYED = (
+    "tests/integration/test_deployment.py",
+    "tests/integration/test_deployed_lora.py",
+    "tests/integration/test_flwr_run_local.py",
+    "tests/integration/test_examples.py",
+    "tests/deploy/test_operator_path.py",
+    "tests/docs/test_doc_commands.py::test_document_commands_run_as_written[README.md]",
+    "tests/docs/test_doc_commands.py::test_document_commands_run_as_written[configuration.md]",
+    "tests/docs/test_doc_commands.py::test_document_commands_run_as_written[deployment.md]",
+    "tests/docs/test_doc_commands.py::test_document_commands_run_as_written[kubernetes.md]",
+)
+SIMULATIONS = (
+    "tests/integration/",
+    "tests/docs/test_doc_commands.py",
+    "tests/simulations/test_baselines_runs.py",
+    "tests/faults/test_runs.py",
+)
+
+
+def serial_group(nodeid: str) -> str:
+    """The serial group of a test, or its own node id when it can run beside any other."""
+    if nodeid.startswith(DEPLOYED):
+        return "deployed"
+    if nodeid.startswith(SIMULATIONS):
+        return "simulation"
+    return nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return serial_group(nodeid)
+
+    return GroupScheduling(config, log)

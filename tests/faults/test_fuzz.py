@@ -3,10 +3,11 @@
 Each strategy, composed as a run composes it, gets seeded fuzzed replies
 (:mod:`tests.faults.fuzz`), one per sampled node a call: no exception escapes, every
 reply is counted once (valid or under a rejection reason), none is found undecodable
-(a decoder raising something other than the typed rejection), no call takes a second,
-and the process's peak memory stays bounded. The default suite sends 2,000 replies per
-strategy; the ``slow`` suite 100,000 after a warm-up of 2,000, its growth measured from
-there (``pytest -m slow tests/faults/test_fuzz.py``).
+(a decoder raising something other than the typed rejection), no call hangs, and the
+process's peak memory stays bounded. The default suite sends 2,000 replies per strategy
+beside other tests (a call must end within :data:`HANG_SECONDS`); the ``slow`` suite,
+run alone (``pytest -m slow tests/faults/test_fuzz.py``), sends 100,000 after a warm-up
+of 2,000, its growth measured from there, and no call may take a second.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from tests.faults.fuzz import fuzzed_content
 from tests.faults.harness import CASES, Round, configure, honest_round, rejections, scenario
 
 RECOMPOSE_EVERY = 50  # rounds: then a fresh strategy and ledgers (histories stay short)
-MAX_SECONDS = 1.0
+MAX_SECONDS = 1.0  # a call of the slow suite, alone on the machine
+HANG_SECONDS = 30.0  # a call of the default suite, which shares the cores with others
 MAX_GROWTH_MB = 256.0
 
 
@@ -73,7 +75,7 @@ def test_fuzzed_replies_are_counted_and_never_crash(
 ) -> None:
     measured = fuzz_strategy(case, 2_000, tmp_path, seed=1)
 
-    assert measured["worst_seconds"] < MAX_SECONDS
+    assert measured["worst_seconds"] < HANG_SECONDS
     assert measured["peak_growth_mb"] < MAX_GROWTH_MB
 
 
