@@ -289,8 +289,12 @@ class ClientLevelDp(WrappingStrategy):
                 "to every node",
             )
         # One secret coin per node, in partition order: the same partitions in a
-        # resumed round as in the crashed one.
+        # resumed round as in the crashed one. A node that discovery left out (no
+        # valid partition id) is connected but takes no part: it is not a candidate.
         nodes = partition_order(grid.get_node_ids(), self.partitions)
+        if self.partitions:
+            mapped = set(self.partitions.values())
+            nodes = [node for node in nodes if node in mapped]
         chosen = self.source.derive(CLIENT_SAMPLING, server_round).poisson_subset(
             nodes, self.sample_rate
         )

@@ -263,6 +263,28 @@ def test_poisson_sampling_is_seeded_and_amplified(tmp_path: Path) -> None:
     )
 
 
+def test_poisson_sampling_never_picks_a_node_that_discovery_left_out(tmp_path: Path) -> None:
+    partitions = {p: 100 + p for p in range(20)}  # node 999 answered discovery badly
+    strategy = make_strategy(
+        make_ledger(tmp_path / "l.jsonl"),
+        m=5,
+        sampling="poisson",
+        total_clients=20,
+        partitions=partitions,
+    )
+    grid = FakeGrid([999, *partitions.values()])
+
+    chosen = [
+        m.metadata.dst_node_id
+        for r in range(1, 41)
+        for m in strategy.configure_train(r, arrays_of(GLOBAL), ConfigRecord(), grid)  # type: ignore[arg-type]
+    ]
+
+    # 40 rounds x 21 nodes at q = 0.25: node 999 would be picked about 10 times.
+    assert len(chosen) > 100
+    assert set(chosen) <= set(partitions.values())
+
+
 def test_poisson_sampling_rate_over_many_rounds(tmp_path: Path) -> None:
     strategy = make_strategy(
         make_ledger(tmp_path / "l.jsonl"), m=5, sampling="poisson", total_clients=20
