@@ -286,6 +286,7 @@ def foreign_client_app(
     victim: int = 0,
     late_seconds: float = 3.0,
     release: Path | None = None,
+    received: Path | None = None,
 ) -> ClientApp:
     """``honest``, except where it misbehaves.
 
@@ -306,6 +307,9 @@ def foreign_client_app(
         How long ``hang`` and ``late`` wait before answering (past the round timeout).
     release : Path, optional
         A file whose creation ends a ``hang`` early (so a test ends promptly).
+    received : Path, optional
+        A folder where each train message received leaves a file ``<partition>-<round>``
+        (any process: Ray's workers too), so that a test knows who was sampled.
     """
     train_faults = dict(train or {})
     query_faults = dict(query or {})
@@ -328,6 +332,8 @@ def foreign_client_app(
     def on_train(msg: Message, context: Context) -> Message:
         server_round = int(msg.content.config_records[CONFIG][SERVER_ROUND])  # type: ignore[arg-type]
         partition = own_partition(context)
+        if received is not None:
+            (received / f"{partition}-{server_round}").touch()
         fault = train_faults.get((partition, server_round), train_faults.get((partition, -1)))
         if fault == "raise":
             raise RuntimeError(f"this site fails round {server_round}")

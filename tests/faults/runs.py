@@ -49,21 +49,28 @@ class Outcome:
     rows: list[dict[str, Any]]
     state: dict[str, np.ndarray]
     summary: dict[str, Any]
+    received: frozenset[tuple[int, int]]  # (partition, round) of every train message
 
 
 def run(scenario: Scenario, plan: Plan, *, backend: Backend, late_seconds: float = 3.0) -> Outcome:
     """``scenario`` with the foreign site misbehaving as ``plan`` says."""
+    folder = Path(scenario.output.results_dir)
+    received = folder.with_name(folder.name + "-received")
+    received.mkdir(parents=True)
     app = foreign_client_app(
         fedrank_client.app,
         train=plan.train,
         query=plan.query,
         victim=plan.victim,
         late_seconds=late_seconds,
+        received=received,
     )
     summary = simulate(scenario, client_app=app, backend=backend)
-    folder = Path(scenario.output.results_dir)
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return Outcome(rows, read_arrays(folder / FINAL_STATE), summary)
+    delivered = frozenset(
+        (int(p), int(r)) for p, r in (f.name.split("-") for f in received.iterdir())
+    )
+    return Outcome(rows, read_arrays(folder / FINAL_STATE), summary, delivered)
 
 
 def faulty_and_silent(
