@@ -11,10 +11,15 @@ bucket's midpoint; with ``2**b >= n`` every bucket holds one rank and it is Bord
 Coarse buckets tie many edges. Ties are broken by the reference ranking (the global
 ranking sent this round), so edges the clients cannot tell apart keep their previous
 order: a stable, deterministic tie-break that does not favour low edge indices.
+
+The vote's smoothing across rounds (``vote-smoothing``) is the full vote's
+(:func:`fedrank.strategies.ranking.anchored_ranks`): the reference ranking enters as
+``anchor`` mean replies, added to each edge's mean mid-rank.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -40,7 +45,12 @@ def bucket_midpoints(n: int, bits: int) -> npt.NDArray[np.int64]:
 
 
 def coarse_borda_vote(
-    stacked: np.ndarray, *, bits: int, tie_break: np.ndarray | None = None
+    stacked: np.ndarray,
+    *,
+    bits: int,
+    tie_break: np.ndarray | None = None,
+    anchor: float = 0.0,
+    reference: np.ndarray | None = None,
 ) -> npt.NDArray[np.int64]:
     """Global rank vector from stacked bucket vectors: Borda on bucket midpoints.
 
@@ -53,6 +63,10 @@ def coarse_borda_vote(
     tie_break : np.ndarray, optional
         A rank vector (the reference ranking) that orders edges with equal sums; None
         orders them by edge index (a stable sort).
+    anchor : float
+        Weight of ``reference`` in mean replies (the smoothing across rounds), ``>= 0``.
+    reference : np.ndarray, optional
+        The global rank vector sent this round; needed when ``anchor > 0``.
 
     Returns
     -------
@@ -61,10 +75,21 @@ def coarse_borda_vote(
     """
     if stacked.ndim != 2 or stacked.shape[0] == 0:
         raise ValueError(f"stacked: expected a non-empty (m, n) array, got shape {stacked.shape}")
-    n = stacked.shape[1]
+    m, n = stacked.shape
+    if not (math.isfinite(anchor) and anchor >= 0.0):
+        raise ValueError(f"anchor: must be a finite number >= 0, got {anchor}")
     midpoints = bucket_midpoints(n, bits)
     # int64 sums cannot overflow: m * 2 n < 2**63 for any federation that fits in memory.
-    votes = midpoints[stacked].sum(axis=0, dtype=np.int64)
+    votes: np.ndarray = midpoints[stacked].sum(axis=0, dtype=np.int64)
+    if anchor:
+        if reference is None or reference.shape != (n,):
+            got = None if reference is None else reference.shape
+            raise ValueError(f"reference: an anchor needs a rank vector of shape ({n},), got {got}")
+        # The sums are of twice the mid-ranks: the reference weighs 2 * anchor * m.
+        keys = reference.astype(np.float64)
+        keys *= 2.0 * anchor * m
+        keys += votes
+        votes = keys
     if tie_break is None:
         order = np.argsort(votes, kind="stable")
     else:
@@ -88,7 +113,7 @@ def coarse_vote(bits: int, *, tie_break: str = "reference") -> RankVote:
     -------
     RankVote
         ``(bucket replies, reference ranking, anchor) -> (new global ranking, 0 left
-        out)``; the anchor (vote smoothing) must be 0.
+        out)``; the anchor is the vote's smoothing (``vote-smoothing x round``).
     """
     if not 1 <= bits <= MAX_BUCKET_BITS:
         raise ValueError(f"bits: expected 1..{MAX_BUCKET_BITS}, got {bits}")
@@ -98,8 +123,6 @@ def coarse_vote(bits: int, *, tie_break: str = "reference") -> RankVote:
     def vote(
         updates: Sequence[Rankings], reference: Rankings, anchor: float = 0.0
     ) -> tuple[dict[str, np.ndarray], int]:
-        if anchor:
-            raise ValueError("anchor: coarse rankings are voted without smoothing")
         if not updates:
             raise ValueError("updates: need at least one client update to vote")
         state = {
@@ -107,6 +130,8 @@ def coarse_vote(bits: int, *, tie_break: str = "reference") -> RankVote:
                 np.stack([u[name] for u in updates]),
                 bits=bits,
                 tie_break=reference[name] if tie_break == "reference" else None,
+                anchor=anchor,
+                reference=reference[name],
             )
             for name in updates[0]
         }

@@ -256,7 +256,7 @@ def _did_you_mean(key: str) -> str:
 
 
 def _check_coarse_rankings(s: Scenario) -> None:
-    """``rank-bits`` > 0 (coarse uplink rankings): FRL, plain Borda (no smoothing), no
+    """``rank-bits`` > 0 (coarse uplink rankings): FRL, plain Borda (smoothed or not), no
     ranking attack."""
     if s.frl.rank_bits == 0:
         return
@@ -272,10 +272,6 @@ def _check_coarse_rankings(s: Scenario) -> None:
         raise ConfigError(
             "rank-bits",
             f"the {s.attack.kind!r} attack crafts full rankings; use rank-bits = 0 with it",
-        )
-    if s.frl.vote_smoothing:
-        raise ConfigError(
-            "rank-bits", "coarse rankings are voted without smoothing; use vote-smoothing = 0"
         )
 
 

@@ -18,7 +18,7 @@ from fedrank.protos.ranking_wire import RankingWire
 from fedrank.protos.records import from_array_record, to_array_record
 from fedrank.strategies.coarse import bucket_midpoints, coarse_borda_vote, coarse_vote
 from fedrank.strategies.frl import FrlVote, frl_strategy
-from fedrank.strategies.ranking import borda_vote
+from fedrank.strategies.ranking import anchored_ranks, borda_vote
 
 SIZES = {"fc1": 40, "fc2": 7}
 WIRE = RankingWire.for_model(run_id=7, layer_sizes=SIZES, model="mlp", seed=1, k=0.5)
@@ -48,6 +48,49 @@ def test_with_a_bucket_per_rank_it_is_borda(n: int, m: int, seed: int) -> None:
     buckets = np.stack([rank_buckets(r, bits) for r in ranks])
 
     np.testing.assert_array_equal(coarse_borda_vote(buckets, bits=bits), borda_vote(ranks))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 64),
+    m=st.integers(1, 6),
+    anchor=st.floats(0.0, 50.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_smoothed_with_a_bucket_per_rank_it_is_the_smoothed_borda_vote(
+    n: int, m: int, anchor: float, seed: int
+) -> None:
+    ranks = permutations(m, n, seed)
+    reference = np.random.default_rng(seed + 1).permutation(n)
+    bits = max(1, (n - 1).bit_length())
+    buckets = np.stack([rank_buckets(r, bits) for r in ranks])
+    sums = ranks.sum(axis=0, dtype=np.int64).astype(np.float64)
+
+    voted = coarse_borda_vote(buckets, bits=bits, anchor=anchor, reference=reference)
+
+    expected = anchored_ranks(sums, float(m), reference, anchor=anchor)
+    np.testing.assert_array_equal(voted, expected)
+
+
+def test_a_heavy_anchor_keeps_the_reference_and_none_is_the_plain_vote() -> None:
+    n, bits = 300, 3
+    buckets = np.stack([rank_buckets(r, bits) for r in permutations(5, n, 0)])
+    reference = np.random.default_rng(1).permutation(n)
+
+    heavy = coarse_borda_vote(
+        buckets, bits=bits, tie_break=reference, anchor=1e6, reference=reference
+    )
+    light = coarse_borda_vote(
+        buckets, bits=bits, tie_break=reference, anchor=0.1, reference=reference
+    )
+    plain = coarse_borda_vote(buckets, bits=bits, tie_break=reference)
+
+    np.testing.assert_array_equal(heavy, reference)
+    np.testing.assert_array_equal(
+        coarse_borda_vote(buckets, bits=bits, tie_break=reference, anchor=0.0), plain
+    )
+    # Smoothing moves the ranking less far from the reference than the plain vote does.
+    assert np.abs(light - reference).sum() < np.abs(plain - reference).sum()
 
 
 @settings(max_examples=40, deadline=None)
@@ -91,6 +134,12 @@ def test_bad_arguments_are_refused() -> None:
         coarse_vote(2, tie_break="random")
     with pytest.raises(ValueError, match="shape"):
         coarse_borda_vote(np.zeros((2, 4), dtype=np.int64), bits=1, tie_break=np.arange(3))
+    with pytest.raises(ValueError, match="reference"):
+        coarse_borda_vote(np.zeros((2, 4), dtype=np.int64), bits=1, anchor=0.5)
+    with pytest.raises(ValueError, match="anchor"):
+        coarse_borda_vote(
+            np.zeros((2, 4), dtype=np.int64), bits=1, anchor=-1.0, reference=np.arange(4)
+        )
 
 
 # ------------------------------------------------------------------ behind the gate
@@ -141,11 +190,15 @@ def test_frl_votes_coarse_replies_and_rejects_stuffed_buckets() -> None:
         np.testing.assert_array_equal(voted[name], expected)
 
 
-def test_the_scenario_picks_the_coarse_vote() -> None:
-    strategy = frl_strategy(
-        Scenario.of(rank_bits=4), codec=RankingCodec(WIRE, reply_bits=4), partitions={0: 1}
-    )
-    assert strategy.vote.__qualname__.startswith("coarse_vote")
+def test_the_scenario_picks_the_coarse_vote_smoothed_or_not() -> None:
+    for smoothing in (0.0, 0.1):
+        strategy = frl_strategy(
+            Scenario.of(rank_bits=4, vote_smoothing=smoothing),
+            codec=RankingCodec(WIRE, reply_bits=4),
+            partitions={0: 1},
+        )
+        assert strategy.vote.__qualname__.startswith("coarse_vote")
+        assert strategy.smoothing == smoothing
 
 
 @pytest.mark.parametrize(
