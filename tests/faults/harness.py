@@ -85,9 +85,14 @@ TEXT: dict[str, Any] = {
     "test_records": 16,
     "lora_rank": 2,
 }
-SAMPLE_DP: dict[str, Any] = {"dp": "sample", "dp_target_epsilon": 50.0}
-# Fault tests compare a round with and without the faulty reply, so the noise must
-# replay, and they read the reply counts a client-level DP run withholds by default.
+# Fault tests compare a run with and without the faulty replies, so the noise (the
+# clients' DP-SGD noise and batches, the server's noise and sampling) must replay, and
+# they read the reply counts a client-level DP run withholds by default.
+SAMPLE_DP: dict[str, Any] = {
+    "dp": "sample",
+    "dp_target_epsilon": 50.0,
+    "dp_reproducible_noise": True,
+}
 CLIENT_DP: dict[str, Any] = {
     "dp": "client",
     "dp_client_noise_multiplier": 1.0,

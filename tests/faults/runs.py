@@ -34,12 +34,16 @@ class Plan:
     victim: int = 0
 
     def silent(self) -> Plan:
-        """Every misbehaviour replaced by sending nothing."""
-        return Plan(
-            train=dict.fromkeys(self.train, "raise"),
-            query=dict.fromkeys(self.query, "raise"),
-            victim=self.victim,
-        )
+        """Every misbehaviour replaced by sending nothing.
+
+        A ``duplicate`` discovery answer leaves out its victim too (two nodes claim one
+        partition: neither is trusted), so in the silent run the victim is silent at
+        discovery as well.
+        """
+        query = dict.fromkeys(self.query, "raise")
+        if "duplicate" in self.query.values():
+            query[self.victim] = "raise"
+        return Plan(train=dict.fromkeys(self.train, "raise"), query=query, victim=self.victim)
 
 
 @dataclasses.dataclass(frozen=True)

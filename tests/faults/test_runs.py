@@ -73,6 +73,10 @@ def matrix(case: str, results: Path, runtime_faults: tuple[str, ...] = ("raise",
     base = matrix_scenario(case, results)
     faults = ["huge_examples", "huge_examples"]
     faults += [f for f in applicable_faults(base) if f != "huge_examples"] + list(runtime_faults)
+    # Full rounds: a site that trained and then misbehaved has moved its own state on (its
+    # DP-SGD accountant and noise, its optimizer), so its later honest replies would not
+    # be those of a site that never trained. A faulty site stays faulty to the last round.
+    faults += ["raise"] * (-len(faults) % len(FAULTY))
     train = {
         (FAULTY[i % len(FAULTY)], i // len(FAULTY) + 1): fault for i, fault in enumerate(faults)
     }
@@ -160,6 +164,8 @@ def test_two_hundred_megabytes_of_junk_cost_one_vote(
 
 # ------------------------------------------------------------------ Ray: late sites, mixed
 
+# Each faulty site misbehaves in both rounds (see matrix: a site that trained has moved its
+# own state on, e.g. its DP-SGD budget sets its next round's noise).
 RAY_PLANS: dict[str, tuple[dict[tuple[int, int], str], dict[int, dict[str, int]]]] = {
     "frl-borda": (
         {(0, 1): "junk_record", (1, 1): "ranking_garbage", (0, 2): "late", (1, 2): "long_ttl"},
@@ -175,12 +181,15 @@ RAY_PLANS: dict[str, tuple[dict[tuple[int, int], str], dict[int, dict[str, int]]
         {1: {"bad_num_examples": 2}, 2: {"not_finite": 1, "wrong_shape": 1}},
     ),
     "lora-mean": (
-        {(0, 1): "no_metrics", (1, 1): "garbage_bytes", (0, 2): "no_payload"},
-        {1: {"missing_record": 1, "malformed_array": 1}, 2: {"missing_record": 1}},
+        {(0, 1): "no_metrics", (1, 1): "garbage_bytes", (0, 2): "no_payload", (1, 2): "raise"},
+        {
+            1: {"missing_record": 1, "malformed_array": 1},
+            2: {"missing_record": 1, "client_error": 1},
+        },
     ),
     "dp-lora-sample": (
-        {(0, 1): "sigma_tiny", (1, 1): "sigma_huge", (0, 2): "steps_huge"},
-        {1: {"privacy_out_of_range": 2}, 2: {"privacy_out_of_range": 1}},
+        {(0, 1): "sigma_tiny", (1, 1): "sigma_huge", (0, 2): "steps_huge", (1, 2): "raise"},
+        {1: {"privacy_out_of_range": 2}, 2: {"privacy_out_of_range": 1, "client_error": 1}},
     ),
 }
 
