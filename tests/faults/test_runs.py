@@ -61,15 +61,14 @@ def test_frl_with_a_faulty_site_ends_as_if_it_sent_nothing(tmp_path: Path) -> No
 
 # ------------------------------------------------------------------ slow: every strategy
 
-FAULTY = (0, 1, 2)  # partitions misbehaving in training; 3 and 4 stay honest
-LEFT_OUT = 5  # misbehaves at discovery: the five others are sampled every round
+FAULTY = (0, 1, 2)  # partitions misbehaving in training; the others stay honest
 NON_DUPLICATE_QUERY_FAULTS = sorted(set(QUERY_REASON) - {"duplicate"})
 
 
 def matrix(case: str, results: Path, runtime_faults: tuple[str, ...] = ("raise", "crash")) -> Plan:
     """``case``'s faults: partitions 0-2 try every train fault that applies (three a
     round, the first round two sites claiming 1e308 examples), then ``runtime_faults``;
-    partition 5 one discovery fault."""
+    the last partition one discovery fault."""
     base = matrix_scenario(case, results)
     faults = ["huge_examples", "huge_examples"]
     faults += [f for f in applicable_faults(base) if f != "huge_examples"] + list(runtime_faults)
@@ -81,13 +80,23 @@ def matrix(case: str, results: Path, runtime_faults: tuple[str, ...] = ("raise",
         (FAULTY[i % len(FAULTY)], i // len(FAULTY) + 1): fault for i, fault in enumerate(faults)
     }
     index = sorted(CASES).index(case) % len(NON_DUPLICATE_QUERY_FAULTS)
-    return Plan(train=train, query={LEFT_OUT: NON_DUPLICATE_QUERY_FAULTS[index]})
+    left_out = base.run.num_clients - 1
+    return Plan(train=train, query={left_out: NON_DUPLICATE_QUERY_FAULTS[index]})
 
 
 def matrix_scenario(case: str, results: Path, plan: Plan | None = None) -> Scenario:
-    """``case``'s run of six sites, five a round, as many rounds as ``plan`` needs."""
+    """``case``'s run: every site but the one left out at discovery is sampled every
+    round, for as many rounds as ``plan`` needs. Six sites; eleven under Bulyan, which
+    needs ``4 f + 3`` valid replies (f = 1) beside the three faulty ones."""
+    sites = 11 if case.endswith("bulyan") else 6
     s = scenario(
-        case, results, num_clients=6, clients_per_round=5, min_clients=5, round_timeout=300.0
+        case,
+        results,
+        num_clients=sites,
+        clients_per_round=sites - 1,
+        min_clients=sites - 1,
+        round_timeout=300.0,
+        **({"trim_fraction": 0.1} if case.endswith("bulyan") else {}),
     )
     return s if plan is None else s.replace(rounds=max(r for _, r in plan.train))
 
