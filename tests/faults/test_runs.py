@@ -3,8 +3,8 @@ every round run, and the final model bit for bit that of the run where it sent n
 
 The default suite runs FRL on the ``local`` backend; the ``slow`` suite runs every
 strategy and aggregator with every fault on both backends (on Ray, a crashing worker is
-left to test_client_failures), and a late site on each (``pytest -m slow
-tests/faults/test_runs.py``).
+left to test_client_failures), a hung and a late site against every strategy on Ray, and
+late sites locally (``pytest -m slow tests/faults/test_runs.py``).
 """
 
 from __future__ import annotations
@@ -156,6 +156,21 @@ def test_a_late_site_is_a_timeout_counted_once_locally(case: str, tmp_path: Path
     faulty, silent = faulty_and_silent(s, plan, tmp_path, backend="local", late_seconds=41.0)
 
     check_same_result(faulty, silent, {1: {"timeout": 1}, 2: {"timeout": 1}})
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_hung_and_a_late_site_against_every_strategy_on_ray(case: str, tmp_path: Path) -> None:
+    # Every site sampled every round (client-level DP's Poisson rate is 1 here); Bulyan
+    # needs 4 f + 3 = 7 replies beside the silent one.
+    sites = 8 if case.endswith("bulyan") else 5
+    s = scenario(case, tmp_path, num_clients=sites, clients_per_round=sites, round_timeout=20.0)
+    plan = Plan(train={(sites - 1, 1): "hang", (sites - 1, 2): "late"})
+
+    faulty, silent = faulty_and_silent(s, plan, tmp_path, backend="ray", late_seconds=21.0)
+
+    check_same_result(faulty, silent, expected_rejections(plan, s, faulty))
 
 
 @pytest.mark.slow
