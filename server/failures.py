@@ -18,7 +18,8 @@ reason                    what Flower produced
                           process crashed (``CLIENT_APP_CRASHED``) or the node
                           went away (``NODE_UNAVAILABLE``)
 ``worker_restarting``     the client was given to an actor that Ray was still
-                          restarting after a death: it never ran
+                          restarting after a death: it never ran (asked again
+                          within the round first, :func:`ask_again_if_never_run`)
 ``unknown``               any other error
 ========================  ==================================================
 
@@ -29,6 +30,7 @@ round's metrics as ``rejected.<reason>``.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,48 @@ def failure_reason(error: Error) -> str:
     if any(name in text for name in _RAY_ACTOR_ERRORS):
         return "worker_restarting" if "actor is restarting" in text else "worker_died"
     return "unknown"
+
+
+def ask_again_if_never_run(
+    grid: Grid,
+    messages: Sequence[Message],
+    replies: Sequence[Message],
+    *,
+    deadline: float,
+    pause: float = 1.0,
+    attempts: int = 5,
+) -> list[Message]:
+    """``replies``, where a client that never ran was asked again while time remains.
+
+    On Ray, a client handed to an actor that is still restarting after another
+    client's crash never runs (``worker_restarting``): an honest site would lose its
+    vote for another's fault. Its message is sent again (the same content to the same
+    node) after ``pause`` seconds, at most ``attempts`` times, each waiting until
+    ``deadline`` (``time.monotonic()``, the round's end) at most. A client that still
+    does not answer keeps its last reply, or none (a timeout).
+    """
+    sent = {m.metadata.dst_node_id: m for m in messages}
+    out = list(replies)
+    for _ in range(attempts):
+        unrun = {
+            r.metadata.src_node_id
+            for r in out
+            if r.has_error() and failure_reason(r.error) == "worker_restarting"
+        }
+        left = deadline - time.monotonic() - pause
+        if not unrun or left <= 0:
+            break
+        log.info("asking %d client(s) again: their actor was restarting", len(unrun))
+        time.sleep(pause)
+        again = [
+            Message(sent[n].content, dst_node_id=n, message_type=sent[n].metadata.message_type)
+            for n in sorted(unrun)
+            if n in sent
+        ]
+        answers = list(grid.send_and_receive(again, timeout=left))
+        answered = {r.metadata.src_node_id for r in answers}
+        out = [r for r in out if r.metadata.src_node_id not in answered] + answers
+    return out
 
 
 def split_replies(

@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedrank.protos import keys
 from fedrank.protos.records import content_bytes
-from fedrank.server.failures import failure_counts, split_replies
+from fedrank.server.failures import ask_again_if_never_run, failure_counts, split_replies
 from fedrank.server.results import ResultsWriter
 from fedrank.strategies.evaluation import FEDERATED_REJECTED
 
@@ -85,7 +85,9 @@ def run_rounds(
             timeout,
             len(messages),
         )
+        deadline = time.monotonic() + timeout
         replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = ask_again_if_never_run(grid, messages, replies, deadline=deadline)
         answered, failures = split_replies(
             server_round, messages, replies, timeout=timeout, partition_of=partition_of
         )

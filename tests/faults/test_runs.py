@@ -174,6 +174,21 @@ def test_a_hung_and_a_late_site_against_every_strategy_on_ray(case: str, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_crashing_site_against_every_strategy_on_ray(case: str, tmp_path: Path) -> None:
+    # The last site's process dies mid-round 1 (its work done, nothing sent). Ray then
+    # restarts its actor; a client handed to it meanwhile never ran and is asked again.
+    sites = 8 if case.endswith("bulyan") else 5
+    s = scenario(case, tmp_path, num_clients=sites, clients_per_round=sites)
+    plan = Plan(train={(sites - 1, 1): "crash"})
+
+    faulty, silent = faulty_and_silent(s, plan, tmp_path, backend="ray")
+
+    check_same_result(faulty, silent, expected_rejections(plan, s, faulty))
+
+
+@pytest.mark.slow
 def test_two_hundred_megabytes_of_junk_cost_one_vote(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

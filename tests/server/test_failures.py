@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +11,13 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
 
-from fedrank.server.failures import ClientFailure, failure_counts, failure_reason, split_replies
+from fedrank.server.failures import (
+    ClientFailure,
+    ask_again_if_never_run,
+    failure_counts,
+    failure_reason,
+    split_replies,
+)
 
 # Texts Flower 1.41 puts in the reply when Ray loses the actor (seen in real runs).
 ACTOR_DIED = (
@@ -102,3 +109,59 @@ def test_no_failures_no_counts(flower_identity: None) -> None:
     reply = Message(RecordDict(), reply_to=messages[0])
     answered, failures = split_replies(1, messages, [reply], timeout=1.0)
     assert (answered, failures, failure_counts(failures)) == ([reply], [], {})
+
+
+class RetryGrid:
+    """A grid whose nodes answer every message they get (what was sent is kept)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float) -> list[Message]:
+        self.sent.extend(messages)
+        return [Message(RecordDict({"arrays": ArrayRecord()}), reply_to=m) for m in messages]
+
+
+def test_a_client_whose_actor_was_restarting_is_asked_again_once(flower_identity: None) -> None:
+    # Arrange: node 12 met a restarting actor (it never ran); 13 raised; 11 answered.
+    messages = [train_message(node) for node in (11, 12, 13)]
+    replies = [
+        Message(RecordDict({"arrays": ArrayRecord()}), reply_to=messages[0]),
+        Message(Error(ErrorCode.UNKNOWN, RESTARTING), reply_to=messages[1]),
+        Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, RAISED), reply_to=messages[2]),
+    ]
+    grid = RetryGrid()
+
+    # Act
+    out = ask_again_if_never_run(
+        grid,  # type: ignore[arg-type]
+        messages,
+        replies,
+        deadline=time.monotonic() + 30.0,
+        pause=0.0,
+    )
+
+    # Assert: only 12 was asked again, with the same content; its answer replaces the error.
+    assert [m.metadata.dst_node_id for m in grid.sent] == [12]
+    assert grid.sent[0].content is messages[1].content
+    answered, failures = split_replies(1, messages, out, timeout=30.0)
+    assert sorted(r.metadata.src_node_id for r in answered) == [11, 12]
+    assert [(f.node_id, f.reason) for f in failures] == [(13, "client_error")]
+
+
+def test_no_time_left_means_no_second_ask(flower_identity: None) -> None:
+    messages = [train_message(12)]
+    replies = [Message(Error(ErrorCode.UNKNOWN, RESTARTING), reply_to=messages[0])]
+    grid = RetryGrid()
+
+    out = ask_again_if_never_run(
+        grid,  # type: ignore[arg-type]
+        messages,
+        replies,
+        deadline=time.monotonic(),
+    )
+
+    assert grid.sent == []
+    assert [f.reason for f in split_replies(1, messages, out, timeout=1.0)[1]] == [
+        "worker_restarting"
+    ]
