@@ -2,14 +2,15 @@
 every round run, and the final model bit for bit that of the run where it sent nothing.
 
 The default suite runs FRL on the ``local`` backend; the ``slow`` suite runs every
-strategy and aggregator with every fault on both backends (on Ray, a crashing worker is
-left to test_client_failures), a hung and a late site against every strategy on Ray, and
+strategy and aggregator with every fault on both backends (on Ray a crash runs in a test
+of its own, one site a run), a hung and a late site against every strategy on Ray, and
 late sites locally (``pytest -m slow tests/faults/test_runs.py``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,8 +136,7 @@ def test_every_fault_against_every_strategy_locally(case: str, tmp_path: Path) -
 @pytest.mark.integration
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_fault_against_every_strategy_on_ray(case: str, tmp_path: Path) -> None:
-    # A crashing worker on Ray is test_client_failures' subject (Ray may hand the next
-    # client to the worker it restarts): left out here.
+    # A crash, which makes Ray restart its actor, runs alone: below.
     plan = matrix(case, tmp_path, runtime_faults=("raise",))
     s = matrix_scenario(case, tmp_path, plan)
 
@@ -158,15 +158,20 @@ def test_a_late_site_is_a_timeout_counted_once_locally(case: str, tmp_path: Path
     check_same_result(faulty, silent, {1: {"timeout": 1}, 2: {"timeout": 1}})
 
 
+def all_sampled(case: str, results: Path, **changes: Any) -> Scenario:
+    """``case``'s run where every site is sampled every round (client-level DP's Poisson
+    rate is 1); five sites, eight under Bulyan (4 f + 3 = 7 replies beside a silent one)."""
+    sites = 8 if case.endswith("bulyan") else 5
+    return scenario(case, results, num_clients=sites, clients_per_round=sites, **changes)
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_hung_and_a_late_site_against_every_strategy_on_ray(case: str, tmp_path: Path) -> None:
-    # Every site sampled every round (client-level DP's Poisson rate is 1 here); Bulyan
-    # needs 4 f + 3 = 7 replies beside the silent one.
-    sites = 8 if case.endswith("bulyan") else 5
-    s = scenario(case, tmp_path, num_clients=sites, clients_per_round=sites, round_timeout=20.0)
-    plan = Plan(train={(sites - 1, 1): "hang", (sites - 1, 2): "late"})
+    s = all_sampled(case, tmp_path, round_timeout=20.0)
+    last = s.run.num_clients - 1
+    plan = Plan(train={(last, 1): "hang", (last, 2): "late"})
 
     faulty, silent = faulty_and_silent(s, plan, tmp_path, backend="ray", late_seconds=21.0)
 
@@ -179,9 +184,8 @@ def test_a_hung_and_a_late_site_against_every_strategy_on_ray(case: str, tmp_pat
 def test_a_crashing_site_against_every_strategy_on_ray(case: str, tmp_path: Path) -> None:
     # The last site's process dies mid-round 1 (its work done, nothing sent). Ray then
     # restarts its actor; a client handed to it meanwhile never ran and is asked again.
-    sites = 8 if case.endswith("bulyan") else 5
-    s = scenario(case, tmp_path, num_clients=sites, clients_per_round=sites)
-    plan = Plan(train={(sites - 1, 1): "crash"})
+    s = all_sampled(case, tmp_path)
+    plan = Plan(train={(s.run.num_clients - 1, 1): "crash"})
 
     faulty, silent = faulty_and_silent(s, plan, tmp_path, backend="ray")
 
