@@ -218,9 +218,9 @@ def _digest(state: dict[str, np.ndarray]) -> str:
 # 3, k 0.5, 64 MNIST-5k training examples drawn with seed 0, batch 16, one torch thread):
 # the mean training loss and the loss on 512 test examples. Training is compared within
 # a tolerance, not by digest: float32 products round differently with each CPU's vector
-# instructions (the trained digests of commit a4bc889 differ on an AMD EPYC running torch's
-# AVX2 kernels), while a
-# change to a model or to its training moves these losses by far more than 1e-4.
+# instructions (the trained digests of commit a4bc889 differ on an AMD EPYC running
+# torch's AVX2 kernels), while a change to a model or to its training moves these losses
+# by far more than 1e-4.
 GOLDEN = {
     ("mlp", False): ("7dbe4f54b75c6f9c", 2.1837321, 1.9864819),
     ("mlp", True): ("4f46a1556a04e6f4", 2.2974950, 2.2682414),
