@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual alias)
 
 from fedrank.data.source import DataSource, load_image_data
-from fedrank.data.splits import ImageSplit
+from fedrank.data.splits import take_records
 from fedrank.errors import ConfigError
 from fedrank.models.supermask import (
     SupermaskConv1d,
@@ -215,39 +215,33 @@ def _digest(state: dict[str, np.ndarray]) -> str:
 
 # The packaged models as built, bit for bit (digests computed with the implementation
 # before user models, commit a4bc889), and what one epoch of training makes of them (seed
-# 3, k 0.5, 64 MNIST-5k training examples drawn with seed 0, batch 16, one torch thread):
-# the mean training loss and the loss on 512 test examples. Training is compared within
-# a tolerance, not by digest: float32 products round differently with each CPU's vector
-# instructions (the trained digests of commit a4bc889 differ on an AMD EPYC running
-# torch's AVX2 kernels), while a change to a model or to its training moves these losses
-# by far more than 1e-4.
+# 3, k 0.5, 64 MNIST-5k training examples drawn by `take_records` with seed 0, batch 16,
+# one torch thread): the mean training loss and the loss on 512 test examples. Training
+# is compared within a tolerance, not by digest: float32 products round differently with
+# each CPU's vector instructions (the trained digests of commit a4bc889 differ on an AMD
+# EPYC running torch's AVX2 kernels), while a change to a model or to its training moves
+# these losses by far more than 1e-4.
 GOLDEN = {
-    ("mlp", False): ("7dbe4f54b75c6f9c", 2.1837321, 1.9864819),
-    ("mlp", True): ("4f46a1556a04e6f4", 2.2974950, 2.2682414),
-    ("cnn", False): ("5b597f63ac0703e7", 2.4510403, 2.3154716),
-    ("cnn", True): ("d5f7a115c4877b6f", 2.2753612, 2.2211313),
+    ("mlp", False): ("7dbe4f54b75c6f9c", 2.2926799, 1.9650309),
+    ("mlp", True): ("4f46a1556a04e6f4", 2.3003185, 2.2829001),
+    ("cnn", False): ("5b597f63ac0703e7", 2.4550274, 2.1575816),
+    ("cnn", True): ("d5f7a115c4877b6f", 2.2884492, 2.2397995),
 }
 
 
 @pytest.mark.parametrize(("name", "dense"), list(GOLDEN))
 def test_packaged_models_are_unchanged(name: str, dense: bool) -> None:
     ds = load_image_data(DataSource("mnist5k", test_fraction=0.2))
-    rng = np.random.default_rng(0)
-    train, test = (
-        rng.choice(len(ds.train), 64, replace=False),
-        rng.choice(len(ds.test), 512, replace=False),
-    )
     model = build_model(
         name, image_shape=ds.image_shape, num_classes=10, seed=3, k=0.5, dense=dense
     )
     built = _digest(numpy_state(model) if dense else get_rankings(model))
     result = train_local(  # one thread (the fixture): float sums depend on the count
-        model, ImageSplit(ds.train.images[train], ds.train.labels[train]), epochs=1,
-        lr=0.1 if dense else 1.0, momentum=0.9, batch_size=16,
-        generator=torch.Generator().manual_seed(5),
+        model, take_records(ds.train, 64, seed=0), epochs=1, lr=0.1 if dense else 1.0,
+        momentum=0.9, batch_size=16, generator=torch.Generator().manual_seed(5),
     )  # fmt: skip
-    test_loss, _ = evaluate(model, ImageSplit(ds.test.images[test], ds.test.labels[test]))
-    digest, train_loss, held_loss = GOLDEN[(name, dense)]
+    test_loss, _ = evaluate(model, take_records(ds.test, 512, seed=0))
+    digest, golden_train_loss, golden_test_loss = GOLDEN[(name, dense)]
     assert built == digest
-    assert result.loss == pytest.approx(train_loss, rel=1e-4)
-    assert test_loss == pytest.approx(held_loss, rel=1e-4)
+    assert result.loss == pytest.approx(golden_train_loss, rel=1e-4)
+    assert test_loss == pytest.approx(golden_test_loss, rel=1e-4)
