@@ -40,6 +40,8 @@ from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from fedrank.strategies.exchange import send_and_receive
+
 log = logging.getLogger(__name__)
 
 # The Ray exceptions that mean the actor (its worker process) is gone.
@@ -122,7 +124,7 @@ def ask_again_if_never_run(
             for n in sorted(unrun)
             if n in sent
         ]
-        answers = list(grid.send_and_receive(again, timeout=left))
+        answers = list(send_and_receive(grid, again, timeout=left))
         answered = {r.metadata.src_node_id for r in answers}
         out = [r for r in out if r.metadata.src_node_id not in answered] + answers
     return out

@@ -21,6 +21,7 @@ from fedrank.protos.records import content_bytes
 from fedrank.server.failures import ask_again_if_never_run, failure_counts, split_replies
 from fedrank.server.results import ResultsWriter
 from fedrank.strategies.evaluation import FEDERATED_REJECTED
+from fedrank.strategies.exchange import send_and_receive
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def run_rounds(
             len(messages),
         )
         deadline = time.monotonic() + timeout
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = list(send_and_receive(grid, messages, timeout=timeout))
         replies = ask_again_if_never_run(grid, messages, replies, deadline=deadline)
         answered, failures = split_replies(
             server_round, messages, replies, timeout=timeout, partition_of=partition_of
@@ -142,7 +143,7 @@ def federated_evaluation(
     messages = list(strategy.configure_evaluate(server_round, arrays, config, grid))
     if not messages:
         return {}
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = list(send_and_receive(grid, messages, timeout=timeout))
     figures: dict[str, Any] = dict(strategy.aggregate_evaluate(server_round, replies) or {})
     missing = len(messages) - len(replies)
     if missing:

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedrank.errors import FedrankError, InvalidUpdate
 from fedrank.protos import keys
 from fedrank.protos.gate import check_records
+from fedrank.strategies.exchange import send_and_receive
 
 PARTITION_KEY = keys.PARTITION_ID
 _LOG_EVERY = 5.0  # seconds between "waiting for ..." lines
@@ -138,7 +139,7 @@ def _collect(grid: Grid, messages: Sequence[Message], *, timeout: float) -> list
         timeout,
     )
     started = time.monotonic()
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = list(send_and_receive(grid, messages, timeout=timeout))
     _log.info(
         "discovery: %d of %d nodes answered in %.1f s",
         len(replies),
