@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from fedrank.errors import ConfigError
 from fedrank.privacy.randomness import RandomSource
@@ -90,6 +89,10 @@ def audit_p_value(
     ):
         raise ConfigError("epsilon", f"must be a finite number >= 0, got {epsilon!r}")
     delta = _check_probability("delta", delta, open_interval=False)
+    # Imported here: every DP-SGD client imports this module (for the canaries' coins),
+    # and scipy.stats costs about a second of start-up that only an audit needs.
+    from scipy import stats
+
     q = 1.0 / (1.0 + math.exp(-epsilon))  # the accuracy of epsilon-DP randomized response
     tail = float(stats.binom.sf(correct - 1, guesses, q))  # P[Binomial(r, q) >= v]
     if delta == 0 or correct == 0:
