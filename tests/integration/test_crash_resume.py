@@ -265,9 +265,11 @@ def test_sigkill_then_resume_of_a_reproducible_dp_lora_run_equals_an_uninterrupt
 def test_sigkill_then_resume_of_a_secure_dp_lora_run_never_lowers_epsilon(
     launch: Launch, tmp_path: Path
 ) -> None:
-    # Arrange: the same run with secure noise, killed after round 2.
+    # Arrange: the same run with secure noise, killed after round 2. On the local
+    # backend: killing Ray with the run is the test above; a Ray start costs ~30 s of CPU.
     results = tmp_path / "run"
     flags = [f for f in LORA_FLAGS if f not in ("--dp-reproducible-noise", "true")]
+    flags += ["--backend", "local"]
     with (tmp_path / "first.log").open("wb") as log:
         first = launch([*flags, "--results-dir", str(results)], log)
         wait_for_checkpoint(results / "checkpoints", first, at_least=2)
@@ -281,7 +283,7 @@ def test_sigkill_then_resume_of_a_secure_dp_lora_run_never_lowers_epsilon(
 
     # Act
     with (tmp_path / "second.log").open("wb") as log:
-        second = launch(["--resume", str(results), "--quiet"], log)
+        second = launch(["--resume", str(results), "--backend", "local", "--quiet"], log)
         status = second.wait(timeout=400)
     output = (tmp_path / "second.log").read_text(errors="replace")
 

@@ -87,11 +87,12 @@ def dp_train_and_export(
 
 def test_a_dp_trained_minilm_adapter_helps_and_exports_intact(tmp_path: Path) -> None:
     untrained, trained, exported = dp_train_and_export(
-        # A loose budget: 64 steps are too few for a useful model at epsilon 8
+        # A loose budget: 32 steps are too few for a useful model at epsilon 8
         # (docs/privacy.md runs that); the point here is that Opacus-trained tensors
-        # are sound, which noise of that size would hide.
+        # are sound, which noise of that size would hide. Measured: 43.0% untrained,
+        # 66.8% trained (the noise is one fixed draw).
         tmp_path,
-        train=1024,
+        train=512,
         test=256,
         epochs=2,
         batch=32,
