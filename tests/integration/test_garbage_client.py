@@ -22,7 +22,7 @@ from fedrank.config import Scenario
 from fedrank.protos import UpdateHeader, encode_ranking_update
 from fedrank.protos.codecs import RankingCodec
 from fedrank.server.app import make_server_app
-from fedrank.simulations.run import backend_config
+from fedrank.simulations.run import backend_config, simulate
 from fedrank.strategies.sampling import sample_partitions
 from fedrank.tasks import load_task
 
@@ -100,20 +100,22 @@ def _silent(msg: Message, reply: Message, server_round: int) -> RecordDict | Non
     return None
 
 
-def _run(results: Path, client_app: ClientApp) -> list[dict[str, Any]]:
-    scenario = _scenario(results)
-    run_simulation(
-        server_app=make_server_app(scenario),
-        client_app=client_app,
-        num_supernodes=scenario.run.num_clients,
-        backend_config=backend_config(scenario, ray_address=None),
-    )
+def _rows(results: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_garbage_every_round_is_rejected_counted_and_changes_nothing(tmp_path: Path) -> None:
-    garbage_rows = _run(tmp_path / "garbage", _client_app(_garbage))
-    silent_rows = _run(tmp_path / "silent", _client_app(_silent))
+    # The garbage run on Flower's own Ray simulation; the reference, where that client
+    # sends nothing, on the local backend (equal to Ray's bit for bit: test_simulation.py).
+    scenario = _scenario(tmp_path / "garbage")
+    run_simulation(
+        server_app=make_server_app(scenario),
+        client_app=_client_app(_garbage),
+        num_supernodes=scenario.run.num_clients,
+        backend_config=backend_config(scenario, ray_address=None),
+    )
+    simulate(_scenario(tmp_path / "silent"), client_app=_client_app(_silent), backend="local")
+    garbage_rows, silent_rows = _rows(tmp_path / "garbage"), _rows(tmp_path / "silent")
 
     rounds = garbage_rows[1:]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
