@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -294,14 +295,40 @@ class ProcessGroup:
         return killed
 
 
+# Ray's worker processes listen on 10002-19999 by default; ports from here up to the
+# kernel's ephemeral range are taken by neither.
+FIRST_LISTENING_PORT = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports free on ``host`` now (all held while they are chosen).
 
-    Another program may take one before it is used; a listener started on it then
-    fails at once, naming the address.
+    Drawn below the kernel's ephemeral range when it leaves room: a port the kernel gives
+    out for binding to port 0 is also one it gives to outgoing connections, and one of
+    those (a SuperNode polling, a Ray worker) could take it before its listener starts.
+    Another program may still take one; a listener started on it then fails at once,
+    naming the address.
     """
+    try:
+        first_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = FIRST_LISTENING_PORT
+    candidates = list(range(FIRST_LISTENING_PORT, first_ephemeral))
+    random.shuffle(candidates)
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
+        ports: list[int] = []
+        for port in candidates[: 20 * count]:
+            if len(ports) == count:
+                break
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            ports.append(port)
+        while len(ports) < count:  # no room below the ephemeral range: as the kernel says
+            sock = stack.enter_context(socket.socket())
             sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+            ports.append(int(sock.getsockname()[1]))
+        return ports

@@ -8,6 +8,7 @@ ignores SIGTERM, in a session of its own, whose parent dies.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import textwrap
 import threading
@@ -17,7 +18,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedrank.deploy.processes import ProcessGroup, WaitTimeout, free_ports, wait_until
+from fedrank.deploy.processes import (
+    FIRST_LISTENING_PORT,
+    ProcessGroup,
+    WaitTimeout,
+    free_ports,
+    wait_until,
+)
 
 # Starts a grandchild that ignores SIGTERM (in its own session when asked),
 # writes the grandchild's PID to argv[1], then sleeps (or exits when argv[3] is "exit").
@@ -154,3 +161,16 @@ def test_free_ports_are_distinct():
 
     assert len(set(ports)) == 20
     assert all(0 < p < 65536 for p in ports)
+
+
+def test_free_ports_lie_below_the_ports_outgoing_connections_take():
+    # The kernel gives outgoing connections local ports from this range: one could take a
+    # chosen port before its listener starts (a deployed test once failed so).
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+    ports = free_ports(20)
+
+    if first_ephemeral > FIRST_LISTENING_PORT + 100:  # room below it (32768 on Linux)
+        assert all(FIRST_LISTENING_PORT <= p < first_ephemeral for p in ports)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports[0]))  # free indeed once released

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
 import time
 
@@ -14,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedrank.cli import main
 from fedrank.config import Scenario
+from fedrank.deploy.processes import free_ports
 from fedrank.errors import ConfigError, FedrankError
 from fedrank.protos.status_codec import RunStatus
 from fedrank.server.status import (
@@ -27,9 +27,7 @@ from fedrank.server.status import (
 
 
 def _free_address() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    return f"127.0.0.1:{free_ports(1)[0]}"
 
 
 def _health(address: str, service: str = "") -> int:
