@@ -14,6 +14,9 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
+    # Flower's SuperExec polls for apps to start every 1 s by default: every message of a
+    # deployed test waited up to 1 s for its ClientApp process to start.
+    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.25")
 
 
 @pytest.fixture

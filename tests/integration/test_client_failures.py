@@ -47,7 +47,7 @@ class FaultyRun:
             clients_per_round=3,
             rounds=4,
             min_replies=2,
-            round_timeout=25.0,
+            round_timeout=20.0,
             seed=7,
             results_dir=str(results / "run"),  # beside the control folder, not around it
         )
@@ -120,7 +120,7 @@ def test_each_exclusion_and_the_skip_is_logged_with_its_reason(
     assert "excluded, client_error: " in text
     assert "injected failure" in text
     assert f"round 2: partition {run.hung} " in text
-    assert "excluded, timeout: no reply within 25 s" in text
+    assert "excluded, timeout: no reply within 20 s" in text
     for partition in run.raised_twice:
         assert f"round 3: partition {partition} " in text
     assert "round 3 skipped: 1 of 3 sampled clients gave valid replies" in text

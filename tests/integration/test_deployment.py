@@ -1,11 +1,11 @@
 """A real Flower 1.41 deployment on loopback: ``fedrank federation up``, then ``flwr run``.
 
 The documented operator path, run as written: ``.venv/bin/fedrank federation up
---sites 3`` started by path with no Flower command on ``PATH`` (the venv not
+--sites 2`` started by path with no Flower command on ``PATH`` (the venv not
 activated) creates certificates and keys, starts one ``flower-superlink``,
-registers three SuperNode keys and starts three ``flower-supernode`` processes
-(TLS and SuperNode authentication on); site 2 trains on its own ``.npz``
-(``data-path``). A fourth SuperNode, whose key was never registered, claims
+registers two SuperNode keys and starts two ``flower-supernode`` processes
+(TLS and SuperNode authentication on); site 1 trains on its own ``.npz``
+(``data-path``). A third SuperNode, whose key was never registered, claims
 partition 0: it must be refused (were it admitted, the server's discovery would
 stop the run with "two nodes claim partition 0"), and ``fedrank federation
 wait-registered`` must tell its key from a registered one. Then ``flwr run`` (the
@@ -46,9 +46,9 @@ from tests.integration.processes import (
 
 pytestmark = pytest.mark.integration
 
-SITES = 3
+SITES = 2  # each message starts a ClientApp process a site: two fit two cores
 ROUNDS = 2
-DATA_SITE = 2  # this site trains on its own .npz (data-path)
+DATA_SITE = 1  # this site trains on its own .npz (data-path)
 
 
 def _scenario(results: Path, status_address: str) -> Scenario:
