@@ -315,7 +315,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     except (OSError, ValueError, IndexError):
         first_ephemeral = FIRST_LISTENING_PORT
     candidates = list(range(FIRST_LISTENING_PORT, first_ephemeral))
-    random.shuffle(candidates)
+    random.Random(os.urandom(16)).shuffle(candidates)  # whatever a caller seeded
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
         for port in candidates[: 20 * count]:
