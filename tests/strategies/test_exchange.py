@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable
 
 import pytest
@@ -9,6 +10,7 @@ from flwr.app import Message, RecordDict
 from flwr.superlink.grid import HttpGrid
 
 from fedrank.strategies import exchange
+from tests.test_structure import ROOT, SOURCES
 
 
 class Clock:
@@ -96,3 +98,18 @@ def test_answers_already_there_are_taken_without_waiting(clock: Clock) -> None:
 
     assert len(replies) == 2
     assert (grid.pulls, clock.pauses) == (1, [])
+
+
+def test_every_exchange_in_the_product_goes_through_this_module() -> None:
+    # A plain `grid.send_and_receive` would wait on Flower's 3 s pull again in deployments.
+    exchange_module = ROOT / "strategies" / "exchange.py"
+    calls = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in SOURCES
+        if path != exchange_module
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "send_and_receive"
+    ]
+    assert calls == [], "call fedrank.strategies.exchange.send_and_receive instead"
