@@ -314,19 +314,20 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         first_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         first_ephemeral = FIRST_LISTENING_PORT
-    candidates = list(range(FIRST_LISTENING_PORT, first_ephemeral))
-    random.Random(os.urandom(16)).shuffle(candidates)  # whatever a caller seeded
+    room = range(FIRST_LISTENING_PORT, first_ephemeral)
+    # Its own draw, whatever a caller seeded; a few spares for ports in use.
+    candidates = random.Random(os.urandom(16)).sample(room, min(len(room), 20 * count))
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
-        for port in candidates[: 20 * count]:
-            if len(ports) == count:
-                break
+        for port in candidates:
             sock = stack.enter_context(socket.socket())
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
             ports.append(port)
+            if len(ports) == count:
+                break
         while len(ports) < count:  # no room below the ephemeral range: as the kernel says
             sock = stack.enter_context(socket.socket())
             sock.bind((host, 0))
