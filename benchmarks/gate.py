@@ -13,6 +13,8 @@ Three timings per kind, each for a round of 10 honest replies:
 
 The gate's own cost is ``gate - read`` (reading is needed with or without it); the
 figure of issue 16 is that cost over a round without the gate, ``read + aggregate``.
+FRL's gate is also timed with numpy's permutation check in place of the compiled one
+(``protos/_permutation.c``; the fallback where it was not built), side by side.
 It can be negative: the LoRA gate recognises numpy's own ``.npy`` headers, which
 Flower's ``Array.numpy()`` parses with ``ast.literal_eval``.
 Times are the best of 25 in CPU time of the (single) thread, taken in turns; on a
@@ -36,7 +38,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 from benchmarks.common import report
-from fedrank.protos import keys, update_pb2
+from fedrank.protos import keys, packing, update_pb2
 from fedrank.protos.codecs import ArraysCodec, Codec, RankingCodec, Reply
 from fedrank.protos.gate import gate
 from fedrank.protos.packing import bits_for, unpack_ranks
@@ -90,7 +92,18 @@ def frl() -> dict[str, float]:
         state, _ = vote(decoded, reference, 0.0)
         return to_array_record(state)
 
-    return _times(read, lambda: gate(1, replies, lambda r: codec.decode_reply(1, r)), aggregate)
+    def checked() -> object:
+        return gate(1, replies, lambda r: codec.decode_reply(1, r))
+
+    def numpy_checked() -> object:
+        compiled = packing._is_permutation
+        packing._is_permutation = packing._numpy_is_permutation
+        try:
+            return checked()
+        finally:
+            packing._is_permutation = compiled
+
+    return _times(read, checked, aggregate, {"gate, numpy's check": numpy_checked})
 
 
 def lora() -> dict[str, float]:
@@ -122,14 +135,18 @@ def lora() -> dict[str, float]:
 
 
 def _times(
-    read: Callable[[], object], checked: Callable[[], object], aggregate: Callable[[], object]
+    read: Callable[[], object],
+    checked: Callable[[], object],
+    aggregate: Callable[[], object],
+    extra: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, float]:
     """Best of :data:`REPEATS` each, taken in turns, in CPU time of this thread: on a
     shared machine wall time mostly measures the others (every step here is one thread:
     numpy's sorts, sums and copies, protobuf and the checks)."""
-    best = {"read": float("inf"), "gate": float("inf"), "aggregate": float("inf")}
+    steps = {"read": read, "gate": checked, "aggregate": aggregate, **(extra or {})}
+    best = dict.fromkeys(steps, float("inf"))
     for _ in range(REPEATS):
-        for name, fn in (("read", read), ("gate", checked), ("aggregate", aggregate)):
+        for name, fn in steps.items():
             started = time.thread_time()
             fn()
             best[name] = min(best[name], time.thread_time() - started)
@@ -141,6 +158,7 @@ def main() -> dict[str, float]:
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(f"compiled permutation check: {'yes' if packing.COMPILED_CHECK else 'NO (numpy)'}")
     ratios = {}
     for name, times in (("FRL, 1.2M edges", frl()), ("LoRA, MiniLM adapter", lora())):
         report(
@@ -150,6 +168,7 @@ def main() -> dict[str, float]:
                 ("gate (read + every check)", times["gate"]),
                 ("aggregate", times["aggregate"]),
                 ("round without the gate", times["read"] + times["aggregate"]),
+                *((name, t) for name, t in times.items() if name.startswith("gate, ")),
             ],
             baseline="round without the gate",
         )
@@ -161,6 +180,11 @@ def main() -> dict[str, float]:
             f"({per_reply * 1e3:+.2f} ms a reply)"
         )
         ratios[name] = overhead
+        if "gate, numpy's check" in times:
+            numpy_overhead = (times["gate, numpy's check"] - times["read"]) / (
+                times["read"] + times["aggregate"]
+            )
+            print(f"  with numpy's permutation check: {1 + numpy_overhead:.3f}x")
     print("\nload average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return ratios
 
