@@ -9,7 +9,7 @@ STAMP := $(VENV)/.fedrank-installed
 
 .PHONY: run test test-all lint typecheck format bench protos k8s-check clean
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml setup.py protos/_permutation.c requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
@@ -48,4 +48,4 @@ k8s-check: $(STAMP)
 	PYTHON=$(abspath $(BIN)/python) scripts/validate_k8s.sh
 
 clean:
-	rm -rf build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache protos/_permutation.*.so
