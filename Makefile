@@ -19,10 +19,10 @@ run: $(STAMP)
 	$(BIN)/fedrank simulate $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadgroup $(ARGS)
+	$(BIN)/pytest -n 3 --dist loadgroup $(ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadgroup -m '' $(ARGS)
+	$(BIN)/pytest -n 3 --dist loadgroup -m '' $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
