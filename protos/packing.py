@@ -1,4 +1,5 @@
-"""Bit-packing of FRL rank vectors (pure numpy, no per-element Python loops).
+"""Bit-packing of FRL rank vectors (numpy, no per-element Python loops; the permutation
+check of received vectors is compiled where a C compiler was at hand, ``_permutation.c``).
 
 A rank vector of a layer with ``n`` edges is a permutation of ``0..n-1``
 (Federated Rank Learning, arXiv 2110.04350, Sec. 3). Each entry fits in
