@@ -38,7 +38,8 @@ RUN pip install --upgrade pip setuptools wheel \
     fi
 # A C compiler for fedrank's one compiled module (the reply gate's permutation check,
 # setup.py); it stays in this stage. Without a compiler pip would build fedrank without
-# the module (the gate would check in numpy, about twice the time): the check below refuses that.
+# the module (the gate would check in numpy, at about twice the cost): the import check
+# below refuses such an image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*

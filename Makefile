@@ -47,5 +47,6 @@ protos: $(STAMP)
 k8s-check: $(STAMP)
 	PYTHON=$(abspath $(BIN)/python) scripts/validate_k8s.sh
 
+# The built C module goes with the install stamp: the next target installs (builds) again.
 clean:
-	rm -rf build .mypy_cache .ruff_cache .pytest_cache protos/_permutation.*.so
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache protos/_permutation.*.so $(STAMP)
