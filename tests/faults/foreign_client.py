@@ -35,7 +35,13 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from tests.faults.foreign_privacy import no_report, sigma_huge, sigma_tiny, steps_huge
+from tests.faults.foreign_privacy import (
+    no_report,
+    read_varint,
+    sigma_huge,
+    sigma_tiny,
+    steps_huge,
+)
 
 # The protocol, as documented for site operators.
 PARTITION_ID = "partition-id"
@@ -209,6 +215,45 @@ def ranking_extra_key(content: RecordDict) -> RecordDict:
     )
 
 
+def _field(payload: bytes, number: int, start: int, end: int) -> tuple[int, int]:
+    """Where the value of the first field ``number`` of the message in
+    ``payload[start:end]`` lies: (start, end) of a length-delimited value, (start, value)
+    of a varint. ``fedrank.v1.Update``: 2 ranking; ``RankingUpdate``: 1 layers;
+    ``LayerRanking``: 3 bits_per_index (varint), 4 packed."""
+    at = start
+    while at < end:
+        tag, at = read_varint(payload, at)
+        wire = tag & 7
+        if wire == 0:
+            value, after = read_varint(payload, at)
+            if tag >> 3 == number:
+                return at, value
+            at = after
+        elif wire == 2:
+            length, at = read_varint(payload, at)
+            if tag >> 3 == number:
+                return at, at + length
+            at += length
+        else:
+            raise ValueError(f"wire type {wire} is not in this schema")
+    raise LookupError(f"no field {number}")
+
+
+def ranking_repeated_rank(content: RecordDict) -> RecordDict:
+    """A well-formed ranking whose first layer gives edge 0 the rank of edge 1 (no rank
+    missing from the schema's view: the right length, bits and padding)."""
+    payload = bytearray(_ranking(content))
+    body = _field(payload, 2, 0, len(payload))
+    layer = _field(payload, 1, *body)
+    _, bits = _field(payload, 3, *layer)
+    first, last = _field(payload, 4, *layer)
+    stream = int.from_bytes(payload[first:last], "little")
+    lowest = (1 << bits) - 1
+    stream = (stream & ~lowest) | ((stream >> bits) & lowest)
+    payload[first:last] = stream.to_bytes(last - first, "little")
+    return RecordDict({**content, UPDATE: ConfigRecord({RANKING: bytes(payload)})})
+
+
 ARRAY_FAULTS: dict[str, Corruption] = {
     "nan_weights": nan_weights,
     "inf_weights": inf_weights,
@@ -222,6 +267,7 @@ RANKING_FAULTS: dict[str, Corruption] = {
     "ranking_garbage": ranking_garbage,
     "ranking_truncated": ranking_truncated,
     "ranking_extra_key": ranking_extra_key,
+    "ranking_repeated_rank": ranking_repeated_rank,
 }
 PRIVACY_FAULTS: dict[str, Corruption] = {
     "sigma_tiny": sigma_tiny,

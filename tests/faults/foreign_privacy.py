@@ -32,7 +32,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+def read_varint(data: bytes, at: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = data[at]
@@ -48,10 +48,10 @@ def read_report(payload: bytes) -> dict[int, int | float]:
     fields: dict[int, int | float] = {}
     at = 0
     while at < len(payload):
-        tag, at = _read_varint(payload, at)
+        tag, at = read_varint(payload, at)
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            fields[number], at = _read_varint(payload, at)
+            fields[number], at = read_varint(payload, at)
         elif wire == 1:
             fields[number] = struct.unpack("<d", payload[at : at + 8])[0]
             at += 8

@@ -49,6 +49,7 @@ TRAIN_REASON = {
     "ranking_garbage": "malformed",
     "ranking_truncated": "malformed",
     "ranking_extra_key": "malformed",
+    "ranking_repeated_rank": "not_permutation",
     "sigma_tiny": "privacy_out_of_range",
     "sigma_huge": "privacy_out_of_range",
     "steps_huge": "privacy_out_of_range",
