@@ -24,7 +24,6 @@ import json
 import logging
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -39,8 +38,20 @@ from fedrank.deploy.launch import (
     flower_env,
     flower_executable,
 )
-from fedrank.deploy.processes import ProcessGroup, free_ports, wait_until
-from fedrank.deploy.registration import ONLINE, REGISTERED, node_public_key, wait_for_nodes
+from fedrank.deploy.processes import (
+    ProcessGroup,
+    free_ports,
+    health_serving,
+    listening,
+    wait_until,
+)
+from fedrank.deploy.registration import (
+    ONLINE,
+    REGISTERED,
+    key_listed,
+    node_public_key,
+    wait_for_nodes,
+)
 from fedrank.errors import FedrankError
 
 log = logging.getLogger(__name__)
@@ -68,26 +79,6 @@ def _credentials(directory: Path, sites: int, say: Say) -> Path:
         if not (site / certs.NODE_KEY).is_file() or not (site / certs.RUNTIME_CERT).is_file():
             certs.write_site_files(site, site=f"site-{i}", force=True)
     return out
-
-
-def _serving(address: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1.0
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def _listening(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((host, port)) == 0
 
 
 def _cli_config(connection: str, address: str, ca_cert: Path) -> str:
@@ -246,7 +237,7 @@ def _start_superlink(fed: LocalFederation, api_port: int, say: Say) -> None:
     fed.group.start("superlink", link.argv(), env=flower_env(FLWR_HOME=str(home)))
     fed.daemons.append("superlink")
     took = wait_until(
-        lambda: _serving(f"{HOST}:{health_port}") and _listening(HOST, api_port),
+        lambda: health_serving(f"{HOST}:{health_port}") and listening(HOST, api_port),
         timeout=plan.timeout,
         what=f"the SuperLink (health SERVING on {HOST}:{health_port}, API on {fed.address})",
         check=fed.check_alive,
@@ -262,24 +253,33 @@ def _register(fed: LocalFederation, keys: Mapping[str, Path], say: Say) -> None:
         _cli_config(fed.connection, fed.address, fed.ca_cert), encoding="utf-8"
     )
     flwr = flower_executable("flwr")
-    running = {
-        f"register-{name}": fed.group.start(
-            f"register-{name}",
-            [flwr, "supernode", "register", str(key), fed.connection],
-            env=fed.cli_env(),
-        )
-        for name, key in keys.items()
-    }
+
+    def start(name: str, attempt: int = 1) -> tuple[str, subprocess.Popen[bytes]]:
+        label = f"register-{name}" + (f"-{attempt}" if attempt > 1 else "")
+        argv = [flwr, "supernode", "register", str(keys[name]), fed.connection]
+        return label, fed.group.start(label, argv, env=fed.cli_env())
+
+    running = {name: start(name) for name in keys}
+    done: set[str] = set()
 
     def registered() -> bool:
-        codes = {name: proc.poll() for name, proc in running.items()}
-        for name, code in codes.items():
-            if code not in (None, 0):
+        for name, (label, proc) in list(running.items()):
+            code = proc.poll()
+            if code is None or name in done:
+                continue
+            if code == 0 or (code < 0 and key_listed(fed.address, keys[name], fed.ca_cert)):
+                done.add(name)
+            elif code < 0 and label == f"register-{name}":
+                # Killed by a signal (seen once under load: gRPC's poller aborting the CLI,
+                # SIGABRT) before the key reached the SuperLink: once more.
+                say(f"`flwr supernode register` of {name} died (status {code}); again")
+                running[name] = start(name, attempt=2)
+            else:
                 raise FederationError(
-                    f"`flwr supernode register` of {name.removeprefix('register-')} failed "
-                    f"(status {code}):\n{fed.group.log_tail(name)}"
+                    f"`flwr supernode register` of {name} failed "
+                    f"(status {code}):\n{fed.group.log_tail(label)}"
                 )
-        return all(code == 0 for code in codes.values())
+        return len(done) == len(keys)
 
     wait_until(
         registered,

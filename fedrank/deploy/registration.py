@@ -110,7 +110,17 @@ def node_states(
     return states
 
 
-def _unreachable() -> tuple[type[BaseException], ...]:
+def key_listed(superlink: str, key: Path, root_certificates: Path | None) -> bool:
+    """Whether the SuperLink at ``superlink`` lists the SuperNode whose public key file is
+    ``key`` (in any state); False when it cannot be asked."""
+    try:
+        return node_public_key(key) in node_states(superlink, root_certificates=root_certificates)
+    except unreachable_errors():
+        return False
+
+
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What :func:`node_states` raises when the SuperLink cannot be reached or refuses."""
     import httpx
 
     return (httpx.HTTPError, OSError)
@@ -139,7 +149,7 @@ def wait_for_nodes(
     def reached() -> bool:
         try:
             listed = node_states(superlink, root_certificates=root_certificates)
-        except _unreachable() as err:
+        except unreachable_errors() as err:
             last.update(dict.fromkeys(keys, f"SuperLink not answering ({type(err).__name__})"))
             return False
         last.clear()
@@ -204,7 +214,7 @@ def wait_until_registered(
         try:
             found = node_states(superlink, root_certificates=root_certificates).get(key, set())
             state = "/".join(sorted(found)) or "not registered"
-        except _unreachable() as err:
+        except unreachable_errors() as err:
             found, state = set(), f"SuperLink not answering ({type(err).__name__}: {err})"
         waited = time.monotonic() - started
         if found & REGISTERED:
