@@ -36,10 +36,10 @@ RUN pip install --upgrade pip setuptools wheel \
     elif [ "$TORCH_VARIANT" = "cpu" ]; then \
       echo "warning: TORCH_VARIANT=cpu without TORCH_INDEX_URL installs the CUDA torch wheel" >&2 ; \
     fi
-# A C compiler for fedrank's one compiled module (the reply gate's permutation check,
-# setup.py); it stays in this stage. Without a compiler pip would build fedrank without
-# the module (the gate would check in numpy, at about twice the cost): the import check
-# below refuses such an image.
+# A C compiler for fedrank's two compiled modules (setup.py: the reply gate's permutation
+# check, an FRL layer's top-k selection and ranking on the CPU); it stays in this stage.
+# Without a compiler pip would build fedrank without them (numpy and torch would do the
+# same at about twice the cost): the import check below refuses such an image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -55,6 +55,7 @@ COPY simulations simulations
 RUN pip install -c requirements/constraints.txt . \
  && cd / && python -c "import fedrank.server.app, fedrank.client.app" \
  && python -c "from fedrank.protos.packing import COMPILED_CHECK; assert COMPILED_CHECK" \
+ && python -c "from fedrank.models.topk import COMPILED_SELECTION; assert COMPILED_SELECTION" \
  && fedrank --version
 
 FROM ${BASE_IMAGE}

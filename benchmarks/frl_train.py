@@ -32,6 +32,7 @@ import torch
 from fedrank.data.source import DataSource, load_image_data
 from fedrank.data.splits import ImageSplit
 from fedrank.models.supermask import (
+    SupermaskLinear,
     SupermaskMixin,
     build_model,
     get_rankings,
@@ -65,6 +66,10 @@ def _masked_weight_before(self: SupermaskMixin) -> torch.Tensor:
     return self.weight * mask
 
 
+def _linear_before(self: SupermaskLinear, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x, self.masked_weight())
+
+
 def _get_ranks_before(self: SupermaskMixin) -> torch.Tensor:
     order = torch.argsort(self.scores.detach().flatten(), stable=True)
     ranks = torch.empty_like(order)
@@ -83,6 +88,8 @@ def before(model: torch.nn.Module) -> torch.nn.Module:
         layer.masked_weight = types.MethodType(_masked_weight_before, layer)  # type: ignore[method-assign]
         layer.get_ranks = types.MethodType(_get_ranks_before, layer)  # type: ignore[method-assign]
         layer.set_ranks = types.MethodType(_set_ranks_before, layer)  # type: ignore[method-assign]
+        if isinstance(layer, SupermaskLinear):  # a linear layer's own node, not masked_weight
+            layer.forward = types.MethodType(_linear_before, layer)  # type: ignore[method-assign]
     return model
 
 

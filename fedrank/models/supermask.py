@@ -83,6 +83,36 @@ class _StraightThrough(torch.autograd.Function):
         return grad * weight, None, None
 
 
+class _MaskedLinear(torch.autograd.Function):
+    """``F.linear(x, masked)``, the scores getting the gradient the mask would get.
+
+    One node for the product and the linear (a supermask layer's step costs one Python
+    autograd call fewer): the scores' gradient is the masked weight's gradient times the
+    weight, computed in place in the product that gives the weight's gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        scores: torch.Tensor,
+        weight: torch.Tensor,
+        masked: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, masked)
+        return F.linear(x, masked)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, masked = ctx.saved_tensors
+        grad_x = grad @ masked if ctx.needs_input_grad[0] else None
+        grad_scores = None
+        if ctx.needs_input_grad[1]:
+            rows = grad.reshape(-1, grad.shape[-1]).t()
+            grad_scores = rows.mm(x.reshape(-1, x.shape[-1])).mul_(weight)
+        return grad_x, grad_scores, None, None
+
+
 class SupermaskMixin(nn.Module):
     """Frozen signed-constant weights plus one trainable score per weight."""
 
@@ -123,9 +153,14 @@ class SupermaskMixin(nn.Module):
         return self.selector(self.scores)
 
     def masked_weight(self) -> torch.Tensor:
-        """The weight with pruned edges zeroed; differentiable in the scores."""
-        # The selector's mask is a fresh tensor: multiply in place, one temporary less.
-        masked = self.selector(self.scores).mul_(self.weight)
+        """The weight with pruned edges zeroed (a new tensor); differentiable in the scores."""
+        masked = self.selector.masked(self.scores, self.weight)
+        out: torch.Tensor = _StraightThrough.apply(self.scores, self.weight, masked)  # type: ignore[no-untyped-call]
+        return out
+
+    def _live_masked_weight(self) -> torch.Tensor:
+        """:meth:`masked_weight` in the layer's kept tensor, for its own forward pass."""
+        masked = self.selector.live(self.scores, self.weight)
         out: torch.Tensor = _StraightThrough.apply(self.scores, self.weight, masked)  # type: ignore[no-untyped-call]
         return out
 
@@ -153,7 +188,9 @@ class SupermaskLinear(SupermaskMixin, nn.Linear):
         self._init_supermask(torch.Size((out_features, in_features)), k, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.masked_weight())
+        masked = self.selector.live(self.scores, self.weight)
+        out: torch.Tensor = _MaskedLinear.apply(x, self.scores, self.weight, masked)  # type: ignore[no-untyped-call]
+        return out
 
 
 class _SupermaskConv(SupermaskMixin):
@@ -181,7 +218,7 @@ class _SupermaskConv(SupermaskMixin):
         self._init_supermask(conv.weight.shape, k, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self._conv_forward(x, self.masked_weight(), None)
+        out: torch.Tensor = self._conv_forward(x, self._live_masked_weight(), None)
         return out
 
 
