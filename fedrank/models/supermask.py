@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,36 +84,6 @@ class _StraightThrough(torch.autograd.Function):
         return grad * weight, None, None
 
 
-class _MaskedLinear(torch.autograd.Function):
-    """``F.linear(x, masked)``, the scores getting the gradient the mask would get.
-
-    One node for the product and the linear (a supermask layer's step costs one Python
-    autograd call fewer): the scores' gradient is the masked weight's gradient times the
-    weight, computed in place in the product that gives the weight's gradient.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx,
-        x: torch.Tensor,
-        scores: torch.Tensor,
-        weight: torch.Tensor,
-        masked: torch.Tensor,
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight, masked)
-        return F.linear(x, masked)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, masked = ctx.saved_tensors
-        grad_x = grad @ masked if ctx.needs_input_grad[0] else None
-        grad_scores = None
-        if ctx.needs_input_grad[1]:
-            rows = grad.reshape(-1, grad.shape[-1]).t()
-            grad_scores = rows.mm(x.reshape(-1, x.shape[-1])).mul_(weight)
-        return grad_x, grad_scores, None, None
-
-
 class SupermaskMixin(nn.Module):
     """Frozen signed-constant weights plus one trainable score per weight."""
 
@@ -137,6 +108,7 @@ class SupermaskMixin(nn.Module):
         self.scores = nn.Parameter(self.get_buffer("score_levels")[initial].view(shape))
         self.k = k
         self.selector = TopKMask(n, kept_count(n, k))
+        self._routed: torch.Tensor | None = None  # the kept masked weight with its hook
         self._hint_from_levels()
 
     def _hint_from_levels(self) -> None:
@@ -158,11 +130,43 @@ class SupermaskMixin(nn.Module):
         out: torch.Tensor = _StraightThrough.apply(self.scores, self.weight, masked)  # type: ignore[no-untyped-call]
         return out
 
-    def _live_masked_weight(self) -> torch.Tensor:
-        """:meth:`masked_weight` in the layer's kept tensor, for its own forward pass."""
-        masked = self.selector.live(self.scores, self.weight)
-        out: torch.Tensor = _StraightThrough.apply(self.scores, self.weight, masked)  # type: ignore[no-untyped-call]
-        return out
+    def _forward_weight(self) -> torch.Tensor:
+        """The masked weight of this layer's forward pass, differentiable in the scores.
+
+        Where the selector keeps one masked weight from step to step (the compiled
+        path), that tensor is a leaf of the graph, and a hook hands its gradient, times
+        the weight, to the scores once it is accumulated: no autograd node in the forward
+        pass (a Python one per layer and step was the larger part of a small layer's
+        cost). The scores' gradient then arrives through ``backward()``, as optimisers
+        use it, not through ``torch.autograd.grad``. Elsewhere, the straight-through node.
+        """
+        scores, weight = self.scores, self.weight
+        masked = self.selector.live(scores, weight)
+        if not self.selector.keeps(masked):
+            out: torch.Tensor = _StraightThrough.apply(scores, weight, masked)  # type: ignore[no-untyped-call]
+            return out
+        if masked is not self._routed:
+            self._route_gradient(masked)
+        return masked
+
+    def _route_gradient(self, masked: torch.Tensor) -> None:
+        owner = weakref.ref(self)  # the hook does not keep the layer alive
+
+        def to_scores(leaf: torch.Tensor) -> None:
+            layer = owner()
+            if layer is None or leaf.grad is None:
+                return
+            grad = leaf.grad.mul_(layer.weight)  # the straight-through gradient
+            leaf.grad = None
+            scores = layer.scores
+            if scores.grad is None:
+                scores.grad = grad
+            else:
+                scores.grad.add_(grad)
+
+        masked.requires_grad_(True)
+        masked.register_post_accumulate_grad_hook(to_scores)  # type: ignore[no-untyped-call]  # untyped in torch
+        self._routed = masked
 
     def set_ranks(self, ranks: torch.Tensor) -> None:
         """Set scores so that their order is ``ranks``; the values are the seed's."""
@@ -188,9 +192,7 @@ class SupermaskLinear(SupermaskMixin, nn.Linear):
         self._init_supermask(torch.Size((out_features, in_features)), k, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        masked = self.selector.live(self.scores, self.weight)
-        out: torch.Tensor = _MaskedLinear.apply(x, self.scores, self.weight, masked)  # type: ignore[no-untyped-call]
-        return out
+        return F.linear(x, self._forward_weight())
 
 
 class _SupermaskConv(SupermaskMixin):
@@ -218,7 +220,7 @@ class _SupermaskConv(SupermaskMixin):
         self._init_supermask(conv.weight.shape, k, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self._conv_forward(x, self._live_masked_weight(), None)
+        out: torch.Tensor = self._conv_forward(x, self._forward_weight(), None)
         return out
 
 

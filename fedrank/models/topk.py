@@ -188,6 +188,11 @@ class TopKMask:
         self._scratch: torch.Tensor | None = None
         self._live: _Live | None = None
 
+    def __getstate__(self) -> dict[str, object]:
+        # Copies and pickles start without the kept tensor: its numpy views would not be
+        # views of the copy's tensors.
+        return {**self.__dict__, "_live": None, "_scratch": None}
+
     def _scratch_like(self, flat: torch.Tensor) -> torch.Tensor:
         # One reused buffer for the band: fewer full-size temporaries stay in cache.
         if self._scratch is None or self._scratch.device != flat.device:
@@ -205,7 +210,11 @@ class TopKMask:
     def masked(self, scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` times the mask of ``scores``: a new tensor, shaped like ``weight``."""
         out = self.live(scores, weight)
-        return out.clone() if self._live is not None and out is self._live.out else out
+        return out.detach().clone() if self.keeps(out) else out
+
+    def keeps(self, masked: torch.Tensor) -> bool:
+        """Whether ``masked`` is the tensor :meth:`live` keeps from call to call."""
+        return self._live is not None and masked is self._live.out
 
     def live(self, scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` times the mask of ``scores``, in one tensor kept from call to call.
