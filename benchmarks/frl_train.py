@@ -4,7 +4,10 @@ One client's round, as the ClientApp runs it, on MNIST-5k (400 training examples
 drawn at random, batch 16, SGD with momentum, one torch thread: a client's default CPU share):
 
 - ``fedavg``: load the global weights, train the dense network, read the weights;
-- ``frl``: set the global ranking, train the supermask scores, read the ranking;
+- ``frl``: set the global ranking, train the supermask scores, read the ranking (with the
+  compiled selection and ranking, ``fedrank/models/_topk.c``, where it was built);
+- ``frl-torch``: the same round with the torch selection and ranking (what a layer off
+  the CPU, or an install without a C compiler, runs); its rankings must equal ``frl``'s;
 - ``frl-before``: the same FRL round with the selection fedrank used before
   (``torch.topk`` + scatter for every mask, a float stable argsort per ranking),
   patched in here only; its rankings must equal ``frl``'s bit for bit.
@@ -20,10 +23,11 @@ Run: ``python -m benchmarks.frl_train [--model mlp cnn] [--repeats 7] [--profile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,7 @@ import torch
 
 from fedrank.data.source import DataSource, load_image_data
 from fedrank.data.splits import ImageSplit
+from fedrank.models import topk
 from fedrank.models.supermask import (
     SupermaskLinear,
     SupermaskMixin,
@@ -93,12 +98,25 @@ def before(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def without_kernels() -> Iterator[None]:
+    """fedrank.models.topk without its compiled kernels, inside the block."""
+    kernels = topk._masked_update, topk._rank_into
+    topk._masked_update = topk._rank_into = None
+    try:
+        yield
+    finally:
+        topk._masked_update, topk._rank_into = kernels
+
+
 def client_rounds(
     name: str, data: ImageSplit, shape: tuple[int, int, int], epochs: int
 ) -> dict[str, Callable[[], dict[str, np.ndarray]]]:
     """One client round per variant: load the global state, train, read the reply."""
     dense = build_model(name, image_shape=shape, num_classes=10, seed=SEED, k=K, dense=True)
     frl = build_model(name, image_shape=shape, num_classes=10, seed=SEED, k=K)
+    with without_kernels():  # its layers never keep a compiled masked weight
+        plain = build_model(name, image_shape=shape, num_classes=10, seed=SEED, k=K)
     old = before(build_model(name, image_shape=shape, num_classes=10, seed=SEED, k=K))
     weights, ranking = numpy_state(dense), get_rankings(frl)
 
@@ -118,9 +136,14 @@ def client_rounds(
         train(model, LR["frl"])
         return get_rankings(model)
 
+    def torch_round() -> dict[str, np.ndarray]:
+        with without_kernels():
+            return frl_round(plain)
+
     return {
         "fedavg": fedavg,
         "frl": lambda: frl_round(frl),
+        "frl-torch": torch_round,
         "frl-before": lambda: frl_round(old),
     }
 
@@ -165,8 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         rounds = client_rounds(name, data, ds.image_shape, args.epochs)
         replies = {variant: fn() for variant, fn in rounds.items()}  # also a warm-up
         same = all(
-            np.array_equal(replies["frl"][layer], replies["frl-before"][layer])
+            np.array_equal(replies["frl"][layer], replies[other][layer])
             for layer in replies["frl"]
+            for other in ("frl-torch", "frl-before")
         )
         best = measure(rounds, args.repeats)
         base_cpu, base_wall = best["fedavg"]
@@ -183,11 +207,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             )
         before_cpu, after_cpu = best["frl-before"][0], best["frl"][0]
         print(f"  frl speed-up over before: {before_cpu / after_cpu:.2f}x (cpu)")
-        print(f"  rankings identical to before: {same}")
+        print(f"  rankings identical to frl-torch's and before's: {same}")
+        print(f"  compiled selection: {topk.COMPILED_SELECTION}")
         ratios[f"{name}_frl_over_fedavg"] = after_cpu / base_cpu
         ratios[f"{name}_before_over_fedavg"] = before_cpu / base_cpu
         if args.profile:
-            for variant in ("frl-before", "frl", "fedavg"):
+            for variant in ("frl-before", "frl-torch", "frl", "fedavg"):
                 print(f"\n{name} {variant}: top ops by self CPU time")
                 print(profile(rounds[variant], 12))
     print(f"\nload average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
