@@ -1,5 +1,3 @@
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -9,14 +7,7 @@ from hypothesis.extra.numpy import arrays
 
 from fedrank.models.topk import TopKMask, order_keys, rank_vector, sort_order
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """A client's thread count: two threads on two busy cores wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
