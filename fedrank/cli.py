@@ -80,9 +80,20 @@ def _simulate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("\n".join(f"  {line}" for line in scenario.describe()))
     done = checkpoint.round if checkpoint else 0
-    bar = tqdm(total=run.rounds, initial=done, unit="round", disable=args.quiet, file=sys.stdout)
+    bars: list[tqdm[Any]] = []  # drawn at the first row: a run refused at start-up draws none
 
     def on_round(row: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(
+                tqdm(
+                    total=run.rounds,
+                    initial=done,
+                    unit="round",
+                    disable=args.quiet,
+                    file=sys.stdout,
+                )
+            )
+        bar = bars[0]
         if row["round"] == 0:
             bar.set_postfix_str(f"start acc {100 * row['accuracy']:.1f}%")
             return
@@ -97,14 +108,17 @@ def _simulate(args: argparse.Namespace) -> int:
             f"round {row['round']} acc {100 * row['accuracy']:.2f}% {row['seconds']:.1f}s{extra}"
         )
 
-    summary = simulate(
-        scenario,
-        ray_address=args.ray_address,
-        on_round=on_round,
-        resume_from=checkpoint,
-        backend=args.backend,
-    )
-    bar.close()
+    try:
+        summary = simulate(
+            scenario,
+            ray_address=args.ray_address,
+            on_round=on_round,
+            resume_from=checkpoint,
+            backend=args.backend,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
     results_dir = summary["scenario"]["results-dir"]
     print(
         f"fedrank: final accuracy {100 * summary['final_accuracy']:.2f}% "

@@ -26,8 +26,9 @@ def test_a_mistake_is_one_line_and_changes_nothing(
     else:
         status = main(args)
 
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert status == 2
+    assert "%|" not in out, out  # no progress bar drawn around the error
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("fedrank"), err
