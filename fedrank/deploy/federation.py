@@ -185,14 +185,17 @@ class LocalFederation:
         """0 if run ``run_id`` completed, else 1: ``flwr run --stream`` exits 0 however
         the run ended, so its status is read back from the SuperLink (``flwr ls``)."""
         argv = [flower_executable("flwr"), "ls", self.connection, "--run-id", run_id]
-        done = subprocess.run(
-            [*argv, "--format", "json"],
-            env=self.cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        for _ in range(3):  # a read: asked again when gRPC's poller aborted the CLI (status -6)
+            done = subprocess.run(
+                [*argv, "--format", "json"],
+                env=self.cli_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if done.returncode >= 0:
+                break
         try:
             (run,) = json.loads(done.stdout)["runs"]
             status, details = str(run["status"]), str(run.get("status-details", ""))

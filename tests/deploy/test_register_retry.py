@@ -82,3 +82,41 @@ def test_a_cli_killed_twice_stops_federation_up_naming_the_site(tmp_path, monkey
 def test_a_cli_that_exits_with_an_error_is_not_run_again(tmp_path, monkeypatch):
     with pytest.raises(FederationError, match=r"(?s)site-0 failed \(status 1\).*attempt 1: fail"):
         _register(tmp_path, monkeypatch, {"site-0": "fail ok"}, listed=False)
+
+
+# argv: ls CONNECTION --run-id ID --format json; the folder's ls.plan: one outcome per call.
+FAKE_FLWR_LS = """#!/bin/bash
+here=$(dirname "$0")
+attempt=$(( $(cat "$here/ls.attempts" 2>/dev/null || echo 0) + 1 ))
+echo "$attempt" > "$here/ls.attempts"
+case "$(sed -n "${attempt}p" "$here/ls.plan")" in
+  abort) kill -ABRT $$ ;;
+  *) echo '{"success": true, "runs": [{"run-id": "'"$4"'", "status": "finished:completed"}]}' ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(("plan", "outcome", "calls"), [
+    ("abort ok", 0, 2), ("abort abort ok", 0, 3), ("abort abort abort ok", 1, 3), ("ok", 0, 1),
+])  # fmt: skip
+def test_a_run_status_query_killed_by_a_signal_is_asked_again(
+    tmp_path, monkeypatch, plan, outcome, calls
+):
+    # `flwr ls` only reads: a CLI aborted by gRPC is run again (three calls at most),
+    # rather than a completed run reported as failed.
+    fake = tmp_path / "flwr"
+    fake.write_text(FAKE_FLWR_LS)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    (tmp_path / "ls.plan").write_text(plan.replace(" ", "\n") + "\n")
+    monkeypatch.setattr(federation, "flower_executable", lambda name: str(fake))
+    group = ProcessGroup(tmp_path / "logs")
+    fed = LocalFederation(FederationPlan(tmp_path / "fed", timeout=60.0), group, api_port=1)
+    said: list[str] = []
+
+    assert fed._outcome("7", said.append) == outcome
+    assert int((tmp_path / "ls.attempts").read_text()) == calls
+    if outcome == 0:
+        assert said == []
+    else:
+        assert len(said) == 1
+        assert "run 7 ended unknown (flwr ls gave no status" in said[0]
