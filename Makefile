@@ -9,7 +9,7 @@ STAMP := $(VENV)/.fedrank-installed
 
 .PHONY: run test test-all lint typecheck format bench protos k8s-check clean
 
-$(STAMP): pyproject.toml setup.py protos/_permutation.c fedrank/models/_topk.c requirements/constraints.txt
+$(STAMP): pyproject.toml setup.py protos/_permutation.c fedrank/models/_topk.c fedrank/_buffer.h requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
@@ -47,6 +47,6 @@ protos: $(STAMP)
 k8s-check: $(STAMP)
 	PYTHON=$(abspath $(BIN)/python) scripts/validate_k8s.sh
 
-# The built C module goes with the install stamp: the next target installs (builds) again.
+# The built C modules go with the install stamp: the next target installs (builds) again.
 clean:
 	rm -rf build .mypy_cache .ruff_cache .pytest_cache protos/_permutation.*.so fedrank/models/_topk.*.so $(STAMP)

@@ -7,8 +7,7 @@
  * entry of 2^bits entries does not); the first entry out of range or already marked ends
  * the walk. The GIL is released during the walk.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "../fedrank/_buffer.h"
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -32,20 +31,8 @@ static PyObject *is_permutation(PyObject *self, PyObject *arg)
 {
     (void)self;
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0)
+    if (typed_buffer(arg, &view, "ranks", "1-D int64", "ql", 8, 1, 0) != 0)
         return NULL;
-    const char *format = view.format == NULL ? "B" : view.format;
-    if (format[0] == '<' || format[0] == '=' || format[0] == '@')
-        format++;
-    if (view.itemsize != 8 || view.ndim != 1 || (format[0] != 'q' && format[0] != 'l') ||
-        format[1] != '\0') {
-        PyErr_Format(PyExc_TypeError,
-                     "ranks: expected a contiguous 1-D int64 buffer, got format '%s' of "
-                     "%zd-byte items in %d dimensions",
-                     view.format == NULL ? "B" : view.format, view.itemsize, view.ndim);
-        PyBuffer_Release(&view);
-        return NULL;
-    }
     const Py_ssize_t n = view.shape[0];
     uint64_t *table = calloc((size_t)(n / 64 + 1), sizeof(uint64_t));
     if (table == NULL) {

@@ -28,8 +28,7 @@
  *
  * The GIL is released while the kernels run.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "../_buffer.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,9 +45,15 @@ static inline int32_t order_key(float score)
     return bits ^ (int32_t)((uint32_t)(bits >> 31) >> 1); /* negatives: flip 31 low bits */
 }
 
+/* The order key made unsigned: the same order, as an unsigned integer (radix digits). */
+static inline uint32_t unsigned_key(float score)
+{
+    return (uint32_t)order_key(score) ^ UINT32_C(0x80000000);
+}
+
 static inline Entry entry(float score, Py_ssize_t index)
 {
-    return (uint64_t)((uint32_t)order_key(score) ^ UINT32_C(0x80000000)) << 32 | (uint64_t)index;
+    return (uint64_t)unsigned_key(score) << 32 | (uint64_t)index;
 }
 
 static inline Py_ssize_t index_of(Entry e) { return (Py_ssize_t)(e & UINT32_MAX); }
@@ -195,8 +200,7 @@ static inline int rewrite_block(const float *s, const float *w, float *o, uint8_
     for (int j = 0; j < len; j++) {
         const int kept = s[j] > t;
         changed += kept ^ status[j];
-        status[j] = (uint8_t)kept;
-        o[j] = (kept ? 1.0f : 0.0f) * w[j];
+        set_status(j, kept, w, o, status);
     }
     return changed;
 }
@@ -251,12 +255,10 @@ static int update_masked(const float *scores, const float *weight, float *out, u
     Py_ssize_t size = 0;
     /* Their side of the band: from the first pass's blocks, then wider over the layer. */
     for (int attempt = 0; excess != 0 && attempt < 4; attempt++) {
-        if (attempt == 1)
-            width = (2.0 * (double)need + 64.0) / *density > 4.0 * width
-                        ? (2.0 * (double)need + 64.0) / *density
-                        : 4.0 * width;
-        else if (attempt > 1)
-            width *= 4.0;
+        if (attempt > 0) { /* four times wider, and at least about 2 need + 64 scores */
+            const double enough = (2.0 * (double)need + 64.0) / *density;
+            width = attempt == 1 && enough > 4.0 * width ? enough : 4.0 * width;
+        }
         const float low = excess > 0 ? t : (float)(t - width);
         const float high = excess > 0 ? (float)(t + width) : t;
         size = gather_all(scores, n, attempt == 0 ? blocks : NULL, hits, low, high, &band,
@@ -294,23 +296,6 @@ static int update_masked(const float *scores, const float *weight, float *out, u
     return 1;
 }
 
-static int float32_buffer(PyObject *object, Py_buffer *view, const char *name, int writable)
-{
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(object, view, flags) != 0)
-        return -1;
-    const char *format = view->format == NULL ? "B" : view->format;
-    if (format[0] == '<' || format[0] == '=' || format[0] == '@')
-        format++;
-    if (view->itemsize != 4 || format[0] != 'f' || format[1] != '\0') {
-        PyErr_Format(PyExc_TypeError, "%s: expected a contiguous float32 buffer, got format '%s'",
-                     name, view->format == NULL ? "B" : view->format);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 /* Rank vector: an LSD radix sort of the scores' order keys, made unsigned, with their
  * indices; stable, so equal keys keep index order. Two 16-bit digits for long layers,
  * four 8-bit ones for short layers (whose 65,536 buckets would cost more than the
@@ -331,7 +316,7 @@ static int rank_scores(const float *scores, int64_t *ranks, Py_ssize_t n)
     }
     uint32_t *key_in = keys, *key_out = keys + n, *index_in = index, *index_out = index + n;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const uint32_t key = (uint32_t)order_key(scores[i]) ^ UINT32_C(0x80000000);
+        const uint32_t key = unsigned_key(scores[i]);
         key_in[i] = key;
         index_in[i] = (uint32_t)i;
         for (int d = 0; d < digits; d++)
@@ -375,26 +360,18 @@ static PyObject *rank_vector(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO:rank_vector", &scores_object, &ranks_object))
         return NULL;
     Py_buffer scores, ranks;
-    if (float32_buffer(scores_object, &scores, "scores", 0) != 0)
+    if (typed_buffer(scores_object, &scores, "scores", "float32", "f", 4, 0, 0) != 0)
         return NULL;
-    if (PyObject_GetBuffer(ranks_object, &ranks, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT |
-                                                      PyBUF_WRITABLE) != 0) {
+    if (typed_buffer(ranks_object, &ranks, "ranks", "int64", "ql", 8, 0, 1) != 0) {
         PyBuffer_Release(&scores);
         return NULL;
     }
-    const char *format = ranks.format == NULL ? "B" : ranks.format;
-    if (format[0] == '<' || format[0] == '=' || format[0] == '@')
-        format++;
     const Py_ssize_t n = scores.len / 4;
     int done = 0;
-    if (ranks.itemsize != 8 || (format[0] != 'q' && format[0] != 'l') || format[1] != '\0') {
-        PyErr_Format(PyExc_TypeError, "ranks: expected a contiguous int64 buffer, got format '%s'",
-                     ranks.format == NULL ? "B" : ranks.format);
-        done = -2;
-    } else if (ranks.len / 8 != n || n < 1 || (uint64_t)n > UINT32_MAX) {
+    if (ranks.len / 8 != n || n < 1 || (uint64_t)n > UINT32_MAX) {
         PyErr_Format(PyExc_ValueError, "scores and ranks: expected the same size in [1, 2**32), "
                      "got %zd and %zd entries", n, ranks.len / 8);
-        done = -2;
+        done = -1;
     } else {
         Py_BEGIN_ALLOW_THREADS
         done = rank_scores(scores.buf, ranks.buf, n);
@@ -418,15 +395,15 @@ static PyObject *masked_update(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOndd:masked_update", &objects[0], &objects[1], &objects[2],
                           &objects[3], &keep, &threshold, &density))
         return NULL;
-    static const char *names[3] = {"scores", "weight", "out"};
+    static const char *names[4] = {"scores", "weight", "out", "status"};
     Py_buffer views[4];
     int held = 0;
-    for (; held < 3; held++)
-        if (float32_buffer(objects[held], &views[held], names[held], held == 2) != 0)
+    for (; held < 4; held++) {
+        const int floats = held < 3, writable = held >= 2;
+        if (typed_buffer(objects[held], &views[held], names[held], floats ? "float32" : "uint8",
+                         floats ? "f" : "B?", floats ? 4 : 1, 0, writable) != 0)
             break;
-    if (held == 3 && PyObject_GetBuffer(objects[3], &views[3], PyBUF_C_CONTIGUOUS |
-                                                                  PyBUF_WRITABLE) == 0)
-        held = 4;
+    }
     PyObject *result = NULL;
     const Py_ssize_t n = held == 4 ? views[0].len / 4 : 0;
     if (held < 4) {
