@@ -37,7 +37,6 @@ from fedrank.data.source import DataSource, load_image_data
 from fedrank.data.splits import ImageSplit
 from fedrank.models import topk
 from fedrank.models.supermask import (
-    SupermaskLinear,
     SupermaskMixin,
     build_model,
     get_rankings,
@@ -71,10 +70,6 @@ def _masked_weight_before(self: SupermaskMixin) -> torch.Tensor:
     return self.weight * mask
 
 
-def _linear_before(self: SupermaskLinear, x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.linear(x, self.masked_weight())
-
-
 def _get_ranks_before(self: SupermaskMixin) -> torch.Tensor:
     order = torch.argsort(self.scores.detach().flatten(), stable=True)
     ranks = torch.empty_like(order)
@@ -90,11 +85,9 @@ def _set_ranks_before(self: SupermaskMixin, ranks: torch.Tensor) -> None:
 def before(model: torch.nn.Module) -> torch.nn.Module:
     """Give ``model``'s supermask layers the former selection and ranking (this run only)."""
     for layer in supermask_layers(model).values():
-        layer.masked_weight = types.MethodType(_masked_weight_before, layer)  # type: ignore[method-assign]
+        layer._forward_weight = types.MethodType(_masked_weight_before, layer)  # type: ignore[method-assign]
         layer.get_ranks = types.MethodType(_get_ranks_before, layer)  # type: ignore[method-assign]
         layer.set_ranks = types.MethodType(_set_ranks_before, layer)  # type: ignore[method-assign]
-        if isinstance(layer, SupermaskLinear):  # a linear layer's own node, not masked_weight
-            layer.forward = types.MethodType(_linear_before, layer)  # type: ignore[method-assign]
     return model
 
 

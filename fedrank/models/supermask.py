@@ -108,7 +108,6 @@ class SupermaskMixin(nn.Module):
         self.scores = nn.Parameter(self.get_buffer("score_levels")[initial].view(shape))
         self.k = k
         self.selector = TopKMask(n, kept_count(n, k))
-        self._routed: torch.Tensor | None = None  # the kept masked weight with its hook
         self._hint_from_levels()
 
     def _hint_from_levels(self) -> None:
@@ -145,7 +144,7 @@ class SupermaskMixin(nn.Module):
         if not self.selector.keeps(masked):
             out: torch.Tensor = _StraightThrough.apply(scores, weight, masked)  # type: ignore[no-untyped-call]
             return out
-        if masked is not self._routed:
+        if not masked.requires_grad:  # a new kept tensor: it gets its hook once
             self._route_gradient(masked)
         return masked
 
@@ -166,7 +165,6 @@ class SupermaskMixin(nn.Module):
 
         masked.requires_grad_(True)
         masked.register_post_accumulate_grad_hook(to_scores)  # type: ignore[no-untyped-call]  # untyped in torch
-        self._routed = masked
 
     def set_ranks(self, ranks: torch.Tensor) -> None:
         """Set scores so that their order is ``ranks``; the values are the seed's."""

@@ -26,9 +26,8 @@ edge: one pass over the scores and statuses counts the scores above the threshol
 rewrites only the blocks of 64 edges where a status changed (an MLP step on MNIST
 changes 400-800 of 200,704) and notes the blocks near the threshold, where the torch
 path needs a compare, a sum, a band search and a product, each a pass over the layer
-with its own temporary. Rank vectors come from a
-radix sort in the same module. ``COMPILED_SELECTION`` says whether it was built; the
-answers are the same.
+with its own temporary. Rank vectors come from a radix sort in the same module.
+``COMPILED_SELECTION`` says whether it was built; the answers are the same.
 """
 
 from __future__ import annotations
