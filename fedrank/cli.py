@@ -80,20 +80,14 @@ def _simulate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("\n".join(f"  {line}" for line in scenario.describe()))
     done = checkpoint.round if checkpoint else 0
-    bars: list[tqdm[Any]] = []  # drawn at the first row: a run refused at start-up draws none
+    bar: tqdm[Any] | None = None  # drawn at the first row: a run refused at start-up draws none
 
     def on_round(row: dict[str, Any]) -> None:
-        if not bars:
-            bars.append(
-                tqdm(
-                    total=run.rounds,
-                    initial=done,
-                    unit="round",
-                    disable=args.quiet,
-                    file=sys.stdout,
-                )
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(
+                total=run.rounds, initial=done, unit="round", disable=args.quiet, file=sys.stdout
             )
-        bar = bars[0]
         if row["round"] == 0:
             bar.set_postfix_str(f"start acc {100 * row['accuracy']:.1f}%")
             return
@@ -117,7 +111,7 @@ def _simulate(args: argparse.Namespace) -> int:
             backend=args.backend,
         )
     finally:
-        for bar in bars:
+        if bar is not None:
             bar.close()
     results_dir = summary["scenario"]["results-dir"]
     print(
