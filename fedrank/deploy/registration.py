@@ -115,12 +115,11 @@ def key_listed(superlink: str, key: Path, root_certificates: Path | None) -> boo
     ``key`` (in any state); False when it cannot be asked."""
     try:
         return node_public_key(key) in node_states(superlink, root_certificates=root_certificates)
-    except unreachable_errors():
+    except _unreachable():
         return False
 
 
-def unreachable_errors() -> tuple[type[BaseException], ...]:
-    """What :func:`node_states` raises when the SuperLink cannot be reached or refuses."""
+def _unreachable() -> tuple[type[BaseException], ...]:
     import httpx
 
     return (httpx.HTTPError, OSError)
@@ -149,7 +148,7 @@ def wait_for_nodes(
     def reached() -> bool:
         try:
             listed = node_states(superlink, root_certificates=root_certificates)
-        except unreachable_errors() as err:
+        except _unreachable() as err:
             last.update(dict.fromkeys(keys, f"SuperLink not answering ({type(err).__name__})"))
             return False
         last.clear()
@@ -214,7 +213,7 @@ def wait_until_registered(
         try:
             found = node_states(superlink, root_certificates=root_certificates).get(key, set())
             state = "/".join(sorted(found)) or "not registered"
-        except unreachable_errors() as err:
+        except _unreachable() as err:
             found, state = set(), f"SuperLink not answering ({type(err).__name__}: {err})"
         waited = time.monotonic() - started
         if found & REGISTERED:

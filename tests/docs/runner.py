@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import NoReturn
 import pytest
 
 from fedrank.deploy.launch import environment_bin, flower_env
-from fedrank.deploy.processes import ProcessGroup, free_ports
+from fedrank.deploy.processes import ProcessGroup, free_ports, listening
 from tests.docs.commands import Block, DirectiveError, commands, program, read_blocks, substitute
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,9 +200,7 @@ class DocumentRun:
         if how == "log":
             return what in self.daemons.log(name)
         if how == "listening":
-            with socket.socket() as sock:
-                sock.settimeout(1.0)
-                return sock.connect_ex(("127.0.0.1", int(what))) == 0
+            return listening("127.0.0.1", int(what))
         raise DirectiveError(f"daemon readiness must be 'log TEXT' or 'listening PORT': {how!r}")
 
     def export(self, command: str, block: Block) -> None:
