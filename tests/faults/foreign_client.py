@@ -36,6 +36,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from tests.faults.foreign_privacy import (
+    fields,
     no_report,
     read_varint,
     sigma_huge,
@@ -216,26 +217,12 @@ def ranking_extra_key(content: RecordDict) -> RecordDict:
 
 
 def _field(payload: bytes, number: int, start: int, end: int) -> tuple[int, int]:
-    """Where the value of the first field ``number`` of the message in
-    ``payload[start:end]`` lies: (start, end) of a length-delimited value, (start, value)
-    of a varint. ``fedrank.v1.Update``: 2 ranking; ``RankingUpdate``: 1 layers;
-    ``LayerRanking``: 3 bits_per_index (varint), 4 packed."""
-    at = start
-    while at < end:
-        tag, at = read_varint(payload, at)
-        wire = tag & 7
-        if wire == 0:
-            value, after = read_varint(payload, at)
-            if tag >> 3 == number:
-                return at, value
-            at = after
-        elif wire == 2:
-            length, at = read_varint(payload, at)
-            if tag >> 3 == number:
-                return at, at + length
-            at += length
-        else:
-            raise ValueError(f"wire type {wire} is not in this schema")
+    """Where the value of the first field ``number`` of the message in ``payload[start:end]``
+    lies. ``fedrank.v1.Update``: 2 ranking; ``RankingUpdate``: 1 layers; ``LayerRanking``:
+    3 bits_per_index (varint), 4 packed."""
+    for field in fields(payload, start, end):
+        if field.number == number:
+            return field.start, field.end
     raise LookupError(f"no field {number}")
 
 
@@ -245,7 +232,7 @@ def ranking_repeated_rank(content: RecordDict) -> RecordDict:
     payload = bytearray(_ranking(content))
     body = _field(payload, 2, 0, len(payload))
     layer = _field(payload, 1, *body)
-    _, bits = _field(payload, 3, *layer)
+    bits = read_varint(payload, _field(payload, 3, *layer)[0])[0]
     first, last = _field(payload, 4, *layer)
     stream = int.from_bytes(payload[first:last], "little")
     lowest = (1 << bits) - 1

@@ -8,7 +8,8 @@ itself. The corruptions here rewrite an honest report field by field.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 from flwr.app import ConfigRecord, RecordDict
 
@@ -32,6 +33,13 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+class Field(NamedTuple):
+    number: int
+    wire: int
+    start: int
+    end: int
+
+
 def read_varint(data: bytes, at: int) -> tuple[int, int]:
     value = shift = 0
     while True:
@@ -43,21 +51,37 @@ def read_varint(data: bytes, at: int) -> tuple[int, int]:
             return value, at
 
 
-def read_report(payload: bytes) -> dict[int, int | float]:
-    """Field number -> value of a PrivacyReport."""
-    fields: dict[int, int | float] = {}
-    at = 0
-    while at < len(payload):
+def fields(payload: bytes, start: int = 0, end: int | None = None) -> Iterator[Field]:
+    """Each field of the message in ``payload[start:end]``: its number, wire type and
+    where its value lies (a varint's bytes, a double's 8, a length-delimited body)."""
+    at, end = start, len(payload) if end is None else end
+    while at < end:
         tag, at = read_varint(payload, at)
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            fields[number], at = read_varint(payload, at)
+            after = read_varint(payload, at)[1]
         elif wire == 1:
-            fields[number] = struct.unpack("<d", payload[at : at + 8])[0]
-            at += 8
+            after = at + 8
+        elif wire == 2:
+            length, at = read_varint(payload, at)
+            after = at + length
         else:
-            raise ValueError(f"wire type {wire} is not in this schema")
-    return fields
+            raise ValueError(f"wire type {wire} is not in these schemas")
+        yield Field(number, wire, at, after)
+        at = after
+
+
+def read_report(payload: bytes) -> dict[int, int | float]:
+    """Field number -> value of a PrivacyReport."""
+    values: dict[int, int | float] = {}
+    for field in fields(payload):
+        if field.wire == 0:
+            values[field.number] = read_varint(payload, field.start)[0]
+        elif field.wire == 1:
+            values[field.number] = struct.unpack("<d", payload[field.start : field.end])[0]
+        else:
+            raise ValueError(f"wire type {field.wire} is not in this schema")
+    return values
 
 
 def write_report(fields: Mapping[int, int | float]) -> bytes:
