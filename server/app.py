@@ -30,6 +30,7 @@ from fedrank.server.loop import RoundCallback
 from fedrank.server.run import run_federation
 from fedrank.server.status import StatusBoard, serve_status
 from fedrank.strategies.evaluation import FEDERATED_ACCURACY, FEDERATED_REPLIES
+from fedrank.strategies.sampling import EngineMap
 from fedrank.strategies.wrapping import StrategyWrapper
 
 EPSILON_KEYS = (("dp-record-epsilon", "epsilon/record"), ("dp-epsilon", "epsilon/client"))
@@ -50,8 +51,10 @@ def make_server_app(
     on_round: RoundCallback | None = None,
     resume_from: CheckpointState | None = None,
     wrap_strategy: StrategyWrapper | None = None,
+    engine_nodes: EngineMap | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to ``scenario`` (used by ``fedrank simulate``)."""
+    """A ServerApp bound to ``scenario`` (used by ``fedrank simulate``; ``engine_nodes``
+    reads the node map of the simulation engine it runs beside)."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -65,6 +68,7 @@ def make_server_app(
                 on_round=status.chain(on_round),
                 resume_from=resume_from,
                 wrap_strategy=wrap_strategy,
+                engine_nodes=engine_nodes,
             )
 
     return server_app

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -46,6 +46,7 @@ def run_rounds(
     after_round: RoundEnd | None = None,
     partition_of: Mapping[int, int] | None = None,
     settings: ConfigRecord | None = None,
+    uninformed: Collection[int] = (),
 ) -> ArrayRecord:
     """Run rounds ``start_round..num_rounds``; return the final global arrays.
 
@@ -58,10 +59,12 @@ def run_rounds(
     protocol's cost), else every reply that answered. A client that failed (raised, timed out, lost
     its worker: :mod:`fedrank.server.failures`) is left out before the strategy
     aggregates and counted as ``rejected.<reason>``; ``partition_of`` (node id ->
-    partition id) names partitions in the log. A node that failed gets the run's client
-    ``settings`` again with its next message (it may have lost them in a restart).
+    partition id) names partitions in the log. The run's client ``settings`` go with
+    the first message to each node of ``uninformed`` (nodes that discovery did not ask),
+    and again with the next message to a node that failed (it may have lost them in a
+    restart); ``bytes_down_per_client`` counts the messages without them.
     """
-    resend: set[int] = set()
+    resend = set(uninformed)
     if start_round == 1:
         # A run resumed from its round-0 checkpoint has its round-0 row already.
         row0 = next((row for row in results.read_rounds() if row.get("round") == 0), None)
@@ -75,11 +78,8 @@ def run_rounds(
             on_round(row0)
     for server_round in range(start_round, num_rounds + 1):
         started = time.perf_counter()
-        messages = list(strategy.configure_train(server_round, arrays, config, grid))
-        if settings is not None and resend:
-            messages = [with_settings(m, settings) if m.metadata.dst_node_id in resend else m
-                        for m in messages]  # fmt: skip
-        resend.clear()
+        planned = list(strategy.configure_train(server_round, arrays, config, grid))
+        messages = attach_settings(planned, settings, resend)
         log.info(
             "round %d: waiting at most %g s (round-timeout) for the replies of %d clients",
             server_round,
@@ -97,7 +97,9 @@ def run_rounds(
         if new_arrays is not None:
             arrays = new_arrays
         loss, accuracy = evaluate(arrays)
-        federated = federated_evaluation(grid, strategy, server_round, arrays, config, timeout)
+        federated = federated_evaluation(
+            grid, strategy, server_round, arrays, config, timeout, settings=settings, resend=resend
+        )
         row: dict[str, Any] = {
             "round": server_round,
             "accuracy": accuracy,
@@ -106,7 +108,7 @@ def run_rounds(
             "clients": len(messages),
             "missing": len(messages) - len(replies),
             "skipped": new_arrays is None,
-            "bytes_down_per_client": _mean(content_bytes(m.content) for m in messages),
+            "bytes_down_per_client": _mean(content_bytes(m.content) for m in planned),
             "bytes_up_per_client": _mean(content_bytes(r.content) for r in answered),
         }
         row.update(dict(train_metrics or {}))
@@ -137,10 +139,15 @@ def federated_evaluation(
     arrays: ArrayRecord,
     config: ConfigRecord,
     timeout: float,
+    *,
+    settings: ConfigRecord | None = None,
+    resend: set[int] | None = None,
 ) -> dict[str, Any]:
     """The strategy's federated evaluation of ``arrays`` (empty if it has none); a site
-    that does not answer in time counts in ``federated_rejected``."""
-    messages = list(strategy.configure_evaluate(server_round, arrays, config, grid))
+    that does not answer in time counts in ``federated_rejected``. Nodes in ``resend``
+    get the run's ``settings`` with their message (:func:`attach_settings`)."""
+    planned = strategy.configure_evaluate(server_round, arrays, config, grid)
+    messages = attach_settings(planned, settings, resend if resend is not None else set())
     if not messages:
         return {}
     replies = list(send_and_receive(grid, messages, timeout=timeout))
@@ -154,6 +161,19 @@ def federated_evaluation(
 def _mean(values: Any) -> float:
     items = list(values)
     return float(sum(items) / len(items)) if items else 0.0
+
+
+def attach_settings(
+    messages: Iterable[Message], settings: ConfigRecord | None, resend: set[int]
+) -> list[Message]:
+    """``messages``, those to nodes in ``resend`` carrying the run's ``settings``; the
+    nodes messaged leave ``resend``."""
+    sent = list(messages)
+    if settings is None or not resend:
+        return sent
+    out = [with_settings(m, settings) if m.metadata.dst_node_id in resend else m for m in sent]
+    resend.difference_update(m.metadata.dst_node_id for m in sent)
+    return out
 
 
 def with_settings(message: Message, settings: ConfigRecord) -> Message:

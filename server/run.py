@@ -38,7 +38,7 @@ from fedrank.server.compose import compose_strategy
 from fedrank.server.loop import RoundCallback, run_rounds
 from fedrank.server.results import ResultsWriter
 from fedrank.server.resume import RunCheckpointer
-from fedrank.strategies.sampling import discover_partitions
+from fedrank.strategies.sampling import EngineMap, find_partitions
 from fedrank.strategies.wrapping import StrategyWrapper
 from fedrank.tasks import load_task
 
@@ -52,6 +52,7 @@ def run_federation(
     on_round: RoundCallback | None = None,
     resume_from: CheckpointState | None = None,
     wrap_strategy: StrategyWrapper | None = None,
+    engine_nodes: EngineMap | None = None,
 ) -> dict[str, Any]:
     """Run the whole federation described by ``scenario``; return its summary.
 
@@ -64,7 +65,9 @@ def run_federation(
     simulation-only ``dp-reproducible-noise``, and its epsilon never goes down.
     ``wrap_strategy``
     (simulations only) wraps the whole strategy in an adversary that controls the
-    malicious partitions' replies.
+    malicious partitions' replies. ``engine_nodes`` (a ServerApp beside Flower's
+    simulation engine) reads the engine's node map instead of asking every node
+    (:func:`~fedrank.strategies.sampling.find_partitions`).
     """
     started = time.perf_counter()
     task = load_task(scenario)
@@ -74,9 +77,11 @@ def run_federation(
     settings = ConfigRecord(dict(scenario.client_settings()))
     # A run that fails to start leaves its results folder as it found it.
     with results.starting():
-        partitions = discover_partitions(
+        partitions, informed = find_partitions(
             grid,
+            engine_nodes=engine_nodes,
             expected=scenario.run.num_clients,
+            seed=scenario.run.seed,
             minimum=scenario.run.required_clients,
             timeout=scenario.run.discovery_timeout,
             connect_timeout=scenario.run.connect_timeout,
@@ -122,6 +127,7 @@ def run_federation(
             on_round=on_round,
             after_round=checkpoints.save,
             partition_of={node: pid for pid, node in partitions.items()},
+            uninformed=set(partitions.values()) - informed,
         )
     except PrivacyBudgetExhausted as err:
         stopped = f"privacy budget: {err}"

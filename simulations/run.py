@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
 
     from fedrank.server.checkpoint import CheckpointState
+    from fedrank.simulations.ray_engine import EngineNodes
     from fedrank.strategies.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,11 @@ def simulate(
     if backend not in BACKENDS:
         raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
     load_task(scenario).check()  # a run that cannot run fails here, before Ray starts
+    engine: EngineNodes | None = None
     if backend == "ray":
+        from fedrank.simulations.ray_engine import EngineNodes
+
+        engine = EngineNodes()  # the server reads the engine's node map, asks few nodes
         local = not (ray_address or os.environ.get("RAY_ADDRESS"))
         check_ray_placement(
             scenario.run.device,
@@ -119,12 +124,16 @@ def simulate(
         check_results_dir(scenario.output.results_dir, resume_round=resume_from.round)
     client_app = client_app or attack_client_app
     server_app = make_server_app(
-        scenario, on_round=on_round, resume_from=resume_from, wrap_strategy=wrap
+        scenario,
+        on_round=on_round,
+        resume_from=resume_from,
+        wrap_strategy=wrap,
+        engine_nodes=engine.wait if engine is not None else None,
     )
     # Each simulated site keeps its own DP ledger (its default policy: the scenario's
     # request) under <results>/sites.
     with simulated_sites(scenario.output.results_dir):
-        _run(scenario, server_app, client_app, backend=backend, ray_address=ray_address)
+        _run(scenario, server_app, client_app, engine=engine, ray_address=ray_address)
     summary_path = Path(scenario.output.results_dir) / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(
@@ -139,10 +148,12 @@ def _run(
     server_app: Any,
     client_app: ClientApp,
     *,
-    backend: Backend,
+    engine: EngineNodes | None,
     ray_address: str | None,
 ) -> None:
-    if backend == "local":
+    """Run the apps on Flower's Ray engine (which fills ``engine``), or in this process
+    without one."""
+    if engine is None:
         from flwr.app import Context, RecordDict
 
         from fedrank.simulations.local_grid import InProcessGrid, server_identity
@@ -161,7 +172,7 @@ def _run(
         config = backend_config(scenario, ray_address=ray_address)
         if "address" in config["init_args"]:
             _connect_to_cluster(config["init_args"])
-        with fast_dispatch():  # Flower's dispatcher scans every node for every message
+        with fast_dispatch(engine):  # Flower's dispatcher scans every node for every message
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

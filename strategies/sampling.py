@@ -5,7 +5,10 @@ ids are random in simulation, so two runs with the same seed train different
 clients. Here the server first asks every node for its ``partition-id`` (one
 ``query`` message, :func:`discover_partitions`; a node whose answer is not valid is
 left out with a reason), then samples partitions from ``numpy`` seeded by (seed,
-round): the same seed trains the same clients in the same rounds.
+round): the same seed trains the same clients in the same rounds. Beside Flower's
+simulation engine the server reads the engine's own map instead and asks only a few
+nodes to confirm it (:func:`find_partitions`): start-up does not grow with the
+federation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from fedrank.protos.gate import check_records
 from fedrank.strategies.exchange import send_and_receive
 
 PARTITION_KEY = keys.PARTITION_ID
+SPOT_CHECKS = 8
+"""Nodes :func:`find_partitions` asks to confirm the engine's node map."""
+EngineMap = Callable[[float], Mapping[int, int] | None]
+"""(timeout) -> the simulation engine's node id -> partition id map, or None."""
 _LOG_EVERY = 5.0  # seconds between "waiting for ..." lines
 _log = logging.getLogger(__name__)
 
@@ -57,15 +64,24 @@ def discover_partitions(
         The node count does not match ``expected``, or fewer than ``minimum`` nodes
         gave a valid answer (the message names each reason and its count).
     """
-    minimum = expected if minimum is None else minimum
     nodes = wait_for_nodes(grid, expected=expected, timeout=connect_timeout, poll=poll)
-    content = RecordDict({keys.CONFIG: ConfigRecord({keys.ASK: PARTITION_KEY})})
-    if settings is not None:
-        content[keys.RUN] = settings
-    messages = [
-        Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes
-    ]
-    replies = _collect(grid, messages, timeout=timeout)
+    return _ask_every_node(
+        grid, nodes, expected=expected, minimum=minimum, timeout=timeout, settings=settings
+    )
+
+
+def _ask_every_node(
+    grid: Grid,
+    nodes: Sequence[int],
+    *,
+    expected: int,
+    minimum: int | None,
+    timeout: float,
+    settings: ConfigRecord | None,
+) -> dict[int, int]:
+    """:func:`discover_partitions` once the nodes are connected."""
+    minimum = expected if minimum is None else minimum
+    replies = _collect(grid, _queries(nodes, settings), timeout=timeout)
     mapping, excluded = read_partition_claims(replies, nodes, expected=expected)
     for node, reason in sorted(excluded.items()):
         _log.warning("discovery: node %d left out, %s", node, reason)
@@ -84,6 +100,68 @@ def discover_partitions(
             sorted(mapping),
         )
     return mapping
+
+
+def find_partitions(
+    grid: Grid,
+    *,
+    engine_nodes: EngineMap | None,
+    expected: int,
+    seed: int,
+    minimum: int | None = None,
+    timeout: float = 120.0,
+    connect_timeout: float = 20.0,
+    poll: float = 0.5,
+    settings: ConfigRecord | None = None,
+) -> tuple[dict[int, int], set[int]]:
+    """Partition id -> node id, and the nodes that hold the run's ``settings`` already.
+
+    Without ``engine_nodes`` this is :func:`discover_partitions`: every node is asked.
+    A ServerApp that runs beside Flower's simulation engine can instead read the map the
+    engine registered its nodes with (``engine_nodes(timeout)``: node id -> partition id,
+    None if the engine has not started within ``timeout``), since asking every node made
+    start-up grow with the federation. A seeded sample of :data:`SPOT_CHECKS` nodes is
+    then asked as discovery asks (each answer must name the partition the map gives that
+    node); the others get the settings with their first message. A map that does not
+    cover exactly the ``expected`` connected nodes and partitions, or a sampled node that
+    answers anything else, sends the run back to asking every node (logged).
+    """
+    nodes = wait_for_nodes(grid, expected=expected, timeout=connect_timeout, poll=poll)
+    checked: list[int] = []
+    if engine_nodes is not None:
+        engine_map = engine_nodes(timeout)
+        if engine_map is None:
+            raise FedrankError(
+                f"the simulation engine did not start its {expected} nodes within "
+                f"{timeout:g} s (discovery-timeout)"
+            )
+        mapping = {pid: node for node, pid in engine_map.items()}
+        if sorted(engine_map) == nodes and sorted(mapping) == list(range(expected)):
+            count = min(SPOT_CHECKS, expected)
+            checked = sample_partitions(mapping, count=count, seed=seed, server_round=0)
+            asked = [mapping[pid] for pid in checked]
+            replies = _collect(grid, _queries(asked, settings), timeout=timeout)
+            claims, excluded = read_partition_claims(replies, asked, expected=expected)
+            if not excluded and all(claims.get(pid) == mapping[pid] for pid in checked):
+                return dict(sorted(mapping.items())), set(asked)
+        _log.warning(
+            "discovery: the simulation engine's node map does not match %s; every node is asked",
+            "its nodes' answers" if checked else "the connected nodes",
+        )
+    everyone = _ask_every_node(
+        grid, nodes, expected=expected, minimum=minimum, timeout=timeout, settings=settings
+    )
+    return everyone, set(everyone.values())
+
+
+def _queries(nodes: Iterable[int], settings: ConfigRecord | None) -> list[Message]:
+    """The discovery query to each of ``nodes``, with the run's ``settings``."""
+    content = RecordDict({keys.CONFIG: ConfigRecord({keys.ASK: PARTITION_KEY})})
+    if settings is not None:
+        content[keys.RUN] = settings
+    return [
+        Message(content=content, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes
+    ]
 
 
 def wait_for_nodes(grid: Grid, *, expected: int, timeout: float, poll: float = 0.5) -> list[int]:

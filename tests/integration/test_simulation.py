@@ -12,18 +12,18 @@ from fedrank.protos import bits_for, packed_size
 from fedrank.simulations.attacks.collusion import malicious_partitions
 from fedrank.simulations.inprocess import run_in_process
 from fedrank.simulations.run import simulate
-from fedrank.strategies.sampling import sample_partitions
+from fedrank.strategies.sampling import SPOT_CHECKS, sample_partitions
 from fedrank.tasks import load_task
 from fedrank.tasks.image import MASK_FILE, ImageTask
 
 pytestmark = pytest.mark.integration
 
 
-def _scenario(results: Path) -> Scenario:
+def _scenario(results: Path, *, num_clients: int = 6) -> Scenario:
     return Scenario.of(
         dataset="digits",
         model="mlp",
-        num_clients=6,
+        num_clients=num_clients,
         clients_per_round=3,
         rounds=4,
         local_epochs=2,
@@ -37,11 +37,17 @@ def _scenario(results: Path) -> Scenario:
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The same scenario on Ray, then on the local backend (one Ray start, not two: each
     costs about 30 s of CPU here; run-to-run equality on Ray follows from both runs
-    equalling the in-process one below)."""
+    equalling the in-process one below). Ten clients: on Ray the server reads the
+    engine's node map and asks only eight of them, so partition 1 gets the run's
+    settings with its first train message (round 1)."""
+    unasked = set(range(10)) - set(
+        sample_partitions(list(range(10)), count=SPOT_CHECKS, seed=11, server_round=0)
+    )
+    assert unasked & set(sample_partitions(list(range(10)), count=3, seed=11, server_round=1))
     first = tmp_path_factory.mktemp("run-ray")
     second = tmp_path_factory.mktemp("run-local")
-    simulate(_scenario(first))
-    simulate(_scenario(second), backend="local")
+    simulate(_scenario(first, num_clients=10))
+    simulate(_scenario(second, num_clients=10), backend="local")
     return first, second
 
 
@@ -53,7 +59,7 @@ def test_ray_simulation_learns_well_above_chance(two_runs: tuple[Path, Path]) ->
     assert rows[-1]["accuracy"] > 0.6  # chance is 0.1
     assert all(r["replies"] == 3 and r["rejected"] == 0 for r in rows[1:])
     # Both directions carry bit-packed rankings: ceil(log2 n) bits per edge plus a small header.
-    task = load_task(_scenario(results))
+    task = load_task(_scenario(results, num_clients=10))
     assert isinstance(task, ImageTask)
     sizes = task.layer_sizes()
     packed = sum(packed_size(n=n, bits=bits_for(n)) for n in sizes.values())
@@ -73,7 +79,7 @@ def test_same_seed_same_final_ranking_bit_for_bit(
     for name in first:
         np.testing.assert_array_equal(first[name], second[name])
     # And both equal the same ServerApp and ClientApp in one process.
-    in_process = run_in_process(_scenario(tmp_path))
+    in_process = run_in_process(_scenario(tmp_path, num_clients=10))
     for name in first:
         np.testing.assert_array_equal(first[name], in_process[name])
     mask = read_arrays(two_runs[0] / MASK_FILE)

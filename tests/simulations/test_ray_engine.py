@@ -22,7 +22,12 @@ from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
 from flwr.superlink.grid import InMemoryGrid
 
-from fedrank.simulations.ray_engine import dispatch_pending, fast_dispatch, poll_messages
+from fedrank.simulations.ray_engine import (
+    EngineNodes,
+    dispatch_pending,
+    fast_dispatch,
+    poll_messages,
+)
 
 # (destination node index, tag, ttl): node 1 gets two messages, node 3 one that expires.
 PLAN = [(0, "a", None), (1, "b", None), (1, "c", None), (3, "expired", 0.05), (4, "d", None)]
@@ -112,3 +117,27 @@ def test_fast_dispatch_stands_in_for_flowers_poller_with_its_signature() -> None
     with pytest.raises(RuntimeError), fast_dispatch():
         raise RuntimeError
     assert vce_api.add_messages_to_queue is flowers
+
+
+def test_the_engines_node_map_is_handed_over_when_its_dispatcher_starts() -> None:
+    state, nodes = federation()
+    engine_map = {node: pid for pid, node in enumerate(nodes)}
+    holder = EngineNodes()
+    assert holder.wait(0.01) is None  # nothing before the engine starts its dispatcher
+    queue: Queue[Message] = Queue()
+    stop = threading.Event()
+    with fast_dispatch(holder):
+        # What Flower's engine does once it registered its nodes and built its backend.
+        worker = threading.Thread(
+            target=vce_api.add_messages_to_queue, args=(state, queue, engine_map, stop)
+        )
+        worker.start()
+        published = holder.wait(10)
+        deadline = time.monotonic() + 10
+        while queue.qsize() < len(PLAN) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        worker.join(timeout=10)
+    assert published == engine_map
+    assert published is not engine_map
+    assert queue.qsize() == len(PLAN)  # and it dispatches as poll_messages does
