@@ -104,6 +104,7 @@ __all__ = [
     "MIN_AGREEMENT",
     "FilteredVote",
     "agreement_z_scores",
+    "clip_scales",
     "cosines",
     "direction_agreement",
     "filtered_vote",
@@ -205,16 +206,35 @@ def agreement_z_scores(agreement: npt.NDArray[np.floating]) -> FloatArray:
     A MAD of zero (at least half the values equal) gives ``0`` to the values at the
     median and ``+-inf`` to the others: they differ from a tied majority.
     """
-    values = np.asarray(agreement, dtype=np.float64)
-    if values.ndim != 1 or values.shape[0] == 0:
-        raise ValueError(f"agreement: expected a non-empty 1-D array, got {values.shape}")
-    median = float(np.median(values))
-    spread = MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
+    values, median, spread = _centre_and_spread(agreement)
     deviation = values - median
     if spread > 0.0:
         z: FloatArray = deviation / spread
         return z
     return np.where(deviation == 0.0, 0.0, np.copysign(np.inf, deviation))
+
+
+def _centre_and_spread(agreement: npt.NDArray[np.floating]) -> tuple[FloatArray, float, float]:
+    """The values as float64, their median and their robust standard deviation."""
+    values = np.asarray(agreement, dtype=np.float64)
+    if values.ndim != 1 or values.shape[0] == 0:
+        raise ValueError(f"agreement: expected a non-empty 1-D array, got {values.shape}")
+    median = float(np.median(values))
+    return values, median, MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
+
+
+def clip_scales(rho: npt.NDArray[np.floating], threshold: float) -> FloatArray:
+    """How far to shrink each reply's displacement ``r - g`` to sit at ``threshold``.
+
+    Spearman's rho of a reply is ``1 - 6 ||r - g||^2 / (n (n^2 - 1))``, so
+    ``g + c (r - g)`` with ``c = sqrt((1 - threshold) / (1 - rho))`` is exactly as far
+    from ``g`` as a reply at the threshold. Replies at or above it keep ``c = 1``.
+    """
+    values = np.asarray(rho, dtype=np.float64)
+    far = values < threshold
+    scale: FloatArray = np.ones_like(values)
+    scale[far] = np.sqrt((1.0 - threshold) / (1.0 - values[far]))
+    return scale
 
 
 def keep_agreeing(z_scores: npt.NDArray[np.floating], *, mads: float) -> BoolArray:
@@ -261,11 +281,16 @@ class FilteredVote:
         Boolean mask over the replies, in the order given.
     agreement : dict
         Per layer, every reply's Spearman correlation with the reference.
+    clipped : numpy.ndarray
+        Boolean mask over the replies voted clipped (``clip=True``): below the agreement
+        threshold, but neither uncorrelated with the reference nor pointing against
+        the round. A reply is kept, clipped or set aside.
     """
 
     state: dict[str, npt.NDArray[np.int64]]
     kept: BoolArray
     agreement: dict[str, FloatArray]
+    clipped: BoolArray
 
 
 def filtered_vote(
@@ -274,6 +299,7 @@ def filtered_vote(
     *,
     mads: float,
     anchor: float = 0.0,
+    clip: bool = False,
 ) -> FilteredVote:
     """Drop the replies that disagree with the reference, Borda-vote the rest.
 
@@ -282,6 +308,16 @@ def filtered_vote(
     ``MIN_AGREEMENT`` and more than ``mads`` robust standard deviations below the
     median in some layer (unless all are); the threshold is then set on the
     agreements of the others (:func:`keep_agreeing`).
+
+    With ``clip`` a reply below that threshold is not dropped but clipped: in each
+    layer where it is below, its displacement from the reference is shrunk to the
+    threshold's distance (:func:`clip_scales`), centred clipping around the last
+    aggregate (Karimireddy, He & Jaggi, ICML 2021, arXiv 2012.10333) in rank space.
+    It then weighs as much as one reply (a fractional Borda position per edge) but can
+    move the vote no further than a reply at the threshold, which is the bound any
+    surviving attacker has already. Under heterogeneous data the replies furthest
+    from the reference are often the clients whose data differ most; dropping them
+    cost the vote 2.7 points on MNIST-5k at Dirichlet 0.1, clipping 0 (docs/robustness.md).
 
     Parameters
     ----------
@@ -330,18 +366,27 @@ def filtered_vote(
     z = np.stack([agreement_z_scores(rho[layer, candidates]) for layer in range(len(names))])
     kept = np.zeros(len(updates), dtype=np.bool_)
     kept[candidates[keep_agreeing(z, mads=mads)]] = True
+    clipped = np.zeros(len(updates), dtype=np.bool_)
+    if clip:
+        clipped[candidates] = ~kept[candidates]
     survivors = [u for u, keep in zip(updates, kept, strict=True) if keep]
     set_aside = [u for u, keep in zip(updates, kept, strict=True) if not keep]
-    state = {
-        name: anchored_ranks(
-            _survivor_sums(sums[name], [u[name] for u in survivors], [u[name] for u in set_aside]),
-            len(survivors),
-            reference[name],
-            anchor=anchor,
+    state = {}
+    for layer, name in enumerate(names):
+        layer_sums = _survivor_sums(
+            sums[name], [u[name] for u in survivors], [u[name] for u in set_aside]
         )
-        for name in names
-    }
-    return FilteredVote(state=state, kept=kept, agreement=agreement)
+        weight = float(len(survivors))
+        if clipped.any():
+            _, median, spread = _centre_and_spread(rho[layer, candidates])
+            scales = clip_scales(rho[layer], median - mads * spread)
+            g = reference[name].astype(np.float64)
+            layer_sums = layer_sums.astype(np.float64)
+            for index in np.flatnonzero(clipped).tolist():  # reply order: the same sums every run
+                layer_sums += g + scales[index] * (updates[index][name] - g)
+            weight += float(clipped.sum())
+        state[name] = anchored_ranks(layer_sums, weight, reference[name], anchor=anchor)
+    return FilteredVote(state=state, kept=kept, agreement=agreement, clipped=clipped)
 
 
 def _survivor_sums(

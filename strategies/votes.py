@@ -28,7 +28,7 @@ RankVote = Callable[[Sequence[Rankings], Rankings, float], tuple[dict[str, np.nd
 
 __all__ = ["RANK_VOTES", "RankVote", "rank_vote"]
 
-RANK_VOTES = ("borda", "filtered", "trimmed", "median")
+RANK_VOTES = ("borda", "filtered", "clipped", "trimmed", "median")
 
 
 def _per_layer(
@@ -65,11 +65,13 @@ def rank_vote(name: str, *, trim_fraction: float = 0.2, filter_mads: float = 5.0
     ----------
     name : str
         ``borda`` (FRL's plain vote), ``filtered`` (the robust vote of
-        :func:`~fedrank.strategies.filtered_vote.filtered_vote`), ``trimmed``
+        :func:`~fedrank.strategies.filtered_vote.filtered_vote`), ``clipped`` (the
+        same, clipping the replies below its threshold instead of dropping them; those
+        do not count as left out), ``trimmed``
         (per-edge trimmed-mean Borda, ``trim_fraction`` at each end), ``median``
         (per-edge median position).
     trim_fraction, filter_mads : float
-        The parameter of the trimmed and the filtered vote.
+        The parameter of the trimmed and of the filtered and clipped votes.
 
     Returns
     -------
@@ -113,13 +115,14 @@ def rank_vote(name: str, *, trim_fraction: float = 0.2, filter_mads: float = 5.0
             _per_layer(updates, reference, lambda s, g: _median(s, g, anchor=anchor)),
             0,
         )
-    if name == "filtered":
+    if name in ("filtered", "clipped"):
+        clip = name == "clipped"
 
         def vote(
             updates: Sequence[Rankings], reference: Rankings, anchor: float
         ) -> tuple[dict[str, np.ndarray], int]:
-            outcome = filtered_vote(updates, reference, mads=filter_mads, anchor=anchor)
-            return dict(outcome.state), int((~outcome.kept).sum())
+            outcome = filtered_vote(updates, reference, mads=filter_mads, anchor=anchor, clip=clip)
+            return dict(outcome.state), int((~(outcome.kept | outcome.clipped)).sum())
 
         return vote
     raise ValueError(f"name: must be one of {list(RANK_VOTES)}, got {name!r}")

@@ -45,8 +45,9 @@ class AggregationConfig:
 
     rule: str = setting(
         "auto",
-        "frl: borda, filtered, trimmed, median; fedavg and lora: mean, median, trimmed, krum, "
-        "multikrum, bulyan, fedavgm, fedadam, fedyogi, fedprox; auto: the strategy's plain rule",
+        "frl: borda, filtered, clipped, trimmed, median; fedavg and lora: mean, median, trimmed, "
+        "krum, multikrum, bulyan, fedavgm, fedadam, fedyogi, fedprox; auto: the strategy's plain "
+        "rule",
         key="aggregator",
     )
     trim_fraction: float = setting(
@@ -57,7 +58,8 @@ class AggregationConfig:
         high_open=True,
     )
     filter_mads: float = setting(
-        5.0, "filtered vote: set a reply aside this many MADs below the median", low=0.0,
+        5.0, "filtered vote: set a reply aside this many MADs below the median (clipped: "
+        "clip it to that distance)", low=0.0,
         low_open=True,
     )  # fmt: skip
     server_lr: float = setting(

@@ -32,6 +32,8 @@ def test_each_named_vote_is_its_math(seed: int) -> None:
     }
     outcome = filtered_vote(replies, reference, mads=1.0)
     expected["filtered"] = (outcome.state, int((~outcome.kept).sum()))
+    clipped = filtered_vote(replies, reference, mads=1.0, clip=True)
+    expected["clipped"] = (clipped.state, int((~(clipped.kept | clipped.clipped)).sum()))
 
     for name in RANK_VOTES:
         state, left_out = rank_vote(name, trim_fraction=0.3, filter_mads=1.0)(
