@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "clip_scales",
     "direction_from_gram",
     "displacement_gram",
     "rho_from_squares",
@@ -135,3 +136,17 @@ def direction_from_gram(gram: npt.NDArray[np.floating]) -> FloatArray:
     others = pairwise[~np.eye(m, dtype=np.bool_)].reshape(m, m - 1)
     agreement: FloatArray = np.median(others, axis=1)
     return agreement
+
+
+def clip_scales(rho: npt.NDArray[np.floating], threshold: float) -> FloatArray:
+    """How far to shrink each reply's displacement ``r - g`` to sit at ``threshold``.
+
+    Spearman's rho of a reply is ``1 - 6 ||r - g||^2 / (n (n^2 - 1))``, so
+    ``g + c (r - g)`` with ``c = sqrt((1 - threshold) / (1 - rho))`` is exactly as far
+    from ``g`` as a reply at the threshold. Replies at or above it keep ``c = 1``.
+    """
+    values = np.asarray(rho, dtype=np.float64)
+    far = values < threshold
+    scale: FloatArray = np.ones_like(values)
+    scale[far] = np.sqrt((1.0 - threshold) / (1.0 - values[far]))
+    return scale

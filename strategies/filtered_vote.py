@@ -92,6 +92,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedrank.strategies.displacements import (
+    clip_scales,
     direction_from_gram,
     displacement_gram,
     rho_from_squares,
@@ -104,7 +105,6 @@ __all__ = [
     "MIN_AGREEMENT",
     "FilteredVote",
     "agreement_z_scores",
-    "clip_scales",
     "cosines",
     "direction_agreement",
     "filtered_vote",
@@ -223,20 +223,6 @@ def _centre_and_spread(agreement: npt.NDArray[np.floating]) -> tuple[FloatArray,
     return values, median, MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
 
 
-def clip_scales(rho: npt.NDArray[np.floating], threshold: float) -> FloatArray:
-    """How far to shrink each reply's displacement ``r - g`` to sit at ``threshold``.
-
-    Spearman's rho of a reply is ``1 - 6 ||r - g||^2 / (n (n^2 - 1))``, so
-    ``g + c (r - g)`` with ``c = sqrt((1 - threshold) / (1 - rho))`` is exactly as far
-    from ``g`` as a reply at the threshold. Replies at or above it keep ``c = 1``.
-    """
-    values = np.asarray(rho, dtype=np.float64)
-    far = values < threshold
-    scale: FloatArray = np.ones_like(values)
-    scale[far] = np.sqrt((1.0 - threshold) / (1.0 - values[far]))
-    return scale
-
-
 def keep_agreeing(z_scores: npt.NDArray[np.floating], *, mads: float) -> BoolArray:
     """Which replies survive: every layer's z-score at least ``-mads``.
 
@@ -311,13 +297,13 @@ def filtered_vote(
 
     With ``clip`` a reply below that threshold is not dropped but clipped: in each
     layer where it is below, its displacement from the reference is shrunk to the
-    threshold's distance (:func:`clip_scales`), centred clipping around the last
-    aggregate (Karimireddy, He & Jaggi, ICML 2021, arXiv 2012.10333) in rank space.
-    It then weighs as much as one reply (a fractional Borda position per edge) but can
-    move the vote no further than a reply at the threshold, which is the bound any
-    surviving attacker has already. Under heterogeneous data the replies furthest
-    from the reference are often the clients whose data differ most; dropping them
-    cost the vote 2.7 points on MNIST-5k at Dirichlet 0.1, clipping 0 (docs/robustness.md).
+    threshold's distance (:func:`~fedrank.strategies.displacements.clip_scales`):
+    centred clipping around the last aggregate (Karimireddy, He & Jaggi, ICML 2021,
+    arXiv 2012.10333) in rank space. It then weighs as one reply (a fractional Borda
+    position per edge) but can move the vote no further than a reply at the
+    threshold, the bound any surviving attacker has already. Under heterogeneous data
+    the replies furthest from the reference are often the clients whose data differ
+    most (docs/robustness.md: dropping them costs 2.7 points at Dirichlet 0.1).
 
     Parameters
     ----------

@@ -7,12 +7,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from fedrank.strategies.filtered_vote import (
-    MAD_TO_SIGMA,
-    clip_scales,
-    filtered_vote,
-    spearman_to_reference,
-)
+from fedrank.strategies.displacements import clip_scales
+from fedrank.strategies.filtered_vote import MAD_TO_SIGMA, filtered_vote, spearman_to_reference
 from fedrank.strategies.ranking import anchored_ranks, borda_sums, ranks_from_order
 from fedrank.strategies.votes import rank_vote
 
