@@ -3,10 +3,15 @@ it (centred clipping in rank space), not dropped; implausible replies are still 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from fedrank.config import Scenario
+from fedrank.simulations.inprocess import run_in_process
 from fedrank.strategies.displacements import clip_scales
 from fedrank.strategies.filtered_vote import MAD_TO_SIGMA, filtered_vote, spearman_to_reference
 from fedrank.strategies.ranking import anchored_ranks, borda_sums, ranks_from_order
@@ -99,3 +104,21 @@ def test_a_clipped_reply_is_not_counted_as_left_out() -> None:
 def test_clip_scales_shrink_only_replies_below_the_threshold() -> None:
     scales = clip_scales(np.array([0.9, 0.5, 0.2, 1.0]), 0.5)
     np.testing.assert_allclose(scales, [1.0, 1.0, np.sqrt(0.5 / 0.8), 1.0])
+
+
+def test_a_federation_under_the_clipped_vote_leaves_its_reversing_attacker_out(
+    tmp_path: Path,
+) -> None:
+    scenario = Scenario.of(
+        dataset="digits", model="mlp", num_clients=6, clients_per_round=3, rounds=3,
+        local_epochs=1, seed=11, aggregator="clipped", attack="reverse_ranking",
+        malicious_fraction=0.34, attack_seed=4, results_dir=str(tmp_path),
+    )  # fmt: skip
+    rows: list[dict[str, Any]] = []
+
+    run_in_process(scenario, on_round=rows.append)
+
+    attacked = [row for row in rows[1:] if row["malicious"] > 0]
+    assert attacked  # the seeds put an attacker into some round
+    assert all(row["filtered"] >= row["malicious"] for row in attacked)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]
