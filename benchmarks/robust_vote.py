@@ -11,7 +11,8 @@ FRL layer of ``--edges`` edges, ``--clients`` rank vectors near a reference
 ranking), with the load average before and after: on a shared machine the ratios,
 not the seconds, are the result. The filtered vote is timed twice: on replies it
 all keeps (the usual round) and with a fifth of them reversed, which it sets
-aside. Also prints an ``np.partition`` variant of the trimmed vote, the selection
+aside; the clipped vote on replies of which one moved four times as far, which it
+clips. Also prints an ``np.partition`` variant of the trimmed vote, the selection
 method one would expect to be faster, to show why the module sorts instead
 (``--clients 25`` and more, see :mod:`fedrank.strategies.robust_vote`).
 """
@@ -80,6 +81,11 @@ def main() -> None:
         {"l": args.edges - 1 - r} if i < args.clients // 5 else {"l": r}
         for i, r in enumerate(rankings)
     ]
+    # One reply that moved four times as far (a client whose data differ): the clipped
+    # vote clips it to the threshold's distance rather than setting it aside.
+    far = np.argsort(np.argsort(reference + 4 * noise[0], kind="stable"), kind="stable")
+    spread = [{"l": far}, *replies[1:]]
+    clipped = int(filtered_vote(spread, {"l": reference}, mads=5.0, clip=True).clipped.sum())
     kept = int(filtered_vote(replies, {"l": reference}, mads=5.0).kept.sum())
     kept_attacked = int(filtered_vote(attacked, {"l": reference}, mads=5.0).kept.sum())
     fraction = args.trim_fraction
@@ -97,6 +103,9 @@ def main() -> None:
         ).state["l"],
         f"filtered, {args.clients // 5} reversed, keeps {kept_attacked}": lambda: filtered_vote(
             attacked, {"l": reference}, mads=5.0
+        ).state["l"],
+        f"clipped, one far reply, clips {clipped}": lambda: filtered_vote(
+            spread, {"l": reference}, mads=5.0, clip=True
         ).state["l"],
         # As FrlVote calls them: one mapping per reply, nothing stacked beforehand.
         "rank_vote('borda') on the replies": lambda: rank_vote("borda")(
