@@ -46,7 +46,7 @@ def run_rounds(
     after_round: RoundEnd | None = None,
     partition_of: Mapping[int, int] | None = None,
     settings: ConfigRecord | None = None,
-    uninformed: Collection[int] = (),
+    unasked: Collection[int] = (),
 ) -> ArrayRecord:
     """Run rounds ``start_round..num_rounds``; return the final global arrays.
 
@@ -60,11 +60,11 @@ def run_rounds(
     its worker: :mod:`fedrank.server.failures`) is left out before the strategy
     aggregates and counted as ``rejected.<reason>``; ``partition_of`` (node id ->
     partition id) names partitions in the log. The run's client ``settings`` go with
-    the first message to each node of ``uninformed`` (nodes that discovery did not ask),
+    the first message to each node of ``unasked`` (nodes that discovery did not ask),
     and again with the next message to a node that failed (it may have lost them in a
     restart); ``bytes_down_per_client`` counts the messages without them.
     """
-    resend = set(uninformed)
+    resend = set(unasked)
     if start_round == 1:
         # A run resumed from its round-0 checkpoint has its round-0 row already.
         row0 = next((row for row in results.read_rounds() if row.get("round") == 0), None)
@@ -140,14 +140,14 @@ def federated_evaluation(
     config: ConfigRecord,
     timeout: float,
     *,
-    settings: ConfigRecord | None = None,
-    resend: set[int] | None = None,
+    settings: ConfigRecord | None,
+    resend: set[int],
 ) -> dict[str, Any]:
     """The strategy's federated evaluation of ``arrays`` (empty if it has none); a site
     that does not answer in time counts in ``federated_rejected``. Nodes in ``resend``
     get the run's ``settings`` with their message (:func:`attach_settings`)."""
     planned = strategy.configure_evaluate(server_round, arrays, config, grid)
-    messages = attach_settings(planned, settings, resend if resend is not None else set())
+    messages = attach_settings(planned, settings, resend)
     if not messages:
         return {}
     replies = list(send_and_receive(grid, messages, timeout=timeout))

@@ -77,7 +77,7 @@ def run_federation(
     settings = ConfigRecord(dict(scenario.client_settings()))
     # A run that fails to start leaves its results folder as it found it.
     with results.starting():
-        partitions, informed = find_partitions(
+        partitions, unasked = find_partitions(
             grid,
             engine_nodes=engine_nodes,
             expected=scenario.run.num_clients,
@@ -127,7 +127,7 @@ def run_federation(
             on_round=on_round,
             after_round=checkpoints.save,
             partition_of={node: pid for pid, node in partitions.items()},
-            uninformed=set(partitions.values()) - informed,
+            unasked=unasked,
         )
     except PrivacyBudgetExhausted as err:
         stopped = f"privacy budget: {err}"

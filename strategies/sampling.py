@@ -64,23 +64,8 @@ def discover_partitions(
         The node count does not match ``expected``, or fewer than ``minimum`` nodes
         gave a valid answer (the message names each reason and its count).
     """
-    nodes = wait_for_nodes(grid, expected=expected, timeout=connect_timeout, poll=poll)
-    return _ask_every_node(
-        grid, nodes, expected=expected, minimum=minimum, timeout=timeout, settings=settings
-    )
-
-
-def _ask_every_node(
-    grid: Grid,
-    nodes: Sequence[int],
-    *,
-    expected: int,
-    minimum: int | None,
-    timeout: float,
-    settings: ConfigRecord | None,
-) -> dict[int, int]:
-    """:func:`discover_partitions` once the nodes are connected."""
     minimum = expected if minimum is None else minimum
+    nodes = wait_for_nodes(grid, expected=expected, timeout=connect_timeout, poll=poll)
     replies = _collect(grid, _queries(nodes, settings), timeout=timeout)
     mapping, excluded = read_partition_claims(replies, nodes, expected=expected)
     for node, reason in sorted(excluded.items()):
@@ -114,7 +99,7 @@ def find_partitions(
     poll: float = 0.5,
     settings: ConfigRecord | None = None,
 ) -> tuple[dict[int, int], set[int]]:
-    """Partition id -> node id, and the nodes that hold the run's ``settings`` already.
+    """Partition id -> node id, and the nodes not asked (they hold no ``settings`` yet).
 
     Without ``engine_nodes`` this is :func:`discover_partitions`: every node is asked.
     A ServerApp that runs beside Flower's simulation engine can instead read the map the
@@ -126,9 +111,8 @@ def find_partitions(
     cover exactly the ``expected`` connected nodes and partitions, or a sampled node that
     answers anything else, sends the run back to asking every node (logged).
     """
-    nodes = wait_for_nodes(grid, expected=expected, timeout=connect_timeout, poll=poll)
-    checked: list[int] = []
     if engine_nodes is not None:
+        nodes = wait_for_nodes(grid, expected=expected, timeout=connect_timeout, poll=poll)
         engine_map = engine_nodes(timeout)
         if engine_map is None:
             raise FedrankError(
@@ -136,6 +120,7 @@ def find_partitions(
                 f"{timeout:g} s (discovery-timeout)"
             )
         mapping = {pid: node for node, pid in engine_map.items()}
+        checked: list[int] = []
         if sorted(engine_map) == nodes and sorted(mapping) == list(range(expected)):
             count = min(SPOT_CHECKS, expected)
             checked = sample_partitions(mapping, count=count, seed=seed, server_round=0)
@@ -143,15 +128,16 @@ def find_partitions(
             replies = _collect(grid, _queries(asked, settings), timeout=timeout)
             claims, excluded = read_partition_claims(replies, asked, expected=expected)
             if not excluded and all(claims.get(pid) == mapping[pid] for pid in checked):
-                return dict(sorted(mapping.items())), set(asked)
+                return dict(sorted(mapping.items())), set(nodes) - set(asked)
         _log.warning(
             "discovery: the simulation engine's node map does not match %s; every node is asked",
             "its nodes' answers" if checked else "the connected nodes",
         )
-    everyone = _ask_every_node(
-        grid, nodes, expected=expected, minimum=minimum, timeout=timeout, settings=settings
-    )
-    return everyone, set(everyone.values())
+    everyone = discover_partitions(
+        grid, expected=expected, minimum=minimum, timeout=timeout,
+        connect_timeout=connect_timeout, poll=poll, settings=settings,
+    )  # fmt: skip
+    return everyone, set()
 
 
 def _queries(nodes: Iterable[int], settings: ConfigRecord | None) -> list[Message]:
