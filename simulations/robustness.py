@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedrank.config import RANKING_ATTACKS, UPDATE_ATTACKS, Scenario
+from fedrank.config import ANY_STRATEGY_ATTACKS, RANKING_ATTACKS, UPDATE_ATTACKS, Scenario
 from fedrank.errors import ConfigError
 from fedrank.simulations.grid_csv import append_row, read_csv
 from fedrank.tasks import load_task
@@ -85,7 +85,7 @@ def parse_aggregators(text: str) -> list[tuple[str, str]]:
 
 def _attacks_for(strategy: str, attacks: Sequence[str]) -> list[str]:
     fits = RANKING_ATTACKS if STRATEGIES[strategy].update == "ranking" else UPDATE_ATTACKS
-    return [a for a in attacks if a in fits or a == "label_flip"]
+    return [a for a in attacks if a in fits or a in ANY_STRATEGY_ATTACKS]
 
 
 def grid_cells(
@@ -95,7 +95,7 @@ def grid_cells(
     seeds: Sequence[int],
 ) -> list[GridCell]:
     """Every run of the grid, the no-attacker runs once per aggregator and seed."""
-    known = RANKING_ATTACKS | UPDATE_ATTACKS | {"label_flip"}
+    known = RANKING_ATTACKS | UPDATE_ATTACKS | ANY_STRATEGY_ATTACKS
     for attack in attacks:
         if attack not in known:
             raise ConfigError("attacks", f"unknown attack {attack!r}; choose from {sorted(known)}")

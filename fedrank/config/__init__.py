@@ -5,6 +5,7 @@ command-line flags) and the resolution of strategy-dependent defaults.
 """
 
 from fedrank.config.attack import (
+    ANY_STRATEGY_ATTACKS,
     DATA_ATTACKS,
     RANKING_ATTACKS,
     UPDATE_ATTACKS,
@@ -27,6 +28,7 @@ from fedrank.config.sections import (
 )
 
 __all__ = [
+    "ANY_STRATEGY_ATTACKS",
     "CLIENT_SECTIONS",
     "DATA_ATTACKS",
     "FIELDS",

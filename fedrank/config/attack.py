@@ -18,7 +18,7 @@ AttackKind = Literal[
     "none",
     "reverse_ranking", "random_ranking", "mask_boundary", "adaptive_reverse", "adaptive_boundary",
     "sign_flip", "scaling", "gaussian_noise", "alie", "min_max", "min_sum",
-    "label_flip",
+    "label_flip", "withhold",
 ]  # fmt: skip
 AttackDirection = Literal["inverse_std", "inverse_unit", "inverse_sign"]
 FlipRule = Literal["reverse", "shift", "random", "targeted"]
@@ -34,6 +34,9 @@ UPDATE_ATTACKS: frozenset[str] = frozenset(
 """Attacks that craft float updates (weights or adapters)."""
 DATA_ATTACKS: frozenset[str] = frozenset({"label_flip"})
 """Attacks that poison a client's data and send an honest reply of it."""
+ANY_STRATEGY_ATTACKS: frozenset[str] = DATA_ATTACKS | {"withhold"}
+"""Attacks that fit every strategy: label flipping, and ``withhold`` (the malicious clients'
+replies never reach the server's rule: the reference a robust rule is measured against)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,9 @@ replaces the replies of the malicious partitions with the crafted ones
 wire validation still applies. The benign code paths do not know it exists.
 
 :func:`attack_components` picks, for a scenario, the ClientApp (the label-flipping
-one for data poisoning) and the strategy wrapper (``None`` without a crafting attack).
+one for data poisoning) and the strategy wrapper (``None`` without a crafting attack);
+:class:`Withholding` is the wrapper of ``attack = "withhold"``, whose malicious replies never
+reach the real strategy.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from fedrank.strategies.wrapping import StrategyWrapper, WrappingStrategy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Adversary", "attack_components"]
+__all__ = ["Adversary", "Withholding", "attack_components"]
 
 
 class Adversary(WrappingStrategy):
@@ -135,6 +137,46 @@ class Adversary(WrappingStrategy):
         return make_message(metadata=copy.copy(reply.metadata), content=content)
 
 
+class Withholding(WrappingStrategy):
+    """Malicious partitions whose replies never reach the real strategy.
+
+    Not a way to harm a run but its reference: the real strategy aggregates exactly the
+    benign replies, what a robust rule that set aside every attacker and no one else
+    would aggregate. A robust rule's loss under an attack, less this one's, is what the
+    rule itself gives away; this one's is what losing the attackers' data costs.
+
+    Parameters
+    ----------
+    inner : Strategy
+        The server's real strategy.
+    partitions : Mapping[int, int]
+        Partition id -> node id.
+    malicious : frozenset of int
+        The partition ids whose replies are withheld.
+    """
+
+    def __init__(
+        self, inner: Strategy, *, partitions: Mapping[int, int], malicious: frozenset[int]
+    ) -> None:
+        super().__init__(inner)
+        self.malicious_nodes = {node for pid, node in partitions.items() if pid in malicious}
+
+    def summary(self) -> None:
+        """Log the withheld partitions, then the real strategy's settings."""
+        log.info("Replies of %d partitions withheld from the server", len(self.malicious_nodes))
+        self.strategy.summary()
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The real strategy's aggregate of the benign replies alone."""
+        replies = list(replies)
+        benign = [r for r in replies if r.metadata.src_node_id not in self.malicious_nodes]
+        new_arrays, metrics = self.strategy.aggregate_train(server_round, benign)
+        metrics = MetricRecord({**(metrics or {}), "malicious": len(replies) - len(benign)})
+        return new_arrays, metrics
+
+
 def attack_components(scenario: Scenario) -> tuple[ClientApp, StrategyWrapper | None]:
     """The ClientApp and strategy wrapper that simulate the scenario's attack."""
     if scenario.attack.kind == "label_flip":
@@ -143,8 +185,14 @@ def attack_components(scenario: Scenario) -> tuple[ClientApp, StrategyWrapper | 
         return poisoning_app(scenario), None
     from fedrank.client.app import app as client_app
 
-    craft = crafter(scenario)
     malicious = malicious_partitions(scenario)
+    if scenario.attack.kind == "withhold" and malicious:
+
+        def withhold(strategy: Strategy, partitions: Mapping[int, int], codec: Codec) -> Strategy:
+            return Withholding(strategy, partitions=partitions, malicious=malicious)
+
+        return client_app, withhold
+    craft = crafter(scenario)
     if craft is None or not malicious:
         return client_app, None
     chosen: Crafter = craft

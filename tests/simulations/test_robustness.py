@@ -23,16 +23,18 @@ from fedrank.simulations.robustness import (
 def test_no_attacker_runs_once_per_aggregator_and_attacks_pair_with_their_strategy() -> None:
     cells = grid_cells(
         parse_aggregators("frl:borda,fedavg:krum"),
-        ["reverse_ranking", "scaling", "label_flip"],
+        ["reverse_ranking", "scaling", "label_flip", "withhold"],
         [0.0, 0.2],
         [0, 1],
     )
     names = {(c.strategy, c.aggregator, c.attack, c.fraction, c.seed) for c in cells}
-    assert len(cells) == len(names) == 2 * (3 + 3)
+    assert len(cells) == len(names) == 2 * (4 + 4)
     assert ("frl", "borda", "none", 0.0, 1) in names
     assert ("frl", "borda", "scaling", 0.2, 0) not in names
     assert ("fedavg", "krum", "reverse_ranking", 0.2, 0) not in names
     assert ("fedavg", "krum", "label_flip", 0.2, 0) in names
+    assert ("fedavg", "krum", "withhold", 0.2, 1) in names
+    assert ("frl", "borda", "withhold", 0.2, 1) in names
 
 
 @pytest.mark.parametrize(

@@ -59,15 +59,14 @@ def _scenario(tmp_path: Path, **changes: object) -> Scenario:
     return base.replace(**changes)
 
 
-def test_a_malicious_partitions_reply_is_the_crafted_one(tmp_path: Path) -> None:
-    scenario = _scenario(tmp_path)
-    malicious = malicious_partitions(scenario)
-    chosen = sample_partitions(list(range(6)), count=4, seed=scenario.run.seed, server_round=1)
-    attackers = [p for p in chosen if p in malicious]
-    assert attackers, "the seeds must sample an attacker in round 1"
+def _round_one(
+    scenario: Scenario,
+) -> tuple[list[int], list[dict[str, np.ndarray]], MetricRecord, dict[str, np.ndarray]]:
+    """Round 1 of ``scenario`` in process: the sampled partitions, the replies its vote
+    saw (in order), the round's metrics and the global state sent."""
     client_app, wrap = attack_components(scenario)
     assert wrap is not None
-    grid = InProcessGrid(client_app, num_nodes=6, seed=0)
+    grid = InProcessGrid(client_app, num_nodes=scenario.run.num_clients, seed=0)
     seen: list[dict[str, np.ndarray]] = []
     borda = rank_vote("borda")
 
@@ -92,9 +91,18 @@ def test_a_malicious_partitions_reply_is_the_crafted_one(tmp_path: Path) -> None
             strategy.configure_train(1, to_array_record(state), config, grid)
         )
         _, metrics = strategy.aggregate_train(1, replies)
-
-    honest = {p: local_update(scenario, state, p) for p in chosen}
     assert metrics is not None
+    chosen = sample_partitions(list(range(6)), count=4, seed=scenario.run.seed, server_round=1)
+    return chosen, seen, metrics, state
+
+
+def test_a_malicious_partitions_reply_is_the_crafted_one(tmp_path: Path) -> None:
+    scenario = _scenario(tmp_path)
+    malicious = malicious_partitions(scenario)
+    chosen, seen, metrics, state = _round_one(scenario)
+    attackers = [p for p in chosen if p in malicious]
+    assert attackers, "the seeds must sample an attacker in round 1"
+    honest = {p: local_update(scenario, state, p) for p in chosen}
     assert metrics["malicious"] == len(attackers)
     for partition, reply in zip(chosen, seen, strict=True):
         for name, ranks in reply.items():
@@ -103,6 +111,20 @@ def test_a_malicious_partitions_reply_is_the_crafted_one(tmp_path: Path) -> None
                 np.testing.assert_array_equal(ranks, reverse_ranking_attack(estimate))
             else:
                 np.testing.assert_array_equal(ranks, honest[partition][name])
+
+
+def test_withheld_replies_never_reach_the_vote(tmp_path: Path) -> None:
+    scenario = _scenario(tmp_path, attack="withhold")
+    malicious = malicious_partitions(scenario)
+    chosen, seen, metrics, state = _round_one(scenario)
+    benign = [p for p in chosen if p not in malicious]
+    assert 0 < len(benign) < len(chosen), "the seeds must sample an attacker in round 1"
+    assert metrics["malicious"] == len(chosen) - len(benign)
+    assert len(seen) == len(benign)
+    for partition, reply in zip(benign, seen, strict=True):
+        honest = local_update(scenario, state, partition)
+        for name, ranks in reply.items():
+            np.testing.assert_array_equal(ranks, honest[name])
 
 
 WIRE = RankingWire.for_model(run_id=1, layer_sizes={"fc": 5}, seed=0)
