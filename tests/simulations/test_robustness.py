@@ -108,3 +108,36 @@ def test_experiment_command_writes_csv_table_and_plot_and_resumes(
     assert main(argv) == 0
     with (out / "robustness.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
+
+
+@pytest.mark.integration
+def test_the_clipped_vote_under_reversal_ends_where_withholding_the_attackers_does(
+    tmp_path: Path,
+) -> None:
+    # `withhold` is the reference of docs/robustness.md: the vote over the benign replies
+    # alone. The clipped vote sets every reversed reply aside and keeps every benign one,
+    # so the two runs must end in the same global ranking, byte for byte.
+    out = tmp_path / "grid"
+    argv = [
+        "experiment", "robustness", "--backend", "local", "--out", str(out), "--quiet",
+        "--aggregators", "frl:clipped", "--attacks", "reverse_ranking,withhold",
+        "--fractions", "0.3", "--seeds", "0", "--vote-smoothing", "0.1",
+        "--dataset", "digits", "--num-clients", "10", "--clients-per-round", "5",
+        "--rounds", "3", "--local-epochs", "1",
+    ]  # fmt: skip
+
+    assert main(argv) == 0
+
+    rows = {r["attack"]: r for r in read_rows(out / "robustness.csv")}
+    assert rows["withhold"]["malicious_replies"] == rows["reverse_ranking"]["malicious_replies"]
+    assert rows["withhold"]["malicious_replies"] > 0
+    assert rows["withhold"]["filtered_replies"] == 0
+    assert (
+        rows["reverse_ranking"]["filtered_replies"] == rows["reverse_ranking"]["malicious_replies"]
+    )
+    runs = out / "runs"
+    withheld = (runs / "frl-clipped-withhold-30pct-seed0" / "state.safetensors").read_bytes()
+    reversed_ = (
+        runs / "frl-clipped-reverse_ranking-30pct-seed0" / "state.safetensors"
+    ).read_bytes()
+    assert withheld == reversed_
